@@ -22,6 +22,9 @@ def version() -> None:
 
 
 # Command registrations (one line each; keep alphabetical).
+from harness.commands import pairs as pairs_cmd  # noqa: E402
+
+app.command("pairs")(pairs_cmd.pairs)
 
 
 def main() -> None:

@@ -4,8 +4,9 @@ unusable ones (CuPy or torch CUDA without a GPU) appear as skips with the reason
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,8 @@ def _strict() -> Backend:
     import array_api_strict as xp
     import numpy as np
 
-    return Backend("array-api-strict", xp, xp.Device("CPU_DEVICE"), lambda a: xp.asarray(a), lambda a: np.asarray(a))
+    device = xp.Device("CPU_DEVICE")
+    return Backend("array-api-strict", xp, device, lambda a: xp.asarray(a), lambda a: np.asarray(a))
 
 
 def _jax() -> Backend:

@@ -1,0 +1,135 @@
+"""Training checkpoints: atomic writes, ``weights_only`` loads, every RNG state, clear errors.
+
+A checkpoint is a dict of tensors and plain Python values only, so ``torch.load(weights_only=True)``
+reads it without unpickling arbitrary objects::
+
+    {"format": "sld-train", "version": 1, "model": state_dict, "optimizer": ..., "scheduler": ...,
+     "scaler": ..., "epoch": int, "best_acc": float, "config": dict, "rng": dict}
+
+The ``"model"`` key is the one mdistiller's community teacher files use, so a teacher trained here
+loads through ``harness.models.load_weights`` exactly like a downloaded one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.models import CheckpointError, load_weights
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "capture_rng",
+    "load_checkpoint",
+    "load_model_state",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "sld-train"
+_VERSION = 1
+_REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "config", "rng")
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, are fsynced, then ``os.replace``-d over
+    ``path``: a crash at any moment leaves either the old checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, "version": _VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the directory entry is on disk (POSIX).
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU (``weights_only=True``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    CheckpointError
+        The file is unreadable/corrupt, or not a training checkpoint of this harness
+        (wrong format tag or version, missing entries).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or truncated?): {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not an `sld train` checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
+            "teacher weights such as mdistiller's files go to --teacher instead"
+        )
+    if data.get("version") != _VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}; this code reads {_VERSION}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    return data
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Strict ``load_state_dict`` through ``harness.models.load_weights``, naming ``path`` in the error
+    (the usual cause of a mismatch: a checkpoint of another architecture)."""
+    try:
+        load_weights(model, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, as tensors and plain values (``weights_only``-safe):
+    Python's ``random``, NumPy's global state, torch CPU, every CUDA device (if initialized), and
+    the training generator that shuffles batches and draws augmentations."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Inverse of :func:`capture_rng`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

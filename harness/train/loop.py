@@ -1,0 +1,461 @@
+"""The CIFAR-100 training loop: ``train(config, device) -> RunResult``.
+
+Data lives on the device as ``uint8`` once; each epoch a seeded permutation is cut into batches that
+are augmented on the device (``harness.data.augment``), so there is no DataLoader and no per-step host
+transfer. The loop never calls ``.cuda()``: everything goes ``.to(device)``.
+
+A run directory holds::
+
+    config.json     the resolved TrainConfig (``sld train --config DIR/config.json`` repeats the run)
+    metrics.jsonl   one JSON record per epoch: every loss term, swap rates, lr, accuracies, speed
+    last.pt         checkpoint after every epoch (``--resume`` continues from it, bit-exactly on CPU)
+    best.pt         checkpoint of the epoch with the best test top-1
+    summary.json    best and last accuracy, the teacher's accuracy, when the run finishes
+
+Written with a later DDP extension in mind: batch selection (:func:`epoch_batches`) and metric
+reduction (:func:`reduce_sums`) are the two places that would shard the permutation by rank and
+all-reduce the sums; file output is already funnelled through :class:`RunFiles`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.data.augment import eval_view, strong_view, weak_view
+from harness.data.cifar import load_cifar100
+from harness.models import build_model, load_weights
+from sld_core import swap_mask
+
+from .checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, save_config
+from .methods import METHODS
+
+__all__ = ["NonFiniteLossError", "RunResult", "epoch_batches", "evaluate", "reduce_sums", "train"]
+
+# Fields that may differ between a run and its resumption: they change where and how fast, not what.
+_RESUMABLE_CHANGES = {"out_dir", "log_every", "compile", "data.data_dir", "data.download", "data.eval_batch_size"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports; the per-epoch detail is in ``out_dir / "metrics.jsonl"``."""
+
+    out_dir: Path
+    epochs: int  # the last epoch trained (== config.optim.epochs when the run finished)
+    best_top1: float  # best test top-1 (fraction) over the epochs, and where it was reached
+    best_epoch: int
+    last_top1: float
+    last_top5: float
+    teacher_top1: float | None = None  # teacher's test top-1 (None for method "ce")
+    teacher_train_error: float | None = None  # how often the teacher swap fires on the training set
+    history: list[dict[str, Any]] = field(default_factory=list)  # this invocation's metric records
+
+
+@dataclass(frozen=True)
+class _Data:
+    train_x: torch.Tensor  # uint8 (N, 3, 32, 32) on the device
+    train_y: torch.Tensor  # int64 (N,) on the device
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+
+class RunFiles:
+    """The run directory. Under DDP only rank 0 would write; everything goes through here."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = out_dir
+        self.config = out_dir / "config.json"
+        self.metrics = out_dir / "metrics.jsonl"
+        self.last = out_dir / "last.pt"
+        self.best = out_dir / "best.pt"
+        self.summary = out_dir / "summary.json"
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Drop records after ``last_epoch`` (written before a crash that lost their checkpoint)."""
+        if not self.metrics.is_file():
+            return
+        kept = [line for line in self.metrics.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+        self.metrics.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, device: torch.device, *, resume: bool = False, console: Console | None = None,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    """Train ``config.student`` on CIFAR-100 with ``config.method`` and return the accuracies.
+
+    Parameters
+    ----------
+    config
+        The whole run; saved to ``config.out_dir / "config.json"``.
+    device
+        Where everything runs (``torch.device("cuda")``, ``torch.device("cpu")``, ...).
+    resume
+        Continue from ``config.out_dir / "last.pt"``; the checkpoint's config must match ``config``
+        except in where/how-fast fields (output dir, logging interval, compile, data location).
+        Without ``resume`` an existing ``last.pt`` there is an error, never overwritten.
+    console
+        Where the Rich output goes (default: a new stdout console).
+    on_epoch_end
+        Called with each epoch's metric record after its checkpoint is written (tests use it to
+        interrupt a run; a reporter could stream the records).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ConfigError, FileNotFoundError, harness.models.CheckpointError, harness.data.cifar.DatasetError
+        Bad configuration, missing data or teacher, unreadable or mismatched checkpoints.
+    NonFiniteLossError
+        The loss became NaN/inf; the message names the epoch and step; ``last.pt`` keeps the last good epoch.
+
+    Example
+    -------
+    >>> result = train(TrainConfig(student="resnet8", method="ce"), torch.device("cpu"))  # doctest: +SKIP
+    """
+    console = console or Console()
+    files = RunFiles(Path(config.out_dir))
+    if files.last.exists() and not resume:
+        raise ConfigError(f"{files.dir} already holds a run ({files.last.name}); pass --resume to continue "
+                          "it or choose another --out directory")
+    checkpoint = _load_resume_checkpoint(files, config) if resume else None
+    if checkpoint is None:
+        _seed_everything(config.seed)  # before building the model: its initialization draws from it
+
+    data = _load_data(config, device)
+    student = build_model(config.student, num_classes=data.num_classes).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    student = student.to(memory_format=memory_format)
+    teacher = _load_teacher(config, data.num_classes, device, memory_format)
+    optimizer = torch.optim.SGD(student.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.optim.lr_milestones),
+                                                     gamma=config.optim.lr_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+
+    start_epoch, best_top1, best_epoch = 1, -1.0, 0
+    if checkpoint is not None:
+        load_model_state(student, checkpoint["model"], files.last)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng(checkpoint["rng"], generator)
+        start_epoch = checkpoint["epoch"] + 1
+        best_top1, best_epoch = checkpoint["best_acc"], checkpoint.get("best_epoch", 0)
+        files.truncate_metrics(checkpoint["epoch"])
+
+    files.dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, files.config)
+    _print_config(console, config, device, resume_from=start_epoch - 1 if checkpoint else None)
+    teacher_top1 = teacher_train_error = None
+    if teacher is not None:
+        teacher_top1, _ = evaluate(teacher, data.test_x, data.test_y, config)
+        train_top1, _ = evaluate(teacher, data.train_x, data.train_y, config)
+        teacher_train_error = 1.0 - train_top1
+        console.print(f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
+                      f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)")
+
+    forward = torch.compile(student) if config.compile else student
+    method = METHODS[config.method]
+    history: list[dict[str, Any]] = []
+    record: dict[str, Any] = {}
+    for epoch in range(start_epoch, config.optim.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        sums = _train_epoch(forward, teacher, method, optimizer, scaler, data, config, epoch, generator,
+                            console, files)
+        train_time = time.perf_counter() - started
+        scheduler.step()
+        top1, top5 = evaluate(forward, data.test_x, data.test_y, config)
+        is_best = top1 > best_top1
+        if is_best:
+            best_top1, best_epoch = top1, epoch
+        record = _epoch_record(epoch, lr, sums, config.data.views, top1, top5, best_top1, train_time,
+                               time.perf_counter() - started)
+        files.append_metrics(record)
+        payload = {
+            "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "best_acc": best_top1, "best_epoch": best_epoch, "config": config_to_dict(config),
+            "rng": capture_rng(generator),
+        }
+        save_checkpoint(files.last, payload)
+        if is_best:
+            save_checkpoint(files.best, payload)
+        console.print(_epoch_line(record, config.optim.epochs))
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    last_epoch = record.get("epoch", start_epoch - 1)
+    last_top1 = record.get("test_top1", float("nan"))
+    last_top5 = record.get("test_top5", float("nan"))
+    result = RunResult(out_dir=files.dir, epochs=last_epoch, best_top1=best_top1, best_epoch=best_epoch,
+                       last_top1=last_top1, last_top5=last_top5, teacher_top1=teacher_top1,
+                       teacher_train_error=teacher_train_error, history=history)
+    files.summary.write_text(json.dumps({k: v for k, v in result.__dict__.items() if k not in ("history",)},
+                                        default=str, indent=2) + "\n")
+    console.print(f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
+                  f"last {100 * last_top1:.2f}%[/bold] -> {files.dir}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ one epoch
+
+
+def epoch_batches(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch's batches: a permutation drawn from ``generator`` (on its device),
+    cut into ``batch_size`` slices; the last, shorter one is kept (as a DataLoader without drop_last)
+    unless it has a single row, which BatchNorm cannot normalize. A DDP version would take every
+    ``world_size``-th slice from ``rank``."""
+    order = torch.randperm(num_items, generator=generator, device=generator.device)
+    for batch in order.split(batch_size):
+        if batch.numel() > 1:
+            yield batch
+
+
+def reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device sums -> Python floats in one transfer (one sync). Under DDP this is where the stacked
+    tensor would be all-reduced before ``tolist``."""
+    keys = list(sums)
+    values = torch.stack([sums[k].detach().float() for k in keys]).tolist() if keys else []
+    return dict(zip(keys, values))
+
+
+def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, method: Callable[..., Any],
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: _Data,
+                 config: TrainConfig, epoch: int, generator: torch.Generator, console: Console,
+                 files: RunFiles) -> dict[str, float]:
+    """One pass over the training set. Running sums stay on the device; the host reads them only
+    every ``config.log_every`` steps (progress and the non-finite check) and at the end."""
+    student.train()
+    device = data.train_x.device
+    views = (weak_view, strong_view)[: config.data.views]
+    sums: dict[str, torch.Tensor] = {}
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    steps = math.ceil(data.train_x.shape[0] / config.optim.batch_size)
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums[name] + value if name in sums else value
+
+    rows = 0  # images seen this epoch: known on the host, no sync needed
+    with _progress(console) as progress:
+        task = progress.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
+        for step, index in enumerate(epoch_batches(data.train_x.shape[0], config.optim.batch_size, generator)):
+            images, labels = data.train_x[index], data.train_y[index]
+            batch = labels.shape[0]
+            optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
+            loss = torch.zeros((), device=device)
+            for v, view in enumerate(views):
+                x = view(images, generator).contiguous(memory_format=_memory_format(config))
+                with _autocast(config, device):
+                    student_logits = student(x)
+                    with torch.no_grad():
+                        teacher_logits = teacher(x) if teacher is not None else None
+                terms = method(student_logits, teacher_logits, labels, epoch=epoch, config=config.loss)
+                for name, value in terms.items():
+                    if name.startswith("loss"):
+                        loss = loss + value
+                    add(name, value.detach() * batch)
+                if teacher_logits is not None:
+                    add("teacher_swaps", swap_mask(teacher_logits, labels, check_targets=False).sum())
+                add("student_swaps", swap_mask(student_logits.detach(), labels, check_targets=False).sum())
+                if v == 0:  # train accuracy on the weak view, the one closest to the test images
+                    add("train_correct", (student_logits.detach().argmax(dim=1) == labels).sum())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            add("loss", loss.detach() * batch)
+            rows += batch
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                         step, first_bad_step)
+            if (step + 1) % config.log_every == 0:
+                _check_finite(first_bad_step, epoch, steps, files)  # a sync: only every log_every steps
+                progress.update(task, completed=step + 1, loss=float(sums["loss"]) / rows)
+    _check_finite(first_bad_step, epoch, steps, files)
+    return {**reduce_sums(sums), "rows": rows}
+
+
+def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps: int, files: RunFiles) -> None:
+    bad = int(first_bad_step)
+    if bad < 0:
+        return
+    kept = (f"the last good checkpoint {files.last} (epoch {epoch - 1}) is kept" if files.last.exists()
+            else "no checkpoint had been written yet")
+    raise NonFiniteLossError(f"non-finite loss (NaN/inf) at epoch {epoch}, step {bad + 1}/{steps}; training "
+                             f"stopped and {kept}. Lower the learning rate or try --amp off.")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             config: TrainConfig) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (fractions) of ``model`` on ``uint8`` images, in eval mode.
+    Counts stay on the device until the end (one sync). The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    correct1 = torch.zeros((), dtype=torch.long, device=images.device)
+    correct5 = torch.zeros((), dtype=torch.long, device=images.device)
+    for start in range(0, images.shape[0], config.data.eval_batch_size):
+        x = eval_view(images[start:start + config.data.eval_batch_size])
+        y = labels[start:start + config.data.eval_batch_size]
+        with _autocast(config, images.device):
+            logits = model(x.contiguous(memory_format=_memory_format(config)))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+    model.train(was_training)
+    n = images.shape[0]
+    c1, c5 = torch.stack([correct1, correct5]).tolist()
+    return c1 / n, c5 / n
+
+
+# --------------------------------------------------------------------------------------------------- set-up
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _load_resume_checkpoint(files: RunFiles, config: TrainConfig) -> dict[str, Any]:
+    checkpoint = load_checkpoint(files.last)
+    try:
+        saved = config_from_dict(checkpoint["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{files.last}: its stored config is invalid: {exc}") from None
+    changed = sorted(set(_flatten(config_to_dict(saved)).items()) ^ set(_flatten(config_to_dict(config)).items()))
+    names = sorted({name for name, _ in changed} - _RESUMABLE_CHANGES)
+    if names:
+        old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(config))
+        diffs = ", ".join(f"{n}: {old.get(n)!r} -> {new.get(n)!r}" for n in names)
+        raise ConfigError(f"cannot resume {files.last}: the config differs from the run's ({diffs}); "
+                          f"resume with --config {files.config} or start a new --out directory")
+    if checkpoint["epoch"] >= config.optim.epochs:
+        raise ConfigError(f"{files.last} already finished all {config.optim.epochs} epochs; nothing to resume")
+    return checkpoint
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _load_data(config: TrainConfig, device: torch.device) -> _Data:
+    cifar = load_cifar100(config.data.data_dir, download=config.data.download)
+
+    def to_device(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = images[:limit], labels[:limit]
+        # NHWC -> NCHW once, on the host; the device then only ever slices and augments.
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        return x, torch.from_numpy(labels).to(device=device, dtype=torch.long)
+
+    train_x, train_y = to_device(cifar.train_images, cifar.train_labels, config.data.limit_train)
+    test_x, test_y = to_device(cifar.test_images, cifar.test_labels, config.data.limit_test)
+    for name, labels in (("training", cifar.train_labels), ("test", cifar.test_labels)):
+        if labels.size and (labels.min() < 0 or labels.max() >= cifar.num_classes):
+            raise ValueError(f"{name} labels must lie in [0, {cifar.num_classes}); got {labels.min()}..{labels.max()}")
+    return _Data(train_x, train_y, test_x, test_y, cifar.num_classes)
+
+
+def _load_teacher(config: TrainConfig, num_classes: int, device: torch.device,
+                  memory_format: torch.memory_format) -> torch.nn.Module | None:
+    if config.method == "ce":
+        return None
+    if not config.teacher_checkpoint:
+        raise ConfigError(f"method {config.method!r} needs a teacher checkpoint (config.teacher_checkpoint)")
+    teacher = build_model(config.teacher, num_classes=num_classes)
+    load_weights(teacher, config.teacher_checkpoint)
+    teacher = teacher.to(device, memory_format=memory_format).eval()
+    teacher.requires_grad_(False)  # no grads are ever taken; also skips autograd bookkeeping
+    return teacher
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if config.amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+def _epoch_record(epoch: int, lr: float, sums: dict[str, float], views: int, top1: float, top5: float,
+                  best: float, train_time: float, epoch_time: float) -> dict[str, Any]:
+    rows = sums["rows"]
+    view_rows = rows * views
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    # Loss terms are per-step sums over the views; weighting by rows makes the mean per image.
+    record.update({name: value / rows for name, value in sums.items()
+                   if name not in ("rows", "teacher_swaps", "student_swaps", "train_correct")})
+    if "teacher_swaps" in sums:
+        record["teacher_swap_rate"] = sums["teacher_swaps"] / view_rows
+    record["student_swap_rate"] = sums["student_swaps"] / view_rows
+    record["train_top1"] = sums["train_correct"] / rows
+    record.update({"test_top1": top1, "test_top5": top5, "best_test_top1": best,
+                   "epoch_time_s": epoch_time, "images_per_s": rows / train_time})
+    return record
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    swaps = f" student {record['student_swap_rate']:.3f}"
+    if "teacher_swap_rate" in record:
+        swaps = f" teacher {record['teacher_swap_rate']:.3f}," + swaps
+    return (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, lr {record['lr']:.4g}, swap rate{swaps}, "
+            f"train top-1 {100 * record['train_top1']:.2f}%, test top-1 {100 * record['test_top1']:.2f}% "
+            f"(top-5 {100 * record['test_top5']:.2f}%, best {100 * record['best_test_top1']:.2f}%), "
+            f"{record['epoch_time_s']:.1f} s, {record['images_per_s']:.0f} img/s")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
+                    transient=True)
+
+
+def _print_config(console: Console, config: TrainConfig, device: torch.device, resume_from: int | None) -> None:
+    table = Table(title="sld train", show_header=False, box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in _flatten(config_to_dict(config)).items():
+        table.add_row(key, str(value))
+    table.add_row("device", str(device))
+    if resume_from is not None:
+        table.add_row("resuming after epoch", str(resume_from))
+    console.print(table)

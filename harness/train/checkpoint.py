@@ -27,6 +27,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "capture_rng",
+    "checkpoint_model_name",
     "load_checkpoint",
     "load_model_state",
     "restore_rng",
@@ -73,17 +74,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     FileNotFoundError
         No file at ``path``.
     CheckpointError
-        The file is unreadable/corrupt, or not a training checkpoint of this harness
-        (wrong format tag or version, missing entries).
+        The file is unreadable/corrupt, or not a training checkpoint of this harness (wrong format
+        tag or version, missing entries).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or truncated?): {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+    data = _read(path)
+    if not _is_ours(data):
         raise CheckpointError(
             f"{path}: not an `sld train` checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
             "teacher weights such as mdistiller's files go to --teacher instead"
@@ -94,6 +90,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return data
+
+
+def checkpoint_model_name(path: str | os.PathLike[str]) -> str | None:
+    """The student model name stored in an ``sld train`` checkpoint; ``None`` for other files (such as
+    mdistiller's teachers), which do not record it."""
+    data = _read(Path(path))
+    return data["config"]["student"] if _is_ours(data) else None
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
+        # torch's own message runs to a page about weights_only; its type is enough to diagnose.
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt, truncated or another kind "
+                              f"of file; {type(exc).__name__})") from None
+
+
+def _is_ours(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:

@@ -41,17 +41,15 @@ from harness.models import build_model, load_weights
 from sld_core import swap_mask
 
 from .checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
-from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, save_config
+from .config import ConfigError, DataConfig, TrainConfig, config_from_dict, config_to_dict, save_config
+from .errors import NonFiniteLossError
 from .methods import METHODS
 
-__all__ = ["NonFiniteLossError", "RunResult", "epoch_batches", "evaluate", "reduce_sums", "train"]
+__all__ = ["DeviceData", "NonFiniteLossError", "RunResult", "epoch_batches", "evaluate", "load_data", "reduce_sums",
+           "train"]
 
 # Fields that may differ between a run and its resumption: they change where and how fast, not what.
 _RESUMABLE_CHANGES = {"out_dir", "log_every", "compile", "data.data_dir", "data.download", "data.eval_batch_size"}
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class _Data:
+class DeviceData:
     train_x: torch.Tensor  # uint8 (N, 3, 32, 32) on the device
     train_y: torch.Tensor  # int64 (N,) on the device
     test_x: torch.Tensor
@@ -137,7 +135,7 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     -------
     >>> result = train(TrainConfig(student="resnet8", method="ce"), torch.device("cpu"))  # doctest: +SKIP
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # metric lines stay one line each in logs
     files = RunFiles(Path(config.out_dir))
     if files.last.exists() and not resume:
         raise ConfigError(f"{files.dir} already holds a run ({files.last.name}); pass --resume to continue "
@@ -146,7 +144,7 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     if checkpoint is None:
         _seed_everything(config.seed)  # before building the model: its initialization draws from it
 
-    data = _load_data(config, device)
+    data = load_data(config.data, device)
     student = build_model(config.student, num_classes=data.num_classes).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     student = student.to(memory_format=memory_format)
@@ -175,8 +173,8 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     _print_config(console, config, device, resume_from=start_epoch - 1 if checkpoint else None)
     teacher_top1 = teacher_train_error = None
     if teacher is not None:
-        teacher_top1, _ = evaluate(teacher, data.test_x, data.test_y, config)
-        train_top1, _ = evaluate(teacher, data.train_x, data.train_y, config)
+        teacher_top1, _ = _evaluate(teacher, data.test_x, data.test_y, config)
+        train_top1, _ = _evaluate(teacher, data.train_x, data.train_y, config)
         teacher_train_error = 1.0 - train_top1
         console.print(f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
                       f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)")
@@ -192,7 +190,7 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
                             console, files)
         train_time = time.perf_counter() - started
         scheduler.step()
-        top1, top5 = evaluate(forward, data.test_x, data.test_y, config)
+        top1, top5 = _evaluate(forward, data.test_x, data.test_y, config)
         is_best = top1 > best_top1
         if is_best:
             best_top1, best_epoch = top1, epoch
@@ -249,7 +247,7 @@ def reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, method: Callable[..., Any],
-                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: _Data,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: DeviceData,
                  config: TrainConfig, epoch: int, generator: torch.Generator, console: Console,
                  files: RunFiles) -> dict[str, float]:
     """One pass over the training set. Running sums stay on the device; the host reads them only
@@ -274,7 +272,7 @@ def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, meth
             loss = torch.zeros((), device=device)
             for v, view in enumerate(views):
                 x = view(images, generator).contiguous(memory_format=_memory_format(config))
-                with _autocast(config, device):
+                with _autocast(config.amp, device):
                     student_logits = student(x)
                     with torch.no_grad():
                         teacher_logits = teacher(x) if teacher is not None else None
@@ -313,30 +311,35 @@ def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps: int, files: R
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             config: TrainConfig) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (fractions) of ``model`` on ``uint8`` images, in eval mode.
-    Counts stay on the device until the end (one sync). The model's train/eval mode is restored."""
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512,
+             amp: str = "off", channels_last: bool = False) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (fractions) of ``model`` on ``uint8`` NCHW ``images`` (eval view), in
+    eval mode; the model's train/eval mode is restored. Counts stay on the device until the end (one sync)."""
     was_training = model.training
     model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     correct1 = torch.zeros((), dtype=torch.long, device=images.device)
     correct5 = torch.zeros((), dtype=torch.long, device=images.device)
-    for start in range(0, images.shape[0], config.data.eval_batch_size):
-        x = eval_view(images[start:start + config.data.eval_batch_size])
-        y = labels[start:start + config.data.eval_batch_size]
-        with _autocast(config, images.device):
-            logits = model(x.contiguous(memory_format=_memory_format(config)))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == y[:, None]
+    for start in range(0, images.shape[0], batch_size):
+        x = eval_view(images[start:start + batch_size]).contiguous(memory_format=memory_format)
+        y = labels[start:start + batch_size]
+        with _autocast(amp, images.device):
+            logits = model(x)
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
         correct1 += hits[:, 0].sum()
         correct5 += hits.any(dim=1).sum()
     model.train(was_training)
-    n = images.shape[0]
     c1, c5 = torch.stack([correct1, correct5]).tolist()
-    return c1 / n, c5 / n
+    return c1 / images.shape[0], c5 / images.shape[0]
 
 
 # --------------------------------------------------------------------------------------------------- set-up
+
+
+def _evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              config: TrainConfig) -> tuple[float, float]:
+    return evaluate(model, images, labels, batch_size=config.data.eval_batch_size, amp=config.amp,
+                    channels_last=config.channels_last)
 
 
 def _seed_everything(seed: int) -> None:
@@ -373,8 +376,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _load_data(config: TrainConfig, device: torch.device) -> _Data:
-    cifar = load_cifar100(config.data.data_dir, download=config.data.download)
+def load_data(config: DataConfig, device: torch.device) -> DeviceData:
+    """CIFAR-100 as ``uint8`` NCHW / ``int64`` tensors on ``device``, loaded once (limits applied)."""
+    cifar = load_cifar100(config.data_dir, download=config.download)
 
     def to_device(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = images[:limit], labels[:limit]
@@ -382,12 +386,12 @@ def _load_data(config: TrainConfig, device: torch.device) -> _Data:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         return x, torch.from_numpy(labels).to(device=device, dtype=torch.long)
 
-    train_x, train_y = to_device(cifar.train_images, cifar.train_labels, config.data.limit_train)
-    test_x, test_y = to_device(cifar.test_images, cifar.test_labels, config.data.limit_test)
+    train_x, train_y = to_device(cifar.train_images, cifar.train_labels, config.limit_train)
+    test_x, test_y = to_device(cifar.test_images, cifar.test_labels, config.limit_test)
     for name, labels in (("training", cifar.train_labels), ("test", cifar.test_labels)):
         if labels.size and (labels.min() < 0 or labels.max() >= cifar.num_classes):
             raise ValueError(f"{name} labels must lie in [0, {cifar.num_classes}); got {labels.min()}..{labels.max()}")
-    return _Data(train_x, train_y, test_x, test_y, cifar.num_classes)
+    return DeviceData(train_x, train_y, test_x, test_y, cifar.num_classes)
 
 
 def _load_teacher(config: TrainConfig, num_classes: int, device: torch.device,
@@ -407,10 +411,10 @@ def _memory_format(config: TrainConfig) -> torch.memory_format:
     return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if config.amp == "off":
+def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 # --------------------------------------------------------------------------------------------------- output

@@ -14,7 +14,7 @@ the project. Only DKD, which SLD does not contain, is written here.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ def sld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kd_as_sld(config: KDConfig) -> SLDConfig:
     # Hinton KD = T^2 * KL(softmax(t/T) || softmax(s/T)) at one T: exactly SLD's teacher term with
     # a single temperature, no pseudo-teacher, and the swap only when asked for.

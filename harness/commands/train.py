@@ -1,0 +1,222 @@
+"""``sld train``: distill a CIFAR-100 student from its teacher (ce, kd, dkd or sld).
+
+The command only builds a :class:`harness.train.config.TrainConfig` (from a pair's official recipe, a
+``--config`` file, or the run being resumed, then the flags on top) and hands it to
+:func:`harness.train.loop.train`. torch is imported inside the command, so ``sld --help`` stays fast.
+
+    sld train --pair resnet32x4-resnet8x4                  # SLD, official recipe
+    sld train --pair resnet32x4-resnet8x4 --method kd      # the KD baseline (mdistiller recipe)
+    sld train --config runs/resnet32x4-resnet8x4/sld/config.json   # repeat a run exactly
+    sld train --out runs/resnet32x4-resnet8x4/sld --resume         # continue an interrupted run
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harness.train.config import (
+    AMP_MODES,
+    METHOD_CONFIGS,
+    ConfigError,
+    TrainConfig,
+    load_config,
+    pair_config,
+    with_overrides,
+)
+from harness.train.errors import NonFiniteLossError
+from harness.train.paths import DEFAULT_RUNS_DIR, find_teacher
+
+# Options shared with ``sld train-teacher`` (harness/commands/train_teacher.py).
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Epochs (recipe: 240).")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch (recipe: 64).")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Initial learning rate (default: the recipe's).")]
+MilestonesOpt = Annotated[str | None, typer.Option(
+    "--lr-milestones", help="Comma-separated epochs after which lr is multiplied by 0.1 (recipe: 150,180,210).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for init, shuffling and augmentation.")]
+AmpOpt = Annotated[str | None, typer.Option("--amp", help="Mixed precision: bf16, fp16 or off.")]
+ChannelsLastOpt = Annotated[bool | None, typer.Option(
+    "--channels-last/--no-channels-last", help="NHWC activations (faster convolutions on tensor cores).")]
+CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (config, metrics, checkpoints).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Start from this config.json; flags override it.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="CIFAR-100 cache folder.")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Root of the runs tree (teachers live in RUNS/teachers).")]
+ViewsOpt = Annotated[int | None, typer.Option("--views", help="1: weak view; 2: weak + strong, losses summed.")]
+LimitTrainOpt = Annotated[int | None, typer.Option("--limit-train", hidden=True, help="Use the first N train images.")]
+LimitTestOpt = Annotated[int | None, typer.Option("--limit-test", hidden=True, help="Use the first N test images.")]
+
+# CLI flag -> the config field it sets, for the message when a flag does not fit the method.
+_LOSS_FLAGS = {
+    "loss.teacher_swap": "--no-teacher-swap", "loss.pseudo_teacher": "--no-pseudo-teacher",
+    "loss.detach_pseudo_teacher": "--detach-pseudo-teacher", "loss.gamma": "--gamma",
+    "loss.temperatures": "--temperatures", "loss.swap_teacher": "--swap-teacher",
+}
+
+
+def train(
+    pair: Annotated[str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="ce, kd, dkd or sld (default sld).")] = None,
+    teacher: Annotated[Path | None, typer.Option(
+        "--teacher", help="Teacher checkpoint (default: RUNS/teachers/<model>/best.pt or download_ckpts/).")] = None,
+    student: Annotated[str | None, typer.Option("--student", help="Student model, instead of --pair.")] = None,
+    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    lr_milestones: MilestonesOpt = None,
+    seed: SeedOpt = None,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    compile: CompileOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = Path(DEFAULT_RUNS_DIR),
+    views: ViewsOpt = None,
+    no_teacher_swap: Annotated[bool, typer.Option("--no-teacher-swap", help="SLD ablation: teacher logits unswapped.")] = False,
+    no_pseudo_teacher: Annotated[bool, typer.Option("--no-pseudo-teacher", help="SLD ablation: no pseudo-teacher term.")] = False,
+    detach_pseudo_teacher: Annotated[bool, typer.Option(
+        "--detach-pseudo-teacher", help="SLD ablation: no gradient through the swapped student logits.")] = False,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="SLD: pseudo-teacher on after this epoch (150).")] = None,
+    temperatures: Annotated[str | None, typer.Option("--temperatures", help="SLD: e.g. 1,2,3,4,5,6.")] = None,
+    swap_teacher: Annotated[bool, typer.Option("--swap-teacher", help="kd/dkd: swap the teacher's logits first.")] = False,
+    limit_train: LimitTrainOpt = None,
+    limit_test: LimitTestOpt = None,
+) -> None:
+    """Distill a student on CIFAR-100 and log every epoch to OUT/metrics.jsonl."""
+    with user_errors():
+        if method is not None and method not in METHOD_CONFIGS:
+            raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
+        base = _base_config(pair=pair, method=method, student=student, teacher_model=teacher_model,
+                            config=config, out=out, resume=resume)
+        overrides = common_overrides(epochs=epochs, batch_size=batch_size, lr=lr, lr_milestones=lr_milestones,
+                                     seed=seed, amp=amp, channels_last=channels_last, compile=compile, out=out,
+                                     data_dir=data_dir, views=views, limit_train=limit_train,
+                                     limit_test=limit_test)
+        overrides.update({
+            "teacher_checkpoint": str(teacher) if teacher is not None else None,
+            "loss.teacher_swap": False if no_teacher_swap else None,
+            "loss.pseudo_teacher": False if no_pseudo_teacher else None,
+            "loss.detach_pseudo_teacher": True if detach_pseudo_teacher else None,
+            "loss.gamma": gamma,
+            "loss.temperatures": _floats(temperatures, "--temperatures") if temperatures is not None else None,
+            "loss.swap_teacher": True if swap_teacher else None,
+        })
+        cfg = _apply(base, overrides)
+        if cfg.method != "ce" and cfg.teacher_checkpoint is None:
+            cfg = with_overrides(cfg, {"teacher_checkpoint": str(find_teacher(cfg.teacher, runs_dir))})
+        run(cfg, device, resume=resume)
+
+
+def _base_config(*, pair: str | None, method: str | None, student: str | None, teacher_model: str | None,
+                 config: Path | None, out: Path | None, resume: bool) -> TrainConfig:
+    """The config the flags apply to: ``--config``, else the resumed run's, else the pair's recipe or
+    ``--student``/``--teacher-model`` with the default recipe."""
+    if config is None and resume:
+        if out is None:
+            raise ConfigError("--resume needs --out DIR (the run to continue)")
+        config = out / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"cannot resume: {config} does not exist (is {out} a run directory?)")
+    if config is not None:
+        if pair or student or teacher_model:
+            raise ConfigError("--config already names the models; drop --pair/--student/--teacher-model")
+        base = load_config(config)
+        if method is not None and method != base.method:
+            raise ConfigError(f"--method {method} conflicts with {config} (method {base.method!r}); "
+                              "edit the file or start from --pair")
+        return base
+    method = method or "sld"
+    if pair is not None:
+        if student or teacher_model:
+            raise ConfigError("give either --pair or --student/--teacher-model, not both")
+        return pair_config(pair, method)
+    if student is None:
+        raise ConfigError("say what to train: --pair P (see `sld pairs`), --student S [--teacher-model T], "
+                          "or --config FILE")
+    if method != "ce" and teacher_model is None:
+        raise ConfigError(f"method {method!r} needs --teacher-model with --student (or use --pair)")
+    _check_model_names(student, teacher_model)
+    return TrainConfig(student=student, teacher=teacher_model, method=method, loss=METHOD_CONFIGS[method](),
+                       out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{method}")
+
+
+def common_overrides(*, epochs: int | None, batch_size: int | None, lr: float | None, lr_milestones: str | None,
+                     seed: int | None, amp: str | None, channels_last: bool | None, compile: bool | None,
+                     out: Path | None, data_dir: Path | None, views: int | None, limit_train: int | None,
+                     limit_test: int | None) -> dict[str, Any]:
+    """The config fields the options shared by ``train`` and ``train-teacher`` set."""
+    if amp is not None and amp not in AMP_MODES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}; got {amp!r}")
+    milestones = tuple(int(e) for e in _floats(lr_milestones, "--lr-milestones")) if lr_milestones else None
+    return {
+        "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.lr_milestones": milestones,
+        "seed": seed, "amp": amp, "channels_last": channels_last, "compile": compile,
+        "out_dir": str(out) if out is not None else None,
+        "data.data_dir": str(data_dir) if data_dir is not None else None, "data.views": views,
+        "data.limit_train": limit_train, "data.limit_test": limit_test,
+    }
+
+
+def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """:func:`with_overrides`, but a loss flag that the method does not have is named as the flag."""
+    for field_path, flag in _LOSS_FLAGS.items():
+        name = field_path.split(".")[1]
+        if overrides.get(field_path) is not None and not hasattr(base.loss, name):
+            users = [m for m, cls in METHOD_CONFIGS.items() if name in getattr(cls, "__dataclass_fields__", {})]
+            raise ConfigError(f"{flag} applies to method {' / '.join(users)}, not {base.method!r}")
+    return with_overrides(base, overrides)
+
+
+def run(cfg: TrainConfig, device: str | None, *, resume: bool) -> None:
+    """Import torch, pick the device, check the model names and train."""
+    import torch
+
+    from harness.train.loop import train as train_loop
+
+    _check_model_names(cfg.student, cfg.teacher)
+    torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_loop(cfg, torch_device, resume=resume)
+
+
+def _check_model_names(*names: str | None) -> None:
+    from harness.models import MODELS
+
+    for name in names:
+        if name is not None and name not in MODELS:
+            raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 1,2,3; got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag} needs at least one number; got {text!r}")
+    return values
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (bad names or values, missing files, bad checkpoints or data, a
+    diverged run) into one red line on stderr and exit code 1, without a traceback."""
+    from harness.data.cifar import DatasetError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, DatasetError, NonFiniteLossError) as exc:
+        from rich.console import Console
+        from rich.text import Text
+
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(exc)))
+        raise typer.Exit(code=1) from None

@@ -22,9 +22,17 @@ def version() -> None:
 
 
 # Command registrations (one line each; keep alphabetical).
+from harness.commands import eval as eval_cmd  # noqa: E402
+from harness.commands import models as models_cmd  # noqa: E402
 from harness.commands import pairs as pairs_cmd  # noqa: E402
+from harness.commands import train as train_cmd  # noqa: E402
+from harness.commands import train_teacher as train_teacher_cmd  # noqa: E402
 
+app.command("eval")(eval_cmd.eval)
+app.command("models")(models_cmd.models)
 app.command("pairs")(pairs_cmd.pairs)
+app.command("train")(train_cmd.train)
+app.command("train-teacher")(train_teacher_cmd.train_teacher)
 
 
 def main() -> None:

@@ -1,0 +1,626 @@
+"""harness.data: the CIFAR-100 cache (download, md5, extraction, loading), the synthetic archive, and the
+batched augmentation, each op checked against a plain reference written here (and against Pillow when
+it is installed)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.data import cifar
+from harness.data.cifar import CIFAR100_FILENAME, DatasetError, default_data_dir, load_cifar100
+from harness.data.synthetic import write_cifar100_archive
+
+torch = pytest.importorskip("torch")
+from harness.data import augment  # noqa: E402  (needs torch)
+from harness.data.augment import (  # noqa: E402
+    CUTOUT_FILL,
+    RANDAUGMENT_OPS,
+    cutout,
+    eval_view,
+    rand_augment,
+    random_crop_flip,
+    strong_view,
+    to_float_normalized,
+    weak_view,
+)
+
+OPS = {op.name: op for op in RANDAUGMENT_OPS}
+SMALL = {"n_train": 30, "n_test": 20, "num_classes": 10}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> tuple[Path, str]:
+    """A synthetic archive in its own folder (the "server"), and its md5."""
+    path = tmp_path / "server" / CIFAR100_FILENAME
+    return path, write_cifar100_archive(path, seed=3, **SMALL)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def _decode_member(path: Path, name: str) -> dict:
+    with tarfile.open(path) as tar, tar.extractfile(f"cifar-100-python/{name}") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _pixel(row: np.ndarray, y: int, x: int, c: int) -> int:
+    """The official layout: 1024 red bytes, then green, then blue, each row-major."""
+    return int(row[c * 1024 + y * 32 + x])
+
+
+# ------------------------------------------------------------------------------------- loading the archive
+
+
+def test_load_matches_what_was_written(tmp_path: Path, archive: tuple[Path, str], no_network: None) -> None:
+    src, md5 = archive
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / CIFAR100_FILENAME).write_bytes(src.read_bytes())
+
+    data = load_cifar100(cache, download=False, md5=md5)
+
+    assert data.train_images.shape == (30, 32, 32, 3) and data.train_images.dtype == np.uint8
+    assert data.test_images.shape == (20, 32, 32, 3) and data.test_images.dtype == np.uint8
+    assert data.train_labels.dtype == np.int64 and data.test_labels.dtype == np.int64
+    assert data.num_classes == 10 and data.class_names[0] == "synthetic_000"
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
+        raw = _decode_member(src, split)
+        assert labels.tolist() == raw[b"fine_labels"]
+        for n in (0, len(labels) - 1):
+            for y, x, c in ((0, 0, 0), (5, 17, 1), (31, 30, 2), (12, 0, 2)):
+                assert images[n, y, x, c] == _pixel(raw[b"data"][n], y, x, c)
+    assert sorted(p.name for p in (cache / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+
+
+def test_synthetic_archive_has_the_official_format(archive: tuple[Path, str]) -> None:
+    src, md5 = archive
+    assert hashlib.md5(src.read_bytes()).hexdigest() == md5
+    with tarfile.open(src) as tar:
+        assert set(tar.getnames()) == {"cifar-100-python", "cifar-100-python/train",
+                                       "cifar-100-python/test", "cifar-100-python/meta"}
+    train, meta = _decode_member(src, "train"), _decode_member(src, "meta")
+    assert set(train) == {b"filenames", b"batch_label", b"fine_labels", b"coarse_labels", b"data"}
+    assert train[b"data"].dtype == np.uint8 and train[b"data"].shape == (30, 3072)
+    assert all(type(label) is int for label in train[b"fine_labels"])
+    assert len(meta[b"fine_label_names"]) == 10 and all(isinstance(n, bytes) for n in meta[b"fine_label_names"])
+    assert sorted(np.bincount(train[b"fine_labels"])) == [3] * 10  # balanced
+
+
+def test_synthetic_archive_is_deterministic(tmp_path: Path) -> None:
+    first = write_cifar100_archive(tmp_path / "a.tar.gz", seed=1, **SMALL)
+    again = write_cifar100_archive(tmp_path / "b.tar.gz", seed=1, **SMALL)
+    other = write_cifar100_archive(tmp_path / "c.tar.gz", seed=2, **SMALL)
+    assert first == again != other
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+
+
+def test_synthetic_images_are_learnable(tmp_path: Path) -> None:
+    md5 = write_cifar100_archive(tmp_path / CIFAR100_FILENAME, n_train=200, n_test=100, num_classes=10)
+    data = load_cifar100(tmp_path, download=False, md5=md5)
+    x = data.train_images.reshape(200, -1).astype(np.float64)
+    centroids = np.stack([x[data.train_labels == k].mean(axis=0) for k in range(10)])
+    xt = data.test_images.reshape(100, -1).astype(np.float64)
+    predicted = ((xt[:, None, :] - centroids[None]) ** 2).sum(axis=-1).argmin(axis=1)
+    assert (predicted == data.test_labels).mean() > 0.5  # chance is 0.1
+
+
+def test_wrong_md5_archive_is_refused_and_not_kept(tmp_path: Path, archive: tuple[Path, str]) -> None:
+    src, md5 = archive
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    local = cache / CIFAR100_FILENAME
+    local.write_bytes(src.read_bytes())
+    with pytest.raises(DatasetError, match=rf"(?s)md5 {md5}, expected 0{{32}}.*{local}"):
+        load_cifar100(cache, download=False, md5="0" * 32)
+    assert not local.exists() and not (cache / "cifar-100-python").exists()
+    assert (cache / (CIFAR100_FILENAME + ".bad-md5")).exists()  # kept aside for a look, under another name
+    with pytest.raises(DatasetError, match="not found"):
+        load_cifar100(cache, download=False, md5="0" * 32)
+
+
+def test_download_from_url_then_use_the_cache(
+    tmp_path: Path, archive: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, md5 = archive
+    cache = tmp_path / "cache" / "nested"  # created on demand
+    data = load_cifar100(cache, url=src.as_uri(), md5=md5)
+    assert data.train_images.shape == (30, 32, 32, 3)
+    assert (cache / CIFAR100_FILENAME).read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([CIFAR100_FILENAME, "cifar-100-python"])  # no temp left
+
+    # Extracted files are used as they are: no network, not even the archive.
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("network touched"))
+    (cache / CIFAR100_FILENAME).unlink()
+    again = load_cifar100(cache, url="https://invalid.example/never", md5=md5)
+    np.testing.assert_array_equal(again.test_images, data.test_images)
+
+
+def test_truncated_download_leaves_nothing(tmp_path: Path, archive: tuple[Path, str]) -> None:
+    src, md5 = archive
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetError, match=rf"(?s)md5 .*expected {md5}.*{cache / CIFAR100_FILENAME}"):
+        load_cifar100(cache, url=truncated.as_uri(), md5=md5)
+    assert list(cache.iterdir()) == []
+
+
+def test_interrupted_download_leaves_nothing(
+    tmp_path: Path, archive: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, md5 = archive
+    payload = src.read_bytes()
+
+    class CutResponse(io.BytesIO):
+        """Serves the first 1000 bytes, then the connection drops."""
+
+        def read(self, size: int = -1) -> bytes:
+            if self.tell() >= 1000:
+                raise http.client.IncompleteRead(b"", len(payload) - 1000)
+            return super().read(min(size, 1000 - self.tell()))
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutResponse(payload))
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetError, match=r"could not download https://example\.org/c\.tgz .*IncompleteRead"):
+        load_cifar100(cache, url="https://example.org/c.tgz", md5=md5)
+    assert list(cache.iterdir()) == []
+
+
+def test_unreachable_url_is_one_clear_error(tmp_path: Path, archive: tuple[Path, str]) -> None:
+    _, md5 = archive
+    missing = (tmp_path / "nowhere.tar.gz").as_uri()
+    with pytest.raises(DatasetError, match=rf"(?s)could not download {missing}.*md5 {md5}.*put it at"):
+        load_cifar100(tmp_path / "cache", url=missing, md5=md5)
+
+
+def test_offline_without_data_names_url_md5_and_path(tmp_path: Path, no_network: None) -> None:
+    with pytest.raises(DatasetError) as info:
+        load_cifar100(tmp_path, download=False)
+    message = str(info.value)
+    assert cifar.CIFAR100_URL in message and cifar.CIFAR100_MD5 in message
+    assert str(tmp_path / CIFAR100_FILENAME) in message and "download=False" in message
+
+
+def _write_extracted(root: Path, **overrides: object) -> None:
+    """Extracted pickles made by hand; ``overrides`` replace whole files (bytes) or dict entries."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    contents = {
+        "train": {b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [0, 1, 2, 1]},
+        "test": {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [2, 0]},
+        "meta": {b"fine_label_names": [b"a", b"b", b"c"]},
+    }
+    for name, value in overrides.items():
+        split, _, key = name.partition("__")
+        if key:
+            contents[split][key.encode()] = value
+        else:
+            contents[split] = value
+    for name, value in contents.items():
+        (folder / name).write_bytes(value if isinstance(value, bytes) else pickle.dumps(value, protocol=2))
+
+
+def test_hand_made_extracted_files_load(tmp_path: Path, no_network: None) -> None:
+    _write_extracted(tmp_path)
+    data = load_cifar100(tmp_path)
+    assert data.class_names == ("a", "b", "c") and data.train_labels.tolist() == [0, 1, 2, 1]
+
+
+def test_numpy1_pickles_like_the_official_files_load(tmp_path: Path, no_network: None) -> None:
+    _write_extracted(tmp_path)
+    train = tmp_path / "cifar-100-python" / "train"
+    # NumPy 1 (and the 2009 originals) name the array constructor numpy.core.multiarray._reconstruct.
+    raw = train.read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    train.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert load_cifar100(tmp_path).train_images.shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"train": b"\x80\x02}q\x00(X\x04"}, "train is not a readable pickle"),  # cut short
+        ({"test": b"not a pickle at all"}, "test is not a readable pickle"),
+        ({"meta": pickle.dumps(print)}, r"builtins\.print is not allowed"),  # a global: refused, not run
+        ({"meta": [1, 2]}, "holds a list, expected a dict"),
+        ({"train__data": np.zeros((4, 1024), np.uint8)}, r"must be uint8 \(N, 3072\), got uint8 \(4, 1024\)"),
+        ({"train__data": np.zeros((4, 3072), np.float32)}, "must be uint8"),
+        ({"test__fine_labels": [0]}, "2 images but b'fine_labels' has shape"),
+        ({"train__fine_labels": [0, 1, 3, 1]}, r"labels outside \[0, 3\)"),
+        ({"meta__fine_label_names": None}, "no b'fine_label_names'"),
+    ],
+    ids=["truncated", "garbage", "foreign-global", "not-dict", "wrong-shape", "wrong-dtype",
+         "label-count", "label-range", "no-names"],
+)
+def test_unusable_extracted_files_are_one_clear_error(tmp_path: Path, overrides: dict, problem: str) -> None:
+    _write_extracted(tmp_path, **overrides)
+    with pytest.raises(DatasetError, match=rf"(?s)unusable: .*{problem}.*Delete that folder.*{CIFAR100_FILENAME}"):
+        load_cifar100(tmp_path, download=False)
+
+
+def _tar_with(path: Path, members: dict[str, bytes | str]) -> str:
+    """A .tar.gz whose ``str`` values are symlink targets; returns its md5."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_extraction_takes_only_the_three_regular_files(tmp_path: Path, archive: tuple[Path, str]) -> None:
+    src, _ = archive
+    good = {name: pickle.dumps(_decode_member(src, name), protocol=2) for name in ("train", "test", "meta")}
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    md5 = _tar_with(cache / CIFAR100_FILENAME, {
+        "../escaped": b"x", "/tmp/absolute-escape": b"x", "cifar-100-python/extra": b"x",
+        **{f"cifar-100-python/{k}": v for k, v in good.items()},
+    })
+    load_cifar100(cache, download=False, md5=md5)
+    assert not (tmp_path / "escaped").exists()
+    assert sorted(p.name for p in (cache / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+
+
+@pytest.mark.parametrize(
+    ("members", "problem"),
+    [
+        ({"cifar-100-python/train": "/etc/passwd", "cifar-100-python/test": b"", "cifar-100-python/meta": b""},
+         "'cifar-100-python/train' is not a regular file"),
+        ({"cifar-100-python/train": b""}, "'cifar-100-python/test' is missing"),
+    ],
+    ids=["symlink", "missing-member"],
+)
+def test_bad_archive_content_is_one_clear_error(tmp_path: Path, members: dict, problem: str) -> None:
+    md5 = _tar_with(tmp_path / CIFAR100_FILENAME, members)
+    with pytest.raises(DatasetError, match=rf"could not be read .*{problem}"):
+        load_cifar100(tmp_path, download=False, md5=md5)
+    assert not (tmp_path / "cifar-100-python").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [CIFAR100_FILENAME]  # no temporary folder left behind
+
+
+def test_not_a_gzip_archive(tmp_path: Path) -> None:
+    (tmp_path / CIFAR100_FILENAME).write_bytes(b"<html>rate limited</html>")
+    md5 = hashlib.md5(b"<html>rate limited</html>").hexdigest()
+    with pytest.raises(DatasetError, match="could not be read"):
+        load_cifar100(tmp_path, download=False, md5=md5)
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SLD_DATA_DIR", str(tmp_path / "explicit"))
+    assert default_data_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("SLD_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "sld" / "cifar100"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "sld" / "cifar100"
+
+
+def test_none_means_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_network: None) -> None:
+    monkeypatch.setenv("SLD_DATA_DIR", os.fspath(tmp_path))
+    _write_extracted(tmp_path)
+    assert load_cifar100().class_names == ("a", "b", "c")
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+
+
+def _devices() -> list:
+    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is False")
+    return ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.gpu])]
+
+
+@pytest.fixture(params=_devices())
+def device(request: pytest.FixtureRequest):
+    return torch.device(request.param)
+
+
+def _images(device, b: int = 16, seed: int = 0) -> torch.Tensor:
+    g = np.random.default_rng(seed)
+    return torch.as_tensor(g.integers(0, 256, size=(b, 3, 32, 32), dtype=np.uint8), device=device)
+
+
+def _gen(device, seed: int = 0) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@pytest.mark.parametrize("view", [weak_view, strong_view, lambda x, g: eval_view(x)], ids=["weak", "strong", "eval"])
+def test_views_keep_shape_device_and_give_finite_float32(device, view) -> None:
+    x = _images(device)
+    out = view(x, _gen(device))
+    assert out.shape == x.shape and out.dtype == torch.float32 and out.device == x.device
+    assert torch.isfinite(out).all()
+    assert out.abs().max() < 2.5  # (0 - 0.51) / 0.27 ... (1 - 0.44) / 0.26: normalized, not raw 0..255
+
+
+@pytest.mark.parametrize("view", [weak_view, strong_view], ids=["weak", "strong"])
+def test_views_are_reproducible_with_a_seeded_generator(device, view) -> None:
+    x = _images(device, b=32)
+    first, again, other = view(x, _gen(device, 5)), view(x, _gen(device, 5)), view(x, _gen(device, 6))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.equal(x, _images(device, b=32))  # the input is not written to
+
+
+def test_normalization_matches_float64_reference(device) -> None:
+    x = _images(device)
+    expected = (x.cpu().numpy() / 255.0 - np.array(augment.CIFAR100_MEAN)[:, None, None]) / np.array(
+        augment.CIFAR100_STD
+    )[:, None, None]
+    np.testing.assert_allclose(to_float_normalized(x).cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _crop_flip_ref(img: np.ndarray, top: int, left: int, flipped: bool) -> np.ndarray:
+    """Plain loops: pixel (i, j) of the crop of the 4-pixel zero-padded image, mirrored if ``flipped``."""
+    out = np.zeros_like(img)
+    for c in range(3):
+        for i in range(32):
+            for j in range(32):
+                y, x = top + i - 4, left + (31 - j if flipped else j) - 4
+                if 0 <= y < 32 and 0 <= x < 32:
+                    out[c, i, j] = img[c, y, x]
+    return out
+
+
+def test_weak_crop_is_a_translate_of_the_padded_image_possibly_flipped(device) -> None:
+    x = _images(device, b=64, seed=1)
+    out = random_crop_flip(x, _gen(device, 2)).cpu().numpy()
+    source = x.cpu().numpy()
+    found = []
+    for n in range(64):
+        padded = np.pad(source[n], ((0, 0), (4, 4), (4, 4)))
+        matches = [(top, left, flipped) for top in range(9) for left in range(9) for flipped in (False, True)
+                   if np.array_equal(out[n], padded[:, top:top + 32, left:left + 32][:, :, ::-1 if flipped else 1])]
+        assert len(matches) == 1, f"sample {n}: {matches}"
+        found.append(matches[0])
+    for n in range(3):
+        np.testing.assert_array_equal(out[n], _crop_flip_ref(source[n], *found[n]))
+    tops, lefts, flips = zip(*found)
+    assert set(tops) == set(lefts) == set(range(9))  # every offset 0..8 occurs (fixed seed)
+    assert 10 < sum(flips) < 54
+
+
+def test_flip_mirrors_columns(device) -> None:
+    columns = torch.arange(1, 33, dtype=torch.uint8, device=device)  # pixel value = column + 1; padding is 0
+    x = columns.expand(64, 3, 32, 32).contiguous()
+    out = random_crop_flip(x, _gen(device, 9)).cpu().numpy().astype(int)
+    directions = set()
+    for n in range(64):
+        row = out[n, 0, 16]
+        inside = row[row > 0]
+        steps = set(np.diff(inside).tolist())
+        assert steps in ({1}, {-1}) and len(inside) >= 28, row
+        directions.add(steps.pop())
+        moved = out[n][:, out[n].any(axis=(0, 2))]  # rows that are not vertical padding
+        assert (moved == row).all()  # every row and channel moved the same way
+    assert directions == {1, -1}
+
+
+def test_cutout_is_one_grey_square_of_side_at_most_half(device) -> None:
+    x = torch.zeros(256, 3, 32, 32, dtype=torch.uint8, device=device)
+    out = cutout(x, _gen(device, 4)).cpu().numpy()
+    sides = []
+    for n in range(256):
+        hole = out[n].any(axis=0)
+        if not hole.any():
+            continue
+        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+        assert hole.sum() == len(rows) * len(cols)  # a solid rectangle
+        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+        assert len(rows) <= 16 and len(cols) <= 16
+        if rows[-1] < 31 and cols[-1] < 31:  # not clipped by the far border: a square
+            assert len(rows) == len(cols)
+            sides.append(len(rows))
+        np.testing.assert_array_equal(out[n][:, hole], np.array(CUTOUT_FILL)[:, None].repeat(hole.sum(), 1))
+    assert max(sides) >= 14 and min(sides) <= 3  # sizes drawn over the whole 0..16 range
+
+
+# One reference per op, in float64/NumPy, written from the op's definition (PIL semantics).
+
+
+def _luma_ref(img: np.ndarray) -> np.ndarray:
+    r, g, b = img.astype(np.int64)
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
+def _blend_ref(degenerate: np.ndarray, img: np.ndarray, f: float) -> np.ndarray:
+    """PIL's ImagingBlend: ``(UINT8)(d + f * (x - d))`` clipped, evaluated in C ``float`` (float32), so
+    the reference has to truncate float32 values too; float64 lands on the other side of whole numbers."""
+    d, x = np.asarray(degenerate, np.float32), img.astype(np.float32)
+    return np.clip(np.floor(d + np.float32(f) * (x - d)), 0, 255)
+
+
+def _equalize_ref(channel: np.ndarray) -> np.ndarray:
+    hist = [int((channel == i).sum()) for i in range(256)]
+    present = [h for h in hist if h]
+    step = (sum(present) - present[-1]) // 255 if len(present) > 1 else 0
+    if not step:
+        return channel.copy()
+    lut, n = [], step // 2
+    for i in range(256):
+        lut.append(min(n // step, 255))
+        n += hist[i]
+    return np.array(lut)[channel]
+
+
+def _sharpness_ref(img: np.ndarray, f: float) -> np.ndarray:
+    smooth = img.astype(np.float64).copy()
+    for c in range(3):
+        for i in range(1, 31):
+            for j in range(1, 31):
+                window = img[c, i - 1:i + 2, j - 1:j + 2].astype(np.int64)
+                smooth[c, i, j] = np.rint((window.sum() + 4 * window[1, 1]) / 13)
+    return _blend_ref(smooth, img, f)
+
+
+def _affine_ref(img: np.ndarray, a: float, b: float, c: float, d: float, e: float, f: float) -> np.ndarray:
+    """PIL AFFINE with NEAREST: output pixel centre (x+.5, y+.5) samples input pixel floor(A p + t)."""
+    out = np.zeros_like(img)
+    for y in range(32):
+        for x in range(32):
+            sx, sy = a * (x + 0.5) + b * (y + 0.5) + c, d * (x + 0.5) + e * (y + 0.5) + f
+            if 0 <= sx < 32 and 0 <= sy < 32:
+                out[:, y, x] = img[:, int(np.floor(sy)), int(np.floor(sx))]
+    return out
+
+
+def _autocontrast_ref(img: np.ndarray, v: float) -> np.ndarray:
+    out = img.copy()
+    for c in range(3):
+        lo, hi = int(img[c].min()), int(img[c].max())
+        if hi > lo:
+            scale = 255.0 / (hi - lo)
+            out[c] = np.clip([[int(v * scale - lo * scale) for v in row] for row in img[c]], 0, 255)
+    return out
+
+
+REFERENCES = {
+    "Identity": [(0.5, lambda img, v: img)],
+    "Solarize": [(0.0, lambda img, v: 255 - img),  # threshold 0 inverts everything
+                 (256.0, lambda img, v: img),
+                 (100.5, lambda img, v: np.where(img >= 100.5, 255 - img, img))],
+    "Posterize": [(8.0, lambda img, v: img),
+                  (4.9, lambda img, v: img & 0b11110000),
+                  (6.0, lambda img, v: (img >> 2) << 2)],
+    "Brightness": [(0.3, lambda img, v: _blend_ref(np.zeros(img.shape), img, v)),
+                   (1.0, lambda img, v: img)],
+    "Color": [(0.4, lambda img, v: _blend_ref(_luma_ref(img)[None], img, v)),
+              (0.0, lambda img, v: np.repeat(_luma_ref(img)[None], 3, axis=0))],
+    "Contrast": [(0.7, lambda img, v: _blend_ref(np.floor(_luma_ref(img).mean() + 0.5), img, v))],
+    "Sharpness": [(0.2, _sharpness_ref), (1.0, lambda img, v: img)],
+    "AutoContrast": [(0.0, _autocontrast_ref)],
+    "Equalize": [(0.0, lambda img, v: np.stack([_equalize_ref(ch) for ch in img]))],
+    "Rotate": [(0.0, lambda img, v: img),
+               (90.0, lambda img, v: np.rot90(img, k=1, axes=(1, 2))),  # counter-clockwise on screen
+               (-90.0, lambda img, v: np.rot90(img, k=-1, axes=(1, 2))),
+               (180.0, lambda img, v: img[:, ::-1, ::-1])],
+    "ShearX": [(0.0, lambda img, v: img), (0.25, lambda img, v: _affine_ref(img, 1, v, 0, 0, 1, 0)),
+               (-0.3, lambda img, v: _affine_ref(img, 1, v, 0, 0, 1, 0))],
+    "ShearY": [(0.25, lambda img, v: _affine_ref(img, 1, 0, 0, v, 1, 0))],
+    "TranslateX": [(0.25, lambda img, v: np.concatenate([img[:, :, 8:], np.zeros((3, 32, 8), np.uint8)], axis=2)),
+                   (-0.125, lambda img, v: _affine_ref(img, 1, 0, -4, 0, 1, 0))],
+    "TranslateY": [(-0.25, lambda img, v: np.concatenate([np.zeros((3, 8, 32), np.uint8), img[:, :24]], axis=1)),
+                   (0.1, lambda img, v: _affine_ref(img, 1, 0, 0, 0, 1, 3.2))],
+}
+CASES = [(name, v, ref) for name, cases in REFERENCES.items() for v, ref in cases]
+
+
+def test_every_op_has_a_reference() -> None:
+    assert set(REFERENCES) == set(OPS) and len(OPS) == 14
+
+
+@pytest.mark.parametrize(("name", "v", "reference"), CASES, ids=[f"{n}-{v}" for n, v, _ in CASES])
+def test_op_matches_reference(device, name: str, v: float, reference) -> None:
+    x = _images(device, b=3, seed=7)
+    x[2] //= 4  # a dark, low-contrast image exercises AutoContrast and Equalize differently
+    out = OPS[name](x, v)
+    assert out.dtype == torch.uint8 and out.shape == x.shape and out.device == x.device
+    for n in range(3):
+        img = x[n].cpu().numpy()
+        np.testing.assert_array_equal(out[n].cpu().numpy(), reference(img, v).astype(np.uint8), err_msg=name)
+
+
+def test_flat_channel_is_left_alone_by_autocontrast_and_equalize(device) -> None:
+    x = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8, device=device)
+    for name in ("AutoContrast", "Equalize"):
+        assert torch.equal(OPS[name](x, 0.0), x)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_matches_pillow(name: str) -> None:
+    pil = pytest.importorskip("PIL")
+    from PIL import Image, ImageEnhance, ImageOps
+
+    def pillow(img, v):
+        if name in ("Brightness", "Color", "Contrast", "Sharpness"):
+            return getattr(ImageEnhance, name)(img).enhance(v)
+        affine = {"ShearX": (1, v, 0, 0, 1, 0), "ShearY": (1, 0, 0, v, 1, 0),
+                  "TranslateX": (1, 0, v * 32, 0, 1, 0), "TranslateY": (1, 0, 0, 0, 1, v * 32)}
+        if name in affine:
+            return img.transform(img.size, Image.AFFINE, affine[name])
+        return {"AutoContrast": lambda: ImageOps.autocontrast(img), "Equalize": lambda: ImageOps.equalize(img),
+                "Identity": lambda: img, "Posterize": lambda: ImageOps.posterize(img, max(1, int(v))),
+                "Rotate": lambda: img.rotate(v), "Solarize": lambda: ImageOps.solarize(img, v)}[name]()
+
+    op = OPS[name]
+    x = _images("cpu", b=24, seed=11)
+    x[:8] = x[:8] // 3 + 60  # narrow histograms
+    v = torch.as_tensor(np.random.default_rng(1).uniform(op.low, op.high, 24), dtype=torch.float32)
+    out = op(x, v).numpy()
+    expected = np.stack([
+        np.asarray(pillow(Image.fromarray(x[n].numpy().transpose(1, 2, 0)), float(v[n]))).transpose(2, 0, 1)
+        for n in range(24)
+    ])
+    mismatch = (out != expected).mean()
+    # Rotate's nearest-pixel ties can fall either way under float rounding; everything else is exact.
+    assert mismatch <= (2e-3 if name == "Rotate" else 0.0), f"{pil.__version__}: {mismatch:.4%} differ"
+
+
+def test_rand_augment_equals_its_ops_applied_one_sample_at_a_time(device) -> None:
+    x = _images(device, b=48, seed=3)
+    out = rand_augment(x, _gen(device, 8))
+    g = _gen(device, 8)  # replay the documented draw order: per round, op indices then magnitudes
+    draws = []
+    for _ in range(2):
+        choice = torch.randint(0, 14, (48,), device=device, generator=g)
+        u = torch.rand(48, device=device, generator=g)
+        draws.append((choice, u))
+    assert len(set(draws[0][0].tolist())) == 14  # every op is exercised by this batch
+    for n in range(48):
+        sample = x[n:n + 1]
+        for choice, u in draws:
+            op = RANDAUGMENT_OPS[int(choice[n])]
+            sample = op(sample, op.low + (op.high - op.low) * u[n])
+        assert torch.equal(out[n], sample[0]), f"sample {n}"
+
+
+def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:
+    x = _images(device, b=8)
+    g = _gen(device, 1)
+    expected = to_float_normalized(cutout(rand_augment(random_crop_flip(x, g), g), g))
+    assert torch.equal(strong_view(x, _gen(device, 1)), expected)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (torch.zeros(2, 3, 32, 32), TypeError, "uint8"),
+        (torch.zeros(2, 32, 32, 3, dtype=torch.uint8), ValueError, r"\(B, 3, H, W\), got \(2, 32, 32, 3\)"),
+        (np.zeros((2, 3, 32, 32), np.uint8), TypeError, "torch.Tensor"),
+    ],
+    ids=["float", "nhwc", "numpy"],
+)
+@pytest.mark.parametrize("view", [weak_view, strong_view, lambda x, g=None: eval_view(x)], ids=["weak", "strong", "eval"])
+def test_bad_batches_are_one_clear_error(view, bad, error, match) -> None:
+    with pytest.raises(error, match=match):
+        view(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type to disagree with")
+def test_generator_on_another_device_is_refused() -> None:
+    with pytest.raises(ValueError, match="generator is on cpu but the batch is on cuda"):
+        weak_view(_images("cuda"), torch.Generator())

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
 
 from harness.data.cifar import DatasetError, load_cifar100  # noqa: E402
 from harness.data.synthetic import write_cifar100_archive  # noqa: E402
@@ -69,16 +68,33 @@ def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def tiny(tmp_path: Path, data_dir: Path, teacher_ckpt: Path, method: str = "ce", loss=None, *, views: int = 1,
-         out: str = "run", **top) -> TrainConfig:
-    loss = loss if loss is not None else {"ce": CEConfig, "kd": KDConfig, "dkd": DKDConfig, "sld": SLDConfig}[method]()
+def tiny(
+    tmp_path: Path,
+    data_dir: Path,
+    teacher_ckpt: Path,
+    method: str = "ce",
+    loss=None,
+    *,
+    views: int = 1,
+    out: str = "run",
+    **top,
+) -> TrainConfig:
+    loss = (
+        loss
+        if loss is not None
+        else {"ce": CEConfig, "kd": KDConfig, "dkd": DKDConfig, "sld": SLDConfig}[method]()
+    )
     return TrainConfig(
-        student="resnet8", method=method, loss=loss,
+        student="resnet8",
+        method=method,
+        loss=loss,
         teacher=None if method == "ce" else "resnet8",
         teacher_checkpoint=None if method == "ce" else str(teacher_ckpt),
         optim=OptimConfig(epochs=2, batch_size=32, lr=0.05, lr_milestones=(1,)),
         data=DataConfig(data_dir=str(data_dir), download=False, views=views, eval_batch_size=64),
-        out_dir=str(tmp_path / out), log_every=1, **top,
+        out_dir=str(tmp_path / out),
+        log_every=1,
+        **top,
     )
 
 
@@ -102,7 +118,11 @@ def test_pair_config_is_the_official_recipe() -> None:
     assert sld.loss == SLDConfig()  # T 1..6, gamma 150, ce 0.1, kd 0.9, swap on, pseudo on, not detached
     assert sld.optim == OptimConfig(lr=0.025)  # 240 epochs, batch 64, momentum 0.9, wd 5e-4, 150/180/210
     kd = pair_config("resnet32x4-resnet8x4", "kd")
-    assert (kd.optim.lr, kd.data.views, kd.loss) == (0.05, 1, KDConfig(temperature=4.0, ce_weight=0.1, kd_weight=0.9))
+    assert (kd.optim.lr, kd.data.views, kd.loss) == (
+        0.05,
+        1,
+        KDConfig(temperature=4.0, ce_weight=0.1, kd_weight=0.9),
+    )
     assert pair_config("wrn40_2-wrn16_2", "dkd").loss.beta == 6.0
     assert pair_config("resnet56-resnet20", "dkd").loss.beta == 2.0
     assert pair_config("resnet32x4-resnet8x4", "dkd").loss.beta == 8.0
@@ -165,8 +185,8 @@ def _ref_dkd(s: np.ndarray, t: np.ndarray, y: np.ndarray, temp: float, alpha: fl
     """mdistiller's formulation, written out per row in float64."""
     total_t = total_n = 0.0
     for b in range(len(y)):
-        p = np.exp(_ref_log_softmax(t[b:b + 1], temp))[0]
-        q = np.exp(_ref_log_softmax(s[b:b + 1], temp))[0]
+        p = np.exp(_ref_log_softmax(t[b : b + 1], temp))[0]
+        q = np.exp(_ref_log_softmax(s[b : b + 1], temp))[0]
         pb, qb = np.array([p[y[b]], 1 - p[y[b]]]), np.array([q[y[b]], 1 - q[y[b]]])
         total_t += (pb * np.log(pb / qb)).sum()
         others = np.arange(len(p)) != y[b]
@@ -209,7 +229,12 @@ def test_dkd_matches_float64_reference(logits, swap: bool) -> None:
 
 def test_methods_return_differentiable_loss_terms(logits) -> None:
     s, t, y = _torch(*logits)
-    for name, config in (("ce", CEConfig()), ("kd", KDConfig()), ("dkd", DKDConfig()), ("sld", SLDConfig(gamma=0))):
+    for name, config in (
+        ("ce", CEConfig()),
+        ("kd", KDConfig()),
+        ("dkd", DKDConfig()),
+        ("sld", SLDConfig(gamma=0)),
+    ):
         student = s.clone().requires_grad_(True)
         terms = methods.METHODS[name](student, t, y, epoch=1, config=config)
         loss = sum(v for k, v in terms.items() if k.startswith("loss"))
@@ -224,10 +249,19 @@ def test_methods_return_differentiable_loss_terms(logits) -> None:
 def test_rng_capture_restore_replays_every_stream() -> None:
     generator = torch.Generator().manual_seed(7)
     state = capture_rng(generator)
-    draws = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())  # noqa: NPY002
+    draws = (
+        random.random(),
+        np.random.rand(),  # noqa: NPY002
+        torch.rand(1).item(),
+        torch.rand(1, generator=generator).item(),
+    )  # noqa: NPY002
     restore_rng(state, generator)
-    assert (random.random(), np.random.rand(), torch.rand(1).item(),  # noqa: NPY002
-            torch.rand(1, generator=generator).item()) == draws
+    assert (
+        random.random(),
+        np.random.rand(),  # noqa: NPY002
+        torch.rand(1).item(),
+        torch.rand(1, generator=generator).item(),
+    ) == draws
 
 
 def test_checkpoint_errors_name_the_path(tmp_path: Path, teacher_ckpt: Path) -> None:
@@ -258,20 +292,35 @@ RUNS = {
     "sld-no-pseudo-teacher": ("sld", SLDConfig(gamma=1, pseudo_teacher=False), 1),
     "sld-detach-pseudo-teacher": ("sld", SLDConfig(gamma=1, detach_pseudo_teacher=True), 1),
 }
-TERMS = {"ce": {"loss_ce"}, "kd": {"loss_kd", "ce", "kl_teacher"}, "dkd": {"loss_ce", "loss_dkd", "tckd", "nckd"},
-         "sld": {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}}
+TERMS = {
+    "ce": {"loss_ce"},
+    "kd": {"loss_kd", "ce", "kl_teacher"},
+    "dkd": {"loss_ce", "loss_dkd", "tckd", "nckd"},
+    "sld": {"loss_sld", "ce", "kl_teacher", "kl_pseudo"},
+}
 
 
 @pytest.mark.parametrize("run_id", list(RUNS))
-def test_two_epoch_run_writes_sane_metrics(run_id: str, tmp_path: Path, data_dir: Path, teacher_ckpt: Path) -> None:
+def test_two_epoch_run_writes_sane_metrics(
+    run_id: str, tmp_path: Path, data_dir: Path, teacher_ckpt: Path
+) -> None:
     method, loss, views = RUNS[run_id]
     config = tiny(tmp_path, data_dir, teacher_ckpt, method, loss, views=views)
     result = train(config, CPU)
     records = read_metrics(config.out_dir)
     assert [r["epoch"] for r in records] == [1, 2]
     assert [r["lr"] for r in records] == pytest.approx([0.05, 0.005])  # x0.1 after milestone epoch 1
-    expected = TERMS[method] | {"loss", "lr", "student_swap_rate", "train_top1", "test_top1", "test_top5",
-                                "best_test_top1", "epoch_time_s", "images_per_s"}
+    expected = TERMS[method] | {
+        "loss",
+        "lr",
+        "student_swap_rate",
+        "train_top1",
+        "test_top1",
+        "test_top5",
+        "best_test_top1",
+        "epoch_time_s",
+        "images_per_s",
+    }
     if method != "ce":
         expected.add("teacher_swap_rate")
     for record in records:
@@ -280,7 +329,9 @@ def test_two_epoch_run_writes_sane_metrics(run_id: str, tmp_path: Path, data_dir
         for key in ("student_swap_rate", "teacher_swap_rate", "train_top1", "test_top1", "test_top5"):
             assert 0.0 <= record.get(key, 0.0) <= 1.0
         assert record["test_top1"] <= record["test_top5"]
-        assert record["loss"] == pytest.approx(sum(v for k, v in record.items() if k.startswith("loss_")), rel=1e-5)
+        assert record["loss"] == pytest.approx(
+            sum(v for k, v in record.items() if k.startswith("loss_")), rel=1e-5
+        )
     if method == "sld":
         pseudo = [r["kl_pseudo"] for r in records]
         assert pseudo[0] == 0.0  # epoch 1 is not > gamma = 1
@@ -294,7 +345,9 @@ def test_two_epoch_run_writes_sane_metrics(run_id: str, tmp_path: Path, data_dir
         assert result.teacher_top1 is not None and 0.0 <= result.teacher_train_error <= 1.0
 
 
-def test_resume_after_interruption_is_bit_identical(tmp_path: Path, data_dir: Path, teacher_ckpt: Path) -> None:
+def test_resume_after_interruption_is_bit_identical(
+    tmp_path: Path, data_dir: Path, teacher_ckpt: Path
+) -> None:
     """Also the determinism test: two seeded CPU runs of the same config end with equal weights."""
     whole = tiny(tmp_path, data_dir, teacher_ckpt, "sld", SLDConfig(gamma=1), views=2, out="whole")
     train(whole, CPU)
@@ -322,15 +375,18 @@ def test_resume_after_interruption_is_bit_identical(tmp_path: Path, data_dir: Pa
     assert strip(read_metrics(whole.out_dir)) == strip(read_metrics(parts.out_dir))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data_dir: Path, teacher_ckpt: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, data_dir: Path, teacher_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def nan_in_epoch_2(student_logits, teacher_logits, targets, *, epoch, config):
         terms = methods.ce(student_logits, teacher_logits, targets, epoch=epoch, config=config)
         return {"loss_ce": terms["loss_ce"] * (float("nan") if epoch == 2 else 1.0)}
 
     monkeypatch.setitem(methods.METHODS, "ce", nan_in_epoch_2)
     config = tiny(tmp_path, data_dir, teacher_ckpt, "ce")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at epoch 2, step 1/2; .*last.pt \(epoch 1\) is kept"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss .* at epoch 2, step 1/2; .*last.pt \(epoch 1\) is kept"
+    ):
         train(config, CPU)
     kept = load_checkpoint(Path(config.out_dir) / "last.pt")
     assert kept["epoch"] == 1
@@ -338,7 +394,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, da
     assert [r["epoch"] for r in read_metrics(config.out_dir)] == [1]
 
 
-def test_mismatched_teacher_checkpoint_is_a_clear_error(tmp_path: Path, data_dir: Path, teacher_ckpt: Path) -> None:
+def test_mismatched_teacher_checkpoint_is_a_clear_error(
+    tmp_path: Path, data_dir: Path, teacher_ckpt: Path
+) -> None:
     config = dataclasses.replace(tiny(tmp_path, data_dir, teacher_ckpt, "kd"), teacher="resnet14")
     with pytest.raises(CheckpointError, match=r"(?s)ckpt_epoch_240.pth does not fit ResNet:.*missing keys"):
         train(config, CPU)

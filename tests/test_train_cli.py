@@ -62,14 +62,41 @@ def test_teacher_then_student_then_eval(tmp_path: Path, data_dir: Path) -> None:
     assert (runs / "teachers/resnet8/best.pt").is_file()
 
     out = tmp_path / "student"
-    student = invoke("train", "--student", "resnet8", "--teacher-model", "resnet8", "--method", "sld",
-                     "--no-teacher-swap", "--gamma", "0", "--temperatures", "1,4", "--runs-dir", runs,
-                     "--data-dir", data_dir, "--out", out, "--views", "1", *TINY)
+    student = invoke(
+        "train",
+        "--student",
+        "resnet8",
+        "--teacher-model",
+        "resnet8",
+        "--method",
+        "sld",
+        "--no-teacher-swap",
+        "--gamma",
+        "0",
+        "--temperatures",
+        "1,4",
+        "--runs-dir",
+        runs,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--views",
+        "1",
+        *TINY,
+    )
     assert student.exit_code == 0, student.output
     config = json.loads((out / "config.json").read_text())
     assert config["teacher_checkpoint"] == str(runs / "teachers/resnet8/best.pt")  # found, not given
-    assert config["loss"] == {"temperatures": [1.0, 4.0], "gamma": 0.0, "ce_weight": 0.1, "kd_weight": 0.9,
-                              "teacher_swap": False, "pseudo_teacher": True, "detach_pseudo_teacher": False}
+    assert config["loss"] == {
+        "temperatures": [1.0, 4.0],
+        "gamma": 0.0,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+        "teacher_swap": False,
+        "pseudo_teacher": True,
+        "detach_pseudo_teacher": False,
+    }
     assert "teacher resnet8: test top-1" in student.output
 
     evaluated = invoke("eval", out / "best.pt", "--data-dir", data_dir, "--device", "cpu")
@@ -89,8 +116,22 @@ def test_teacher_then_student_then_eval(tmp_path: Path, data_dir: Path) -> None:
 
 def test_config_file_repeats_a_run(tmp_path: Path, data_dir: Path) -> None:
     first = tmp_path / "first"
-    result = invoke("train-teacher", "--model", "resnet8", "--data-dir", data_dir, "--out", first, "--seed", "3",
-                    "--lr", "0.02", "--lr-milestones", "1", *TINY)
+    result = invoke(
+        "train-teacher",
+        "--model",
+        "resnet8",
+        "--data-dir",
+        data_dir,
+        "--out",
+        first,
+        "--seed",
+        "3",
+        "--lr",
+        "0.02",
+        "--lr-milestones",
+        "1",
+        *TINY,
+    )
     assert result.exit_code == 0, result.output
     again = tmp_path / "again"
     result = invoke("train", "--config", first / "config.json", "--out", again)

@@ -16,8 +16,12 @@ from harness.train.config import ConfigError, DataConfig
 
 
 def eval(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file (best.pt, last.pt, mdistiller .pth).")],
-    model: Annotated[str | None, typer.Option("--model", help="Model name; needed for files of other code.")] = None,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint file (best.pt, last.pt, mdistiller .pth).")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name; needed for files of other code.")
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = None,
@@ -35,14 +39,20 @@ def eval(
 
         name = model or checkpoint_model_name(checkpoint)
         if name is None:
-            raise ConfigError(f"{checkpoint} does not say which model it holds; pass --model NAME "
-                              f"(one of: {', '.join(MODELS)})")
+            raise ConfigError(
+                f"{checkpoint} does not say which model it holds; pass --model NAME "
+                f"(one of: {', '.join(MODELS)})"
+            )
         if name not in MODELS:
             raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
         torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
-        data = load_data(DataConfig(data_dir=str(data_dir) if data_dir else None, limit_train=2,
-                                    limit_test=limit_test), torch_device)
+        data = load_data(
+            DataConfig(data_dir=str(data_dir) if data_dir else None, limit_train=2, limit_test=limit_test),
+            torch_device,
+        )
         net = load_weights(build_model(name, num_classes=data.num_classes), checkpoint).to(torch_device)
         top1, top5 = evaluate(net, data.test_x, data.test_y, batch_size=batch_size, amp=amp or "off")
-        Console().print(f"{checkpoint} ({name}): test top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% "
-                        f"on {data.test_x.shape[0]} images")
+        Console().print(
+            f"{checkpoint} ({name}): test top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% "
+            f"on {data.test_x.shape[0]} images"
+        )

@@ -20,6 +20,10 @@ def models() -> None:
     for name in MODELS:
         as_teacher = sum(p.teacher == name for p in PAIRS.values())
         as_student = sum(p.student == name for p in PAIRS.values())
-        table.add_row(name, f"{count_parameters(build_model(name)) / 1e6:.2f} M",
-                      f"{as_teacher} pairs" if as_teacher else "", f"{as_student} pairs" if as_student else "")
+        table.add_row(
+            name,
+            f"{count_parameters(build_model(name)) / 1e6:.2f} M",
+            f"{as_teacher} pairs" if as_teacher else "",
+            f"{as_student} pairs" if as_student else "",
+        )
     Console().print(table)

@@ -35,38 +35,71 @@ from harness.train.paths import DEFAULT_RUNS_DIR, find_teacher
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Epochs (recipe: 240).")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch (recipe: 64).")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Initial learning rate (default: the recipe's).")]
-MilestonesOpt = Annotated[str | None, typer.Option(
-    "--lr-milestones", help="Comma-separated epochs after which lr is multiplied by 0.1 (recipe: 150,180,210).")]
+MilestonesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lr-milestones",
+        help="Comma-separated epochs after which lr is multiplied by 0.1 (recipe: 150,180,210).",
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for init, shuffling and augmentation.")]
 AmpOpt = Annotated[str | None, typer.Option("--amp", help="Mixed precision: bf16, fp16 or off.")]
-ChannelsLastOpt = Annotated[bool | None, typer.Option(
-    "--channels-last/--no-channels-last", help="NHWC activations (faster convolutions on tensor cores).")]
+ChannelsLastOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last", help="NHWC activations (faster convolutions on tensor cores)."
+    ),
+]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (config, metrics, checkpoints).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Start from this config.json; flags override it.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Start from this config.json; flags override it.")
+]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="CIFAR-100 cache folder.")]
-RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Root of the runs tree (teachers live in RUNS/teachers).")]
-ViewsOpt = Annotated[int | None, typer.Option("--views", help="1: weak view; 2: weak + strong, losses summed.")]
-LimitTrainOpt = Annotated[int | None, typer.Option("--limit-train", hidden=True, help="Use the first N train images.")]
-LimitTestOpt = Annotated[int | None, typer.Option("--limit-test", hidden=True, help="Use the first N test images.")]
+RunsDirOpt = Annotated[
+    Path, typer.Option("--runs-dir", help="Root of the runs tree (teachers live in RUNS/teachers).")
+]
+ViewsOpt = Annotated[
+    int | None, typer.Option("--views", help="1: weak view; 2: weak + strong, losses summed.")
+]
+LimitTrainOpt = Annotated[
+    int | None, typer.Option("--limit-train", hidden=True, help="Use the first N train images.")
+]
+LimitTestOpt = Annotated[
+    int | None, typer.Option("--limit-test", hidden=True, help="Use the first N test images.")
+]
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
 _LOSS_FLAGS = {
-    "loss.teacher_swap": "--no-teacher-swap", "loss.pseudo_teacher": "--no-pseudo-teacher",
-    "loss.detach_pseudo_teacher": "--detach-pseudo-teacher", "loss.gamma": "--gamma",
-    "loss.temperatures": "--temperatures", "loss.swap_teacher": "--swap-teacher",
+    "loss.teacher_swap": "--no-teacher-swap",
+    "loss.pseudo_teacher": "--no-pseudo-teacher",
+    "loss.detach_pseudo_teacher": "--detach-pseudo-teacher",
+    "loss.gamma": "--gamma",
+    "loss.temperatures": "--temperatures",
+    "loss.swap_teacher": "--swap-teacher",
 }
 
 
 def train(
-    pair: Annotated[str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")] = None,
+    pair: Annotated[
+        str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")
+    ] = None,
     method: Annotated[str | None, typer.Option("--method", help="ce, kd, dkd or sld (default sld).")] = None,
-    teacher: Annotated[Path | None, typer.Option(
-        "--teacher", help="Teacher checkpoint (default: RUNS/teachers/<model>/best.pt or download_ckpts/).")] = None,
-    student: Annotated[str | None, typer.Option("--student", help="Student model, instead of --pair.")] = None,
-    teacher_model: Annotated[str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Teacher checkpoint (default: RUNS/teachers/<model>/best.pt or download_ckpts/).",
+        ),
+    ] = None,
+    student: Annotated[
+        str | None, typer.Option("--student", help="Student model, instead of --pair.")
+    ] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")
+    ] = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
@@ -82,13 +115,25 @@ def train(
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = Path(DEFAULT_RUNS_DIR),
     views: ViewsOpt = None,
-    no_teacher_swap: Annotated[bool, typer.Option("--no-teacher-swap", help="SLD ablation: teacher logits unswapped.")] = False,
-    no_pseudo_teacher: Annotated[bool, typer.Option("--no-pseudo-teacher", help="SLD ablation: no pseudo-teacher term.")] = False,
-    detach_pseudo_teacher: Annotated[bool, typer.Option(
-        "--detach-pseudo-teacher", help="SLD ablation: no gradient through the swapped student logits.")] = False,
-    gamma: Annotated[float | None, typer.Option("--gamma", help="SLD: pseudo-teacher on after this epoch (150).")] = None,
+    no_teacher_swap: Annotated[
+        bool, typer.Option("--no-teacher-swap", help="SLD ablation: teacher logits unswapped.")
+    ] = False,
+    no_pseudo_teacher: Annotated[
+        bool, typer.Option("--no-pseudo-teacher", help="SLD ablation: no pseudo-teacher term.")
+    ] = False,
+    detach_pseudo_teacher: Annotated[
+        bool,
+        typer.Option(
+            "--detach-pseudo-teacher", help="SLD ablation: no gradient through the swapped student logits."
+        ),
+    ] = False,
+    gamma: Annotated[
+        float | None, typer.Option("--gamma", help="SLD: pseudo-teacher on after this epoch (150).")
+    ] = None,
     temperatures: Annotated[str | None, typer.Option("--temperatures", help="SLD: e.g. 1,2,3,4,5,6.")] = None,
-    swap_teacher: Annotated[bool, typer.Option("--swap-teacher", help="kd/dkd: swap the teacher's logits first.")] = False,
+    swap_teacher: Annotated[
+        bool, typer.Option("--swap-teacher", help="kd/dkd: swap the teacher's logits first.")
+    ] = False,
     limit_train: LimitTrainOpt = None,
     limit_test: LimitTestOpt = None,
 ) -> None:
@@ -96,29 +141,59 @@ def train(
     with user_errors():
         if method is not None and method not in METHOD_CONFIGS:
             raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
-        base = _base_config(pair=pair, method=method, student=student, teacher_model=teacher_model,
-                            config=config, out=out, resume=resume)
-        overrides = common_overrides(epochs=epochs, batch_size=batch_size, lr=lr, lr_milestones=lr_milestones,
-                                     seed=seed, amp=amp, channels_last=channels_last, compile=compile, out=out,
-                                     data_dir=data_dir, views=views, limit_train=limit_train,
-                                     limit_test=limit_test)
-        overrides.update({
-            "teacher_checkpoint": str(teacher) if teacher is not None else None,
-            "loss.teacher_swap": False if no_teacher_swap else None,
-            "loss.pseudo_teacher": False if no_pseudo_teacher else None,
-            "loss.detach_pseudo_teacher": True if detach_pseudo_teacher else None,
-            "loss.gamma": gamma,
-            "loss.temperatures": _floats(temperatures, "--temperatures") if temperatures is not None else None,
-            "loss.swap_teacher": True if swap_teacher else None,
-        })
+        base = _base_config(
+            pair=pair,
+            method=method,
+            student=student,
+            teacher_model=teacher_model,
+            config=config,
+            out=out,
+            resume=resume,
+        )
+        overrides = common_overrides(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            lr_milestones=lr_milestones,
+            seed=seed,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            out=out,
+            data_dir=data_dir,
+            views=views,
+            limit_train=limit_train,
+            limit_test=limit_test,
+        )
+        overrides.update(
+            {
+                "teacher_checkpoint": str(teacher) if teacher is not None else None,
+                "loss.teacher_swap": False if no_teacher_swap else None,
+                "loss.pseudo_teacher": False if no_pseudo_teacher else None,
+                "loss.detach_pseudo_teacher": True if detach_pseudo_teacher else None,
+                "loss.gamma": gamma,
+                "loss.temperatures": _floats(temperatures, "--temperatures")
+                if temperatures is not None
+                else None,
+                "loss.swap_teacher": True if swap_teacher else None,
+            }
+        )
         cfg = _apply(base, overrides)
         if cfg.method != "ce" and cfg.teacher_checkpoint is None:
             cfg = with_overrides(cfg, {"teacher_checkpoint": str(find_teacher(cfg.teacher, runs_dir))})
         run(cfg, device, resume=resume)
 
 
-def _base_config(*, pair: str | None, method: str | None, student: str | None, teacher_model: str | None,
-                 config: Path | None, out: Path | None, resume: bool) -> TrainConfig:
+def _base_config(
+    *,
+    pair: str | None,
+    method: str | None,
+    student: str | None,
+    teacher_model: str | None,
+    config: Path | None,
+    out: Path | None,
+    resume: bool,
+) -> TrainConfig:
     """The config the flags apply to: ``--config``, else the resumed run's, else the pair's recipe or
     ``--student``/``--teacher-model`` with the default recipe."""
     if config is None and resume:
@@ -132,8 +207,10 @@ def _base_config(*, pair: str | None, method: str | None, student: str | None, t
             raise ConfigError("--config already names the models; drop --pair/--student/--teacher-model")
         base = load_config(config)
         if method is not None and method != base.method:
-            raise ConfigError(f"--method {method} conflicts with {config} (method {base.method!r}); "
-                              "edit the file or start from --pair")
+            raise ConfigError(
+                f"--method {method} conflicts with {config} (method {base.method!r}); "
+                "edit the file or start from --pair"
+            )
         return base
     method = method or "sld"
     if pair is not None:
@@ -141,29 +218,55 @@ def _base_config(*, pair: str | None, method: str | None, student: str | None, t
             raise ConfigError("give either --pair or --student/--teacher-model, not both")
         return pair_config(pair, method)
     if student is None:
-        raise ConfigError("say what to train: --pair P (see `sld pairs`), --student S [--teacher-model T], "
-                          "or --config FILE")
+        raise ConfigError(
+            "say what to train: --pair P (see `sld pairs`), --student S [--teacher-model T], or --config FILE"
+        )
     if method != "ce" and teacher_model is None:
         raise ConfigError(f"method {method!r} needs --teacher-model with --student (or use --pair)")
     _check_model_names(student, teacher_model)
-    return TrainConfig(student=student, teacher=teacher_model, method=method, loss=METHOD_CONFIGS[method](),
-                       out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{method}")
+    return TrainConfig(
+        student=student,
+        teacher=teacher_model,
+        method=method,
+        loss=METHOD_CONFIGS[method](),
+        out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{method}",
+    )
 
 
-def common_overrides(*, epochs: int | None, batch_size: int | None, lr: float | None, lr_milestones: str | None,
-                     seed: int | None, amp: str | None, channels_last: bool | None, compile: bool | None,
-                     out: Path | None, data_dir: Path | None, views: int | None, limit_train: int | None,
-                     limit_test: int | None) -> dict[str, Any]:
+def common_overrides(
+    *,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    lr_milestones: str | None,
+    seed: int | None,
+    amp: str | None,
+    channels_last: bool | None,
+    compile: bool | None,
+    out: Path | None,
+    data_dir: Path | None,
+    views: int | None,
+    limit_train: int | None,
+    limit_test: int | None,
+) -> dict[str, Any]:
     """The config fields the options shared by ``train`` and ``train-teacher`` set."""
     if amp is not None and amp not in AMP_MODES:
         raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}; got {amp!r}")
     milestones = tuple(int(e) for e in _floats(lr_milestones, "--lr-milestones")) if lr_milestones else None
     return {
-        "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.lr_milestones": milestones,
-        "seed": seed, "amp": amp, "channels_last": channels_last, "compile": compile,
+        "optim.epochs": epochs,
+        "optim.batch_size": batch_size,
+        "optim.lr": lr,
+        "optim.lr_milestones": milestones,
+        "seed": seed,
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile,
         "out_dir": str(out) if out is not None else None,
-        "data.data_dir": str(data_dir) if data_dir is not None else None, "data.views": views,
-        "data.limit_train": limit_train, "data.limit_test": limit_test,
+        "data.data_dir": str(data_dir) if data_dir is not None else None,
+        "data.views": views,
+        "data.limit_train": limit_train,
+        "data.limit_test": limit_test,
     }
 
 
@@ -172,7 +275,9 @@ def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     for field_path, flag in _LOSS_FLAGS.items():
         name = field_path.split(".")[1]
         if overrides.get(field_path) is not None and not hasattr(base.loss, name):
-            users = [m for m, cls in METHOD_CONFIGS.items() if name in getattr(cls, "__dataclass_fields__", {})]
+            users = [
+                m for m, cls in METHOD_CONFIGS.items() if name in getattr(cls, "__dataclass_fields__", {})
+            ]
             raise ConfigError(f"{flag} applies to method {' / '.join(users)}, not {base.method!r}")
     return with_overrides(base, overrides)
 

@@ -34,7 +34,15 @@ from harness.commands.train import (
     run,
     user_errors,
 )
-from harness.train.config import CEConfig, ConfigError, DataConfig, OptimConfig, TrainConfig, load_config, with_overrides
+from harness.train.config import (
+    CEConfig,
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    load_config,
+    with_overrides,
+)
 from harness.train.paths import DEFAULT_RUNS_DIR, teacher_run_dir
 
 _SMALL_MODEL_LR = 0.01  # CRD/mdistiller train MobileNet and ShuffleNet at 0.01, everything else at 0.05
@@ -74,11 +82,30 @@ def train_teacher(
             raise ConfigError("say which teacher to train: --model NAME (see `sld models`)")
         else:
             small = model.startswith(("MobileNet", "Shuffle"))
-            base = TrainConfig(student=model, method="ce", loss=CEConfig(),
-                               optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
-                               data=DataConfig(views=1), out_dir=str(teacher_run_dir(model, runs_dir)))
-        cfg = with_overrides(base, common_overrides(
-            epochs=epochs, batch_size=batch_size, lr=lr, lr_milestones=lr_milestones, seed=seed, amp=amp,
-            channels_last=channels_last, compile=compile, out=out, data_dir=data_dir, views=views,
-            limit_train=limit_train, limit_test=limit_test))
+            base = TrainConfig(
+                student=model,
+                method="ce",
+                loss=CEConfig(),
+                optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
+                data=DataConfig(views=1),
+                out_dir=str(teacher_run_dir(model, runs_dir)),
+            )
+        cfg = with_overrides(
+            base,
+            common_overrides(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                lr_milestones=lr_milestones,
+                seed=seed,
+                amp=amp,
+                channels_last=channels_last,
+                compile=compile,
+                out=out,
+                data_dir=data_dir,
+                views=views,
+                limit_train=limit_train,
+                limit_test=limit_test,
+            ),
+        )
         run(cfg, device, resume=resume)

@@ -85,7 +85,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "teacher weights such as mdistiller's files go to --teacher instead"
         )
     if data.get("version") != _VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {data.get('version')!r}; this code reads {_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {data.get('version')!r}; this code reads {_VERSION}"
+        )
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
@@ -106,15 +108,19 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
         # torch's own message runs to a page about weights_only; its type is enough to diagnose.
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt, truncated or another kind "
-                              f"of file; {type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (corrupt, truncated or another kind "
+            f"of file; {type(exc).__name__})"
+        ) from None
 
 
 def _is_ours(data: Any) -> bool:
     return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+def load_model_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike[str]
+) -> None:
     """Strict ``load_state_dict`` through ``harness.models.load_weights``, naming ``path`` in the error
     (the usual cause of a mismatch: a checkpoint of another architecture)."""
     try:
@@ -127,11 +133,17 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     """Every random state a run draws from, as tensors and plain values (``weights_only``-safe):
     Python's ``random``, NumPy's global state, torch CPU, every CUDA device (if initialized), and
     the training generator that shuffles batches and draws augmentations."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy global state on purpose: it is what third-party code calling np.random.* draws from.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
     }
@@ -145,8 +157,15 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(  # noqa: NPY002
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():

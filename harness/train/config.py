@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from sld_core import SLDConfig
 
@@ -82,11 +82,15 @@ class DKDConfig:
         _check(self.temperature > 0, "dkd.temperature", self.temperature, "must be > 0")
         for name in ("ce_weight", "alpha", "beta"):
             _check(getattr(self, name) >= 0, f"dkd.{name}", getattr(self, name), "must be >= 0")
-        _check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "dkd.warmup_epochs",
-               self.warmup_epochs, "must be an integer >= 0")
+        _check(
+            isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+            "dkd.warmup_epochs",
+            self.warmup_epochs,
+            "must be an integer >= 0",
+        )
 
 
-MethodConfig = Union[CEConfig, KDConfig, DKDConfig, SLDConfig]
+MethodConfig = CEConfig | KDConfig | DKDConfig | SLDConfig
 # The method name in a config selects which dataclass its `loss` section is.
 METHOD_CONFIGS: dict[str, type] = {"ce": CEConfig, "kd": KDConfig, "dkd": DKDConfig, "sld": SLDConfig}
 
@@ -105,16 +109,26 @@ class OptimConfig:
     lr_decay: float = 0.1  # official recipe
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.epochs) and self.epochs >= 1, "optim.epochs", self.epochs, "must be an integer >= 1")
-        _check(_is_int(self.batch_size) and self.batch_size >= 2, "optim.batch_size", self.batch_size,
-               "must be an integer >= 2 (BatchNorm needs two rows)")
+        _check(
+            _is_int(self.epochs) and self.epochs >= 1, "optim.epochs", self.epochs, "must be an integer >= 1"
+        )
+        _check(
+            _is_int(self.batch_size) and self.batch_size >= 2,
+            "optim.batch_size",
+            self.batch_size,
+            "must be an integer >= 2 (BatchNorm needs two rows)",
+        )
         _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "must lie in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(0 < self.lr_decay <= 1, "optim.lr_decay", self.lr_decay, "must lie in (0, 1]")
         m = self.lr_milestones
-        _check(isinstance(m, tuple) and all(_is_int(e) and e >= 1 for e in m) and list(m) == sorted(set(m)),
-               "optim.lr_milestones", m, "must be strictly increasing positive integers")
+        _check(
+            isinstance(m, tuple) and all(_is_int(e) and e >= 1 for e in m) and list(m) == sorted(set(m)),
+            "optim.lr_milestones",
+            m,
+            "must be strictly increasing positive integers",
+        )
 
 
 @dataclass(frozen=True)
@@ -132,10 +146,18 @@ class DataConfig:
         _check(self.views in (1, 2), "data.views", self.views, "must be 1 (weak) or 2 (weak + strong)")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
-            _check(value is None or (_is_int(value) and value >= 2), f"data.{name}", value,
-                   "must be None or an integer >= 2")
-        _check(_is_int(self.eval_batch_size) and self.eval_batch_size >= 1, "data.eval_batch_size",
-               self.eval_batch_size, "must be an integer >= 1")
+            _check(
+                value is None or (_is_int(value) and value >= 2),
+                f"data.{name}",
+                value,
+                "must be None or an integer >= 2",
+            )
+        _check(
+            _is_int(self.eval_batch_size) and self.eval_batch_size >= 1,
+            "data.eval_batch_size",
+            self.eval_batch_size,
+            "must be an integer >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -158,18 +180,27 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates; each is a CPU-GPU sync, so not every step
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.student, str) and self.student != "", "student", self.student,
-               "must name a model")
+        _check(
+            isinstance(self.student, str) and self.student != "", "student", self.student, "must name a model"
+        )
         expected = METHOD_CONFIGS.get(self.method)
         _check(expected is not None, "method", self.method, f"must be one of {sorted(METHOD_CONFIGS)}")
-        _check(type(self.loss) is expected, "loss", type(self.loss).__name__,
-               f"must be a {expected.__name__} for method {self.method!r}")
+        _check(
+            type(self.loss) is expected,
+            "loss",
+            type(self.loss).__name__,
+            f"must be a {expected.__name__} for method {self.method!r}",
+        )
         if self.method != "ce":
             _check(bool(self.teacher), "teacher", self.teacher, f"is required by method {self.method!r}")
         _check(self.amp in AMP_MODES, "amp", self.amp, f"must be one of {list(AMP_MODES)}")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
-        _check(_is_int(self.log_every) and self.log_every >= 1, "log_every", self.log_every,
-               "must be an integer >= 1")
+        _check(
+            _is_int(self.log_every) and self.log_every >= 1,
+            "log_every",
+            self.log_every,
+            "must be an integer >= 1",
+        )
 
 
 # mdistiller's configs/cifar100/dkd/*.yaml set DKD.BETA per pair; pairs without a DKD config keep 8.
@@ -196,16 +227,32 @@ def pair_config(pair_name: str, method: str = "sld", *, out_dir: str | None = No
         raise ConfigError(f"method must be one of {sorted(METHOD_CONFIGS)}; got {method!r}")
     pair = get_pair(pair_name)
     recipe = pair.recipe
-    losses = {"ce": CEConfig(), "kd": KDConfig(), "sld": recipe.sld_config(),
-              "dkd": DKDConfig(beta=DKD_BETA_BY_PAIR.get(pair.name, DKDConfig.beta))}
-    optim = OptimConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
-                        lr=recipe.lr if method == "sld" else recipe.baseline_lr, momentum=recipe.momentum,
-                        weight_decay=recipe.weight_decay, lr_milestones=tuple(recipe.lr_decay_epochs),
-                        lr_decay=recipe.lr_decay_rate)
+    losses = {
+        "ce": CEConfig(),
+        "kd": KDConfig(),
+        "sld": recipe.sld_config(),
+        "dkd": DKDConfig(beta=DKD_BETA_BY_PAIR.get(pair.name, DKDConfig.beta)),
+    }
+    optim = OptimConfig(
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr if method == "sld" else recipe.baseline_lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        lr_milestones=tuple(recipe.lr_decay_epochs),
+        lr_decay=recipe.lr_decay_rate,
+    )
     data = DataConfig(views=recipe.num_views if method == "sld" else 1)
-    return TrainConfig(student=pair.student, teacher=pair.teacher, pair=pair.name, method=method,
-                       loss=losses[method], optim=optim, data=data,
-                       out_dir=out_dir or f"runs/{pair.name}/{method}")
+    return TrainConfig(
+        student=pair.student,
+        teacher=pair.teacher,
+        pair=pair.name,
+        method=method,
+        loss=losses[method],
+        optim=optim,
+        data=data,
+        out_dir=out_dir or f"runs/{pair.name}/{method}",
+    )
 
 
 def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -296,4 +343,3 @@ def _is_int(value: Any) -> bool:
 def _check(ok: bool, name: str, value: Any, requirement: str) -> None:
     if not ok:
         raise ConfigError(f"{name} {requirement}; got {value!r}")
-

@@ -45,11 +45,26 @@ from .config import ConfigError, DataConfig, TrainConfig, config_from_dict, conf
 from .errors import NonFiniteLossError
 from .methods import METHODS
 
-__all__ = ["DeviceData", "NonFiniteLossError", "RunResult", "epoch_batches", "evaluate", "load_data", "reduce_sums",
-           "train"]
+__all__ = [
+    "DeviceData",
+    "NonFiniteLossError",
+    "RunResult",
+    "epoch_batches",
+    "evaluate",
+    "load_data",
+    "reduce_sums",
+    "train",
+]
 
 # Fields that may differ between a run and its resumption: they change where and how fast, not what.
-_RESUMABLE_CHANGES = {"out_dir", "log_every", "compile", "data.data_dir", "data.download", "data.eval_batch_size"}
+_RESUMABLE_CHANGES = {
+    "out_dir",
+    "log_every",
+    "compile",
+    "data.data_dir",
+    "data.download",
+    "data.eval_batch_size",
+}
 
 
 @dataclass(frozen=True)
@@ -95,13 +110,22 @@ class RunFiles:
         """Drop records after ``last_epoch`` (written before a crash that lost their checkpoint)."""
         if not self.metrics.is_file():
             return
-        kept = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+        kept = [
+            line
+            for line in self.metrics.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch
+        ]
         self.metrics.write_text("".join(line + "\n" for line in kept))
 
 
-def train(config: TrainConfig, device: torch.device, *, resume: bool = False, console: Console | None = None,
-          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+def train(
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
     """Train ``config.student`` on CIFAR-100 with ``config.method`` and return the accuracies.
 
     Parameters
@@ -138,8 +162,10 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     console = console or Console(soft_wrap=True)  # metric lines stay one line each in logs
     files = RunFiles(Path(config.out_dir))
     if files.last.exists() and not resume:
-        raise ConfigError(f"{files.dir} already holds a run ({files.last.name}); pass --resume to continue "
-                          "it or choose another --out directory")
+        raise ConfigError(
+            f"{files.dir} already holds a run ({files.last.name}); pass --resume to continue "
+            "it or choose another --out directory"
+        )
     checkpoint = _load_resume_checkpoint(files, config) if resume else None
     if checkpoint is None:
         _seed_everything(config.seed)  # before building the model: its initialization draws from it
@@ -149,10 +175,16 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     student = student.to(memory_format=memory_format)
     teacher = _load_teacher(config, data.num_classes, device, memory_format)
-    optimizer = torch.optim.SGD(student.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
-                                nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.optim.lr_milestones),
-                                                     gamma=config.optim.lr_decay)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=config.optim.lr,
+        momentum=config.optim.momentum,
+        nesterov=config.optim.nesterov,
+        weight_decay=config.optim.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.optim.lr_milestones), gamma=config.optim.lr_decay
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -176,8 +208,10 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
         teacher_top1, _ = _evaluate(teacher, data.test_x, data.test_y, config)
         train_top1, _ = _evaluate(teacher, data.train_x, data.train_y, config)
         teacher_train_error = 1.0 - train_top1
-        console.print(f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
-                      f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)")
+        console.print(
+            f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
+            f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)"
+        )
 
     forward = torch.compile(student) if config.compile else student
     method = METHODS[config.method]
@@ -186,21 +220,36 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     for epoch in range(start_epoch, config.optim.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        sums = _train_epoch(forward, teacher, method, optimizer, scaler, data, config, epoch, generator,
-                            console, files)
+        sums = _train_epoch(
+            forward, teacher, method, optimizer, scaler, data, config, epoch, generator, console, files
+        )
         train_time = time.perf_counter() - started
         scheduler.step()
         top1, top5 = _evaluate(forward, data.test_x, data.test_y, config)
         is_best = top1 > best_top1
         if is_best:
             best_top1, best_epoch = top1, epoch
-        record = _epoch_record(epoch, lr, sums, config.data.views, top1, top5, best_top1, train_time,
-                               time.perf_counter() - started)
+        record = _epoch_record(
+            epoch,
+            lr,
+            sums,
+            config.data.views,
+            top1,
+            top5,
+            best_top1,
+            train_time,
+            time.perf_counter() - started,
+        )
         files.append_metrics(record)
         payload = {
-            "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "best_acc": best_top1, "best_epoch": best_epoch, "config": config_to_dict(config),
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "best_acc": best_top1,
+            "best_epoch": best_epoch,
+            "config": config_to_dict(config),
             "rng": capture_rng(generator),
         }
         save_checkpoint(files.last, payload)
@@ -214,13 +263,25 @@ def train(config: TrainConfig, device: torch.device, *, resume: bool = False, co
     last_epoch = record.get("epoch", start_epoch - 1)
     last_top1 = record.get("test_top1", float("nan"))
     last_top5 = record.get("test_top5", float("nan"))
-    result = RunResult(out_dir=files.dir, epochs=last_epoch, best_top1=best_top1, best_epoch=best_epoch,
-                       last_top1=last_top1, last_top5=last_top5, teacher_top1=teacher_top1,
-                       teacher_train_error=teacher_train_error, history=history)
-    files.summary.write_text(json.dumps({k: v for k, v in result.__dict__.items() if k not in ("history",)},
-                                        default=str, indent=2) + "\n")
-    console.print(f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
-                  f"last {100 * last_top1:.2f}%[/bold] -> {files.dir}")
+    result = RunResult(
+        out_dir=files.dir,
+        epochs=last_epoch,
+        best_top1=best_top1,
+        best_epoch=best_epoch,
+        last_top1=last_top1,
+        last_top5=last_top5,
+        teacher_top1=teacher_top1,
+        teacher_train_error=teacher_train_error,
+        history=history,
+    )
+    files.summary.write_text(
+        json.dumps({k: v for k, v in result.__dict__.items() if k not in ("history",)}, default=str, indent=2)
+        + "\n"
+    )
+    console.print(
+        f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
+        f"last {100 * last_top1:.2f}%[/bold] -> {files.dir}"
+    )
     return result
 
 
@@ -246,10 +307,19 @@ def reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values))
 
 
-def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, method: Callable[..., Any],
-                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: DeviceData,
-                 config: TrainConfig, epoch: int, generator: torch.Generator, console: Console,
-                 files: RunFiles) -> dict[str, float]:
+def _train_epoch(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    method: Callable[..., Any],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    data: DeviceData,
+    config: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+    console: Console,
+    files: RunFiles,
+) -> dict[str, float]:
     """One pass over the training set. Running sums stay on the device; the host reads them only
     every ``config.log_every`` steps (progress and the non-finite check) and at the end."""
     student.train()
@@ -265,7 +335,9 @@ def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, meth
     rows = 0  # images seen this epoch: known on the host, no sync needed
     with _progress(console) as progress:
         task = progress.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
-        for step, index in enumerate(epoch_batches(data.train_x.shape[0], config.optim.batch_size, generator)):
+        for step, index in enumerate(
+            epoch_batches(data.train_x.shape[0], config.optim.batch_size, generator)
+        ):
             images, labels = data.train_x[index], data.train_y[index]
             batch = labels.shape[0]
             optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
@@ -291,8 +363,9 @@ def _train_epoch(student: torch.nn.Module, teacher: torch.nn.Module | None, meth
             scaler.update()
             add("loss", loss.detach() * batch)
             rows += batch
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                         step, first_bad_step)
+            first_bad_step = torch.where(
+                (first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step
+            )
             if (step + 1) % config.log_every == 0:
                 _check_finite(first_bad_step, epoch, steps, files)  # a sync: only every log_every steps
                 progress.update(task, completed=step + 1, loss=float(sums["loss"]) / rows)
@@ -304,15 +377,27 @@ def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps: int, files: R
     bad = int(first_bad_step)
     if bad < 0:
         return
-    kept = (f"the last good checkpoint {files.last} (epoch {epoch - 1}) is kept" if files.last.exists()
-            else "no checkpoint had been written yet")
-    raise NonFiniteLossError(f"non-finite loss (NaN/inf) at epoch {epoch}, step {bad + 1}/{steps}; training "
-                             f"stopped and {kept}. Lower the learning rate or try --amp off.")
+    kept = (
+        f"the last good checkpoint {files.last} (epoch {epoch - 1}) is kept"
+        if files.last.exists()
+        else "no checkpoint had been written yet"
+    )
+    raise NonFiniteLossError(
+        f"non-finite loss (NaN/inf) at epoch {epoch}, step {bad + 1}/{steps}; training "
+        f"stopped and {kept}. Lower the learning rate or try --amp off."
+    )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512,
-             amp: str = "off", channels_last: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (fractions) of ``model`` on ``uint8`` NCHW ``images`` (eval view), in
     eval mode; the model's train/eval mode is restored. Counts stay on the device until the end (one sync)."""
     was_training = model.training
@@ -321,8 +406,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     correct1 = torch.zeros((), dtype=torch.long, device=images.device)
     correct5 = torch.zeros((), dtype=torch.long, device=images.device)
     for start in range(0, images.shape[0], batch_size):
-        x = eval_view(images[start:start + batch_size]).contiguous(memory_format=memory_format)
-        y = labels[start:start + batch_size]
+        x = eval_view(images[start : start + batch_size]).contiguous(memory_format=memory_format)
+        y = labels[start : start + batch_size]
         with _autocast(amp, images.device):
             logits = model(x)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
@@ -336,15 +421,22 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 # --------------------------------------------------------------------------------------------------- set-up
 
 
-def _evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              config: TrainConfig) -> tuple[float, float]:
-    return evaluate(model, images, labels, batch_size=config.data.eval_batch_size, amp=config.amp,
-                    channels_last=config.channels_last)
+def _evaluate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+) -> tuple[float, float]:
+    return evaluate(
+        model,
+        images,
+        labels,
+        batch_size=config.data.eval_batch_size,
+        amp=config.amp,
+        channels_last=config.channels_last,
+    )
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the legacy global state, for code that draws from np.random.*)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
@@ -354,15 +446,21 @@ def _load_resume_checkpoint(files: RunFiles, config: TrainConfig) -> dict[str, A
         saved = config_from_dict(checkpoint["config"])
     except ConfigError as exc:
         raise ConfigError(f"{files.last}: its stored config is invalid: {exc}") from None
-    changed = sorted(set(_flatten(config_to_dict(saved)).items()) ^ set(_flatten(config_to_dict(config)).items()))
+    changed = sorted(
+        set(_flatten(config_to_dict(saved)).items()) ^ set(_flatten(config_to_dict(config)).items())
+    )
     names = sorted({name for name, _ in changed} - _RESUMABLE_CHANGES)
     if names:
         old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(config))
         diffs = ", ".join(f"{n}: {old.get(n)!r} -> {new.get(n)!r}" for n in names)
-        raise ConfigError(f"cannot resume {files.last}: the config differs from the run's ({diffs}); "
-                          f"resume with --config {files.config} or start a new --out directory")
+        raise ConfigError(
+            f"cannot resume {files.last}: the config differs from the run's ({diffs}); "
+            f"resume with --config {files.config} or start a new --out directory"
+        )
     if checkpoint["epoch"] >= config.optim.epochs:
-        raise ConfigError(f"{files.last} already finished all {config.optim.epochs} epochs; nothing to resume")
+        raise ConfigError(
+            f"{files.last} already finished all {config.optim.epochs} epochs; nothing to resume"
+        )
     return checkpoint
 
 
@@ -380,7 +478,9 @@ def load_data(config: DataConfig, device: torch.device) -> DeviceData:
     """CIFAR-100 as ``uint8`` NCHW / ``int64`` tensors on ``device``, loaded once (limits applied)."""
     cifar = load_cifar100(config.data_dir, download=config.download)
 
-    def to_device(images: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(
+        images: np.ndarray, labels: np.ndarray, limit: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = images[:limit], labels[:limit]
         # NHWC -> NCHW once, on the host; the device then only ever slices and augments.
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
@@ -390,12 +490,15 @@ def load_data(config: DataConfig, device: torch.device) -> DeviceData:
     test_x, test_y = to_device(cifar.test_images, cifar.test_labels, config.limit_test)
     for name, labels in (("training", cifar.train_labels), ("test", cifar.test_labels)):
         if labels.size and (labels.min() < 0 or labels.max() >= cifar.num_classes):
-            raise ValueError(f"{name} labels must lie in [0, {cifar.num_classes}); got {labels.min()}..{labels.max()}")
+            raise ValueError(
+                f"{name} labels must lie in [0, {cifar.num_classes}); got {labels.min()}..{labels.max()}"
+            )
     return DeviceData(train_x, train_y, test_x, test_y, cifar.num_classes)
 
 
-def _load_teacher(config: TrainConfig, num_classes: int, device: torch.device,
-                  memory_format: torch.memory_format) -> torch.nn.Module | None:
+def _load_teacher(
+    config: TrainConfig, num_classes: int, device: torch.device, memory_format: torch.memory_format
+) -> torch.nn.Module | None:
     if config.method == "ce":
         return None
     if not config.teacher_checkpoint:
@@ -420,20 +523,41 @@ def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManag
 # --------------------------------------------------------------------------------------------------- output
 
 
-def _epoch_record(epoch: int, lr: float, sums: dict[str, float], views: int, top1: float, top5: float,
-                  best: float, train_time: float, epoch_time: float) -> dict[str, Any]:
+def _epoch_record(
+    epoch: int,
+    lr: float,
+    sums: dict[str, float],
+    views: int,
+    top1: float,
+    top5: float,
+    best: float,
+    train_time: float,
+    epoch_time: float,
+) -> dict[str, Any]:
     rows = sums["rows"]
     view_rows = rows * views
     record: dict[str, Any] = {"epoch": epoch, "lr": lr}
     # Loss terms are per-step sums over the views; weighting by rows makes the mean per image.
-    record.update({name: value / rows for name, value in sums.items()
-                   if name not in ("rows", "teacher_swaps", "student_swaps", "train_correct")})
+    record.update(
+        {
+            name: value / rows
+            for name, value in sums.items()
+            if name not in ("rows", "teacher_swaps", "student_swaps", "train_correct")
+        }
+    )
     if "teacher_swaps" in sums:
         record["teacher_swap_rate"] = sums["teacher_swaps"] / view_rows
     record["student_swap_rate"] = sums["student_swaps"] / view_rows
     record["train_top1"] = sums["train_correct"] / rows
-    record.update({"test_top1": top1, "test_top5": top5, "best_test_top1": best,
-                   "epoch_time_s": epoch_time, "images_per_s": rows / train_time})
+    record.update(
+        {
+            "test_top1": top1,
+            "test_top5": top5,
+            "best_test_top1": best,
+            "epoch_time_s": epoch_time,
+            "images_per_s": rows / train_time,
+        }
+    )
     return record
 
 
@@ -441,19 +565,30 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     swaps = f" student {record['student_swap_rate']:.3f}"
     if "teacher_swap_rate" in record:
         swaps = f" teacher {record['teacher_swap_rate']:.3f}," + swaps
-    return (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, lr {record['lr']:.4g}, swap rate{swaps}, "
-            f"train top-1 {100 * record['train_top1']:.2f}%, test top-1 {100 * record['test_top1']:.2f}% "
-            f"(top-5 {100 * record['test_top5']:.2f}%, best {100 * record['best_test_top1']:.2f}%), "
-            f"{record['epoch_time_s']:.1f} s, {record['images_per_s']:.0f} img/s")
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, lr {record['lr']:.4g}, "
+        f"swap rate{swaps}, "
+        f"train top-1 {100 * record['train_top1']:.2f}%, test top-1 {100 * record['test_top1']:.2f}% "
+        f"(top-5 {100 * record['test_top5']:.2f}%, best {100 * record['best_test_top1']:.2f}%), "
+        f"{record['epoch_time_s']:.1f} s, {record['images_per_s']:.0f} img/s"
+    )
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
-                    transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
-def _print_config(console: Console, config: TrainConfig, device: torch.device, resume_from: int | None) -> None:
+def _print_config(
+    console: Console, config: TrainConfig, device: torch.device, resume_from: int | None
+) -> None:
     table = Table(title="sld train", show_header=False, box=None)
     table.add_column(style="bold cyan")
     table.add_column()

@@ -29,21 +29,34 @@ __all__ = ["METHODS", "Method", "ce", "dkd", "dkd_terms", "kd", "sld"]
 Method = Callable[..., dict[str, torch.Tensor]]
 
 
-def ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor, *,
-       epoch: int, config: CEConfig) -> dict[str, torch.Tensor]:
+def ce(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    config: CEConfig,
+) -> dict[str, torch.Tensor]:
     """Cross-entropy on the labels; the teacher (if any) is ignored."""
     return {"loss_ce": F.cross_entropy(student_logits.float(), targets)}
 
 
-def sld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
-        epoch: int, config: SLDConfig) -> dict[str, torch.Tensor]:
+def sld(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    config: SLDConfig,
+) -> dict[str, torch.Tensor]:
     """Swapped Logit Distillation of one view, through ``backends.sld_loss``.
 
     Diagnostics: ``ce`` (unweighted cross-entropy), ``kl_teacher`` and ``kl_pseudo`` (summed over the
     temperatures, with their ``T**2`` factors, before ``kd_weight``).
     """
-    terms = backends.sld_loss(student_logits, teacher_logits, targets, epoch=epoch, config=config,
-                              check_targets=False)  # label range is checked once, when the data loads
+    terms = backends.sld_loss(
+        student_logits, teacher_logits, targets, epoch=epoch, config=config, check_targets=False
+    )  # label range is checked once, when the data loads
     return {
         "loss_sld": terms.total,
         "ce": terms.ce.detach(),
@@ -56,24 +69,37 @@ def sld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
 def _kd_as_sld(config: KDConfig) -> SLDConfig:
     # Hinton KD = T^2 * KL(softmax(t/T) || softmax(s/T)) at one T: exactly SLD's teacher term with
     # a single temperature, no pseudo-teacher, and the swap only when asked for.
-    return SLDConfig(temperatures=(config.temperature,), ce_weight=config.ce_weight,
-                     kd_weight=config.kd_weight, teacher_swap=config.swap_teacher, pseudo_teacher=False)
+    return SLDConfig(
+        temperatures=(config.temperature,),
+        ce_weight=config.ce_weight,
+        kd_weight=config.kd_weight,
+        teacher_swap=config.swap_teacher,
+        pseudo_teacher=False,
+    )
 
 
-def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
-       epoch: int, config: KDConfig) -> dict[str, torch.Tensor]:
+def kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    config: KDConfig,
+) -> dict[str, torch.Tensor]:
     """Hinton KD, ``ce_weight * CE + kd_weight * T^2 * KL(p_teacher^T || p_student^T)``.
 
     With ``config.swap_teacher`` the teacher's logits are swapped first (``sld_core.swap_logits``): the
     SLD swap without SLD's multiple temperatures or pseudo-teacher.
     """
-    terms = backends.sld_loss(student_logits, teacher_logits, targets, epoch=epoch,
-                              config=_kd_as_sld(config), check_targets=False)
+    terms = backends.sld_loss(
+        student_logits, teacher_logits, targets, epoch=epoch, config=_kd_as_sld(config), check_targets=False
+    )
     return {"loss_kd": terms.total, "ce": terms.ce.detach(), "kl_teacher": terms.teacher.detach()}
 
 
-def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Decoupled KD's two parts (Zhao et al., CVPR 2022), each ``T^2 * mean over the batch``.
 
     TCKD is the KL between the binary distributions (target, everything else); NCKD is the KL between
@@ -108,8 +134,14 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return scale * tckd, scale * nckd_rows.mean()
 
 
-def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
-        epoch: int, config: DKDConfig) -> dict[str, torch.Tensor]:
+def dkd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epoch: int,
+    config: DKDConfig,
+) -> dict[str, torch.Tensor]:
     """DKD as mdistiller trains it: ``ce_weight * CE + warmup(epoch) * (alpha * TCKD + beta * NCKD)``,
     the warm-up rising linearly over ``config.warmup_epochs`` (``sld_core.linear_warmup``)."""
     if config.swap_teacher:

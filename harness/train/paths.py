@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_RUNS_DIR", "MDISTILLER_CKPT_DIR", "TeacherNotFoundError", "find_teacher",
-           "teacher_candidates", "teacher_run_dir"]
+__all__ = [
+    "DEFAULT_RUNS_DIR",
+    "MDISTILLER_CKPT_DIR",
+    "TeacherNotFoundError",
+    "find_teacher",
+    "teacher_candidates",
+    "teacher_run_dir",
+]
 
 DEFAULT_RUNS_DIR = "runs"
 MDISTILLER_CKPT_DIR = "download_ckpts"  # where mdistiller's README untars cifar_teachers.tar

@@ -20,20 +20,22 @@ from .cifar import (
 )
 from .synthetic import write_cifar100_archive
 
-_AUGMENT_NAMES = frozenset({
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
-    "CUTOUT_FILL",
-    "RANDAUGMENT_OPS",
-    "RandAugmentOp",
-    "cutout",
-    "eval_view",
-    "rand_augment",
-    "random_crop_flip",
-    "strong_view",
-    "to_float_normalized",
-    "weak_view",
-})
+_AUGMENT_NAMES = frozenset(
+    {
+        "CIFAR100_MEAN",
+        "CIFAR100_STD",
+        "CUTOUT_FILL",
+        "RANDAUGMENT_OPS",
+        "RandAugmentOp",
+        "cutout",
+        "eval_view",
+        "rand_augment",
+        "random_crop_flip",
+        "strong_view",
+        "to_float_normalized",
+        "weak_view",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -42,6 +44,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(augment, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CIFAR100",

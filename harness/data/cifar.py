@@ -19,6 +19,7 @@ Example
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import logging
@@ -28,6 +29,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -129,16 +131,22 @@ def load_cifar100(
     archive = root / CIFAR100_FILENAME
     extracted = root / _FOLDER
     if not all((extracted / name).is_file() for name in _SPLITS):
-        if not archive.is_file():
-            if not download:
-                raise DatasetError(
-                    f"CIFAR-100 not found in {root} (neither {extracted}/{{train,test,meta}} nor {archive}) "
-                    f"and download=False. {_how_to_fix(archive, url, md5)}"
-                )
-            _download(url, archive, md5)
-        else:
-            _verify_archive(archive, url, md5)
-        _extract(archive, extracted, url, md5)
+        if not archive.is_file() and not download:
+            raise DatasetError(
+                f"CIFAR-100 not found in {root} (neither {extracted}/{{train,test,meta}} nor {archive}) "
+                f"and download=False. {_how_to_fix(archive, url, md5)}"
+            )
+        try:
+            if archive.is_file():
+                _verify_archive(archive, url, md5)
+            else:
+                _download(url, archive, md5)
+            _extract(archive, extracted, url, md5)
+        except OSError as exc:  # what is left once network and archive errors are reported: the cache itself
+            raise DatasetError(
+                f"could not write the CIFAR-100 cache in {root} ({type(exc).__name__}: {exc}); make room or "
+                f"choose another folder (data_dir=... or SLD_DATA_DIR)."
+            ) from exc
     return _load_extracted(extracted, archive, url, md5)
 
 
@@ -208,7 +216,7 @@ def _extract(archive: Path, extracted: Path, url: str, md5: str) -> None:
             with tarfile.open(archive, "r:gz") as tar:
                 for name in _SPLITS:
                     _copy_member(tar, f"{_FOLDER}/{name}", tmp_dir / name)
-        except (tarfile.TarError, OSError, EOFError) as exc:  # EOFError: gzip stream cut short
+        except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:  # EOFError: cut short
             raise DatasetError(
                 f"CIFAR-100 archive {archive} could not be read ({type(exc).__name__}: {exc}); delete it. "
                 f"{_how_to_fix(archive, url, md5)}"
@@ -277,8 +285,17 @@ def _load_extracted(extracted: Path, archive: Path, url: str, md5: str) -> CIFAR
         try:
             with path.open("rb") as f:
                 raw[name] = _read_pickle(f)
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-                IndexError, KeyError, OSError) as exc:  # what a truncated or garbled pickle raises
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            ImportError,
+            IndexError,
+            KeyError,
+            OSError,
+        ) as exc:  # what a truncated or garbled pickle raises
             raise fail(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})", exc) from exc
         if not isinstance(raw[name], dict):
             raise fail(f"{path} holds a {type(raw[name]).__name__}, expected a dict")
@@ -292,8 +309,11 @@ def _load_extracted(extracted: Path, archive: Path, url: str, md5: str) -> CIFAR
     for name in ("train", "test"):
         path = extracted / name
         data, labels = raw[name].get(b"data"), raw[name].get(b"fine_labels")
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or (
-            data.shape[1] != np.prod(_IMAGE_SHAPE)
+        if (
+            not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+            or data.ndim != 2
+            or (data.shape[1] != np.prod(_IMAGE_SHAPE))
         ):
             got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise fail(f"{path} b'data' must be uint8 (N, {np.prod(_IMAGE_SHAPE)}), got {got}")

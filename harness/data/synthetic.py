@@ -57,10 +57,13 @@ def write_cifar100_archive(
 
     Example
     -------
-    >>> md5 = write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz", n_train=200, n_test=50)  # doctest: +SKIP
+    >>> md5 = write_cifar100_archive("demo/cifar-100-python.tar.gz", n_train=200)  # doctest: +SKIP
+    >>> data = load_cifar100("demo", download=False, md5=md5)  # doctest: +SKIP
     """
     if n_train < 1 or n_test < 1 or num_classes < 1:
-        raise ValueError(f"n_train, n_test and num_classes must be >= 1, got {n_train}, {n_test}, {num_classes}")
+        raise ValueError(
+            f"n_train, n_test and num_classes must be >= 1, got {n_train}, {n_test}, {num_classes}"
+        )
     rng = np.random.default_rng(seed)
     prototypes = _class_prototypes(rng, num_classes)
     fine_names = [f"synthetic_{i:03d}".encode() for i in range(num_classes)]

@@ -22,12 +22,14 @@ def version() -> None:
 
 
 # Command registrations (one line each; keep alphabetical).
+from harness.commands import demo as demo_cmd  # noqa: E402
 from harness.commands import eval as eval_cmd  # noqa: E402
 from harness.commands import models as models_cmd  # noqa: E402
 from harness.commands import pairs as pairs_cmd  # noqa: E402
 from harness.commands import train as train_cmd  # noqa: E402
 from harness.commands import train_teacher as train_teacher_cmd  # noqa: E402
 
+app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval)
 app.command("models")(models_cmd.models)
 app.command("pairs")(pairs_cmd.pairs)

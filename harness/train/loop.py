@@ -54,6 +54,7 @@ __all__ = [
     "load_data",
     "reduce_sums",
     "train",
+    "train_step",
 ]
 
 # Fields that may differ between a run and its resumption: they change where and how fast, not what.
@@ -323,14 +324,9 @@ def _train_epoch(
     """One pass over the training set. Running sums stay on the device; the host reads them only
     every ``config.log_every`` steps (progress and the non-finite check) and at the end."""
     student.train()
-    device = data.train_x.device
-    views = (weak_view, strong_view)[: config.data.views]
     sums: dict[str, torch.Tensor] = {}
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=data.train_x.device)
     steps = math.ceil(data.train_x.shape[0] / config.optim.batch_size)
-
-    def add(name: str, value: torch.Tensor) -> None:
-        sums[name] = sums[name] + value if name in sums else value
 
     rows = 0  # images seen this epoch: known on the host, no sync needed
     with _progress(console) as progress:
@@ -338,39 +334,81 @@ def _train_epoch(
         for step, index in enumerate(
             epoch_batches(data.train_x.shape[0], config.optim.batch_size, generator)
         ):
-            images, labels = data.train_x[index], data.train_y[index]
-            batch = labels.shape[0]
-            optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
-            loss = torch.zeros((), device=device)
-            for v, view in enumerate(views):
-                x = view(images, generator).contiguous(memory_format=_memory_format(config))
-                with _autocast(config.amp, device):
-                    student_logits = student(x)
-                    with torch.no_grad():
-                        teacher_logits = teacher(x) if teacher is not None else None
-                terms = method(student_logits, teacher_logits, labels, epoch=epoch, config=config.loss)
-                for name, value in terms.items():
-                    if name.startswith("loss"):
-                        loss = loss + value
-                    add(name, value.detach() * batch)
-                if teacher_logits is not None:
-                    add("teacher_swaps", swap_mask(teacher_logits, labels, check_targets=False).sum())
-                add("student_swaps", swap_mask(student_logits.detach(), labels, check_targets=False).sum())
-                if v == 0:  # train accuracy on the weak view, the one closest to the test images
-                    add("train_correct", (student_logits.detach().argmax(dim=1) == labels).sum())
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            add("loss", loss.detach() * batch)
-            rows += batch
-            first_bad_step = torch.where(
-                (first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step
+            loss, stats = train_step(
+                student,
+                teacher,
+                method,
+                optimizer,
+                scaler,
+                data.train_x[index],
+                data.train_y[index],
+                config=config,
+                epoch=epoch,
+                generator=generator,
             )
+            for name, value in stats.items():
+                sums[name] = sums[name] + value if name in sums else value
+            rows += index.shape[0]
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
             if (step + 1) % config.log_every == 0:
                 _check_finite(first_bad_step, epoch, steps, files)  # a sync: only every log_every steps
                 progress.update(task, completed=step + 1, loss=float(sums["loss"]) / rows)
     _check_finite(first_bad_step, epoch, steps, files)
     return {**reduce_sums(sums), "rows": rows}
+
+
+def train_step(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    method: Callable[..., Any],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on one ``uint8`` batch: every view augmented, the method's loss terms summed
+    over the views, one backward. Nothing here waits for the device.
+
+    Returns
+    -------
+    (loss, stats)
+        The detached total loss (0-d) and this step's device-side sums for the epoch record: every
+        term times the batch size, swap counts and correct weak-view predictions.
+    """
+    batch = labels.shape[0]
+    stats: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        stats[name] = stats[name] + value if name in stats else value
+
+    optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
+    loss = torch.zeros((), device=images.device)
+    for v, view in enumerate((weak_view, strong_view)[: config.data.views]):
+        x = view(images, generator).contiguous(memory_format=_memory_format(config))
+        with _autocast(config.amp, images.device):
+            student_logits = student(x)
+            with torch.no_grad():
+                teacher_logits = teacher(x) if teacher is not None else None
+        terms = method(student_logits, teacher_logits, labels, epoch=epoch, config=config.loss)
+        for name, value in terms.items():
+            if name.startswith("loss"):
+                loss = loss + value
+            add(name, value.detach() * batch)
+        if teacher_logits is not None:
+            add("teacher_swaps", swap_mask(teacher_logits, labels, check_targets=False).sum())
+        add("student_swaps", swap_mask(student_logits.detach(), labels, check_targets=False).sum())
+        if v == 0:  # train accuracy on the weak view, the one closest to the test images
+            add("train_correct", (student_logits.detach().argmax(dim=1) == labels).sum())
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    loss = loss.detach()
+    add("loss", loss * batch)
+    return loss, stats
 
 
 def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps: int, files: RunFiles) -> None:

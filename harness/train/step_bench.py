@@ -1,0 +1,161 @@
+"""Time one training step of KD against one of SLD, side by side: what SLD costs over KD per step.
+
+The step is the trainer's own (:func:`harness.train.loop.train_step`: augmentation of every view,
+student forward and backward, teacher forward, the loss, the SGD update), so the ratio is what a run
+sees, not the loss alone. The two methods alternate inside each repeat (KD, SLD, KD, SLD, ...) so that
+a machine that speeds up or slows down during the measurement affects both alike; the median of the
+repeats is reported. On a GPU every clock reading is preceded by a synchronize.
+
+    python -m harness.train.step_bench               # resnet32x4 -> resnet8x4, batch 64, CPU
+    python -m harness.train.step_bench --device cuda --repeats 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from harness.models import build_model
+from harness.train.config import DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
+from harness.train.loop import train_step
+from harness.train.methods import METHODS
+
+__all__ = ["StepTimes", "measure_step_times"]
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Median seconds per training step for KD and SLD, and what follows from them."""
+
+    kd_s: float
+    sld_s: float
+    batch_size: int
+
+    @property
+    def ratio(self) -> float:
+        """SLD step time / KD step time (the target is <= 1.03)."""
+        return self.sld_s / self.kd_s
+
+    @property
+    def kd_images_per_s(self) -> float:
+        return self.batch_size / self.kd_s
+
+    @property
+    def sld_images_per_s(self) -> float:
+        return self.batch_size / self.sld_s
+
+
+def measure_step_times(
+    *,
+    teacher: str = "resnet32x4",
+    student: str = "resnet8x4",
+    batch_size: int = 64,
+    views: int = 2,
+    epoch: int = 151,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> StepTimes:
+    """Median time of one training step with KD and with SLD, interleaved.
+
+    Parameters
+    ----------
+    teacher, student
+        Model names (``harness.models.MODELS``); weights are random, which does not change the time.
+    batch_size, views
+        Images per step and views per image (2: weak + strong, the official SLD setting), the same
+        for both methods so only the loss differs.
+    epoch
+        Epoch passed to the loss; the default 151 has SLD's pseudo-teacher term on (its costlier phase).
+    repeats, warmup
+        Timed steps per method, after ``warmup`` untimed ones each.
+    device
+        Where to run.
+
+    Returns
+    -------
+    StepTimes
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    teacher_net = build_model(teacher).to(device).eval().requires_grad_(False)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 100, (batch_size,), device=device)
+    runners = {}
+    for method, loss in (("kd", KDConfig()), ("sld", SLDConfig())):
+        config = TrainConfig(
+            student=student,
+            teacher=teacher,
+            teacher_checkpoint="-",
+            method=method,
+            loss=loss,
+            optim=OptimConfig(batch_size=batch_size),
+            data=DataConfig(views=views),
+        )
+        net = build_model(student).to(device).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+        def step(net=net, optimizer=optimizer, scaler=scaler, config=config, generator=generator) -> None:
+            train_step(
+                net,
+                teacher_net,
+                METHODS[config.method],
+                optimizer,
+                scaler,
+                images,
+                labels,
+                config=config,
+                epoch=epoch,
+                generator=generator,
+            )
+
+        runners[method] = step
+
+    def timed(step) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for step in runners.values():
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, step in runners.items():
+            samples[name].append(timed(step))
+    return StepTimes(
+        kd_s=statistics.median(samples["kd"]), sld_s=statistics.median(samples["sld"]), batch_size=batch_size
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--views", type=int, default=2)
+    args = parser.parse_args()
+    times = measure_step_times(
+        device=args.device, repeats=args.repeats, batch_size=args.batch_size, views=args.views
+    )
+    print(f"KD  step {1000 * times.kd_s:8.1f} ms  {times.kd_images_per_s:8.1f} img/s")
+    print(f"SLD step {1000 * times.sld_s:8.1f} ms  {times.sld_images_per_s:8.1f} img/s")
+    print(f"SLD/KD step-time ratio {times.ratio:.3f} (target <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()

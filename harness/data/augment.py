@@ -87,8 +87,8 @@ __all__ = [
     "weak_view",
 ]
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)  # official SLD/MLKD code (shared/spec/paper_results.md)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 CUTOUT_FILL = (125, 123, 114)  # MLKD's cutout grey, about the dataset mean
 _PAD = 4
 _NUM_OPS = 2

@@ -42,9 +42,8 @@ strong view (``strong_view``)
 eval view (``eval_view``)
     Normalization only.
 
-Deliberate differences from MLKD: the mean/std are the ones this project fixes (they differ from MLKD's
-``(0.5071, 0.4867, 0.4408)/(0.2675, 0.2565, 0.2761)`` by at most 2e-4); PIL's cutout rectangle includes its
-far edge (up to 17 px), ours does not (up to 16 px).
+Normalization uses MLKD's mean/std ``(0.5071, 0.4867, 0.4408)/(0.2675, 0.2565, 0.2761)``. One deliberate
+difference from MLKD: PIL's cutout rectangle includes its far edge (up to 17 px), ours does not (up to 16 px).
 
 How it is vectorized: every sample draws its own parameters; the geometric ops are folded into one
 per-sample 2x3 matrix (identity for samples that drew another op) and applied by one ``affine_grid`` /

@@ -172,9 +172,10 @@ def train(
         _seed_everything(config.seed)  # before building the model: its initialization draws from it
 
     data = load_data(config.data, device)
-    student = build_model(config.student, num_classes=data.num_classes).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    student = student.to(memory_format=memory_format)
+    memory_format = _memory_format(config)
+    student = build_model(config.student, num_classes=data.num_classes).to(
+        device, memory_format=memory_format
+    )
     teacher = _load_teacher(config, data.num_classes, device, memory_format)
     optimizer = torch.optim.SGD(
         student.parameters(),
@@ -327,7 +328,6 @@ def _train_epoch(
     sums: dict[str, torch.Tensor] = {}
     first_bad_step = torch.full((), -1, dtype=torch.long, device=data.train_x.device)
     steps = math.ceil(data.train_x.shape[0] / config.optim.batch_size)
-
     rows = 0  # images seen this epoch: known on the host, no sync needed
     with _progress(console) as progress:
         task = progress.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))

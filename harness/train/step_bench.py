@@ -91,7 +91,6 @@ def measure_step_times(
         config = TrainConfig(
             student=student,
             teacher=teacher,
-            teacher_checkpoint="-",
             method=method,
             loss=loss,
             optim=OptimConfig(batch_size=batch_size),

@@ -1,4 +1,4 @@
-"""``sld demo``: a real distillation that runs offline on a laptop CPU in about a minute.
+"""``sld demo``: a real distillation that runs offline on a laptop CPU in well under a minute.
 
 Data: scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``; 1797 images, 10
 classes, shipped inside the package, so nothing is downloaded), one fixed train/test split. A small CNN
@@ -59,15 +59,11 @@ _DIGITS_CLASSES = 10
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What ``sld demo`` runs. Defaults: about a minute on two CPU cores for the digits demo."""
+    """What ``sld demo`` runs. The defaults take well under a minute on two CPU cores (digits)."""
 
-    seeds: int = (
-        3  # seeds 0..seeds-1: each is one student initialization and batch order, shared by all methods
-    )
+    seeds: int = 3  # seeds 0..seeds-1: one student init and batch order each, shared by all methods
     epochs: int = 40  # student epochs; the 240-epoch schedule (lr steps, gamma) is scaled to this
-    teacher_epochs: int = (
-        5  # "briefly": short enough to finish in seconds, long enough for ~98% test accuracy
-    )
+    teacher_epochs: int = 5  # "briefly": a few seconds, and ~98% test accuracy
     student_hidden: int = 16  # a narrow MLP, so the student has something to learn from the teacher
     test_fraction: float = 1 / 3  # of the 1797 digits; one fixed split for every seed and method
     cifar_pair: str = "resnet56-resnet20"  # --cifar: the cheapest of the 12 official pairs

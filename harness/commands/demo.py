@@ -1,4 +1,4 @@
-"""``sld demo``: CE vs KD vs SLD, offline, in about a minute on a laptop CPU (``harness.demo``).
+"""``sld demo``: CE vs KD vs SLD, offline, in well under a minute on a laptop CPU (``harness.demo``).
 
 sld demo                         # digits bundled with scikit-learn, 3 seeds
 sld demo --seeds 5 --json out.json

@@ -1,0 +1,223 @@
+r"""Fused PyTorch SLD: every loss term, for every temperature, in one batched pass, with the
+closed-form gradient of :func:`sld_core.sld_loss_and_grad` as the backward.
+
+Why it is fast (numbers in ``benchmarks/RESULTS.md``): the naive formulation clones and swaps two
+logit tensors and runs a log-softmax, a softmax and a KL per temperature and term, each a full pass
+over ``(B, C)`` memory, then autograd replays all of it backwards. Here the swaps never materialise
+(the algebra is in :mod:`backends._rows`), all temperatures are stacked on one axis, and the only
+``(B, C)``-sized work is: one max, ``2K`` exponentials with their row sums, one row-wise dot product
+for the teacher KL, and one small matrix product for the gradient. Rows go through in cache-sized
+chunks so the ``(rows, 2, K, C)`` exponentials are reused from cache rather than allocated (and
+page-faulted) at full size. The gradient is computed in the forward pass (the exponentials are at
+hand) and saved; the backward only scales it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import array_api_compat.torch as xp_torch
+import torch
+from torch import nn
+
+import sld_core
+
+from ._rows import row_constants, row_terms
+
+__all__ = ["SLDLoss", "sld_loss_fused", "sld_loss_and_grad_fused"]
+
+# Elements of the per-chunk exponential buffer (rows x 2 x K x C): 2**20 float32 = 4 MiB stays in
+# the L2/L3 of the CPU measured in benchmarks/RESULTS.md; on CUDA one chunk covers any usual batch.
+CPU_CHUNK_ELEMENTS = 1 << 20
+CUDA_CHUNK_ELEMENTS = 1 << 28
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(temperatures: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Any:
+    # cached: building them on CUDA is a host-to-device copy, which would sync every step
+    return row_constants(temperatures, xp=xp_torch, dtype=dtype, device=device)
+
+
+def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
+           config: sld_core.SLDConfig, pseudo_on: bool,
+           weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``((ce, teacher, pseudo) batch means, gradient or None)`` in the compute dtype (float64 stays
+    float64, everything else is float32). ``weights = (w_ce, w_teacher, w_pseudo)`` selects the
+    differentiated combination; None skips the gradient. Nothing here synchronises the device."""
+    dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    s = student.detach().to(dtype)
+    t = teacher.detach().to(dtype)
+    batch, num_classes = s.shape
+    consts = _constants(config.temperatures, dtype, s.device)
+    num_t = consts.temperatures.shape[0]
+    budget = CUDA_CHUNK_ELEMENTS if s.is_cuda else CPU_CHUNK_ELEMENTS
+    step = max(1, min(batch, budget // (2 * num_t * num_classes)))
+    exps_buffer = s.new_empty(step, 2, num_t, num_classes)  # reused by every chunk
+    scale = consts.exp2_scale.view(1, 1, num_t, 1)
+    grad = torch.empty_like(s) if weights is not None else None
+    totals = None
+    for start in range(0, batch, step):
+        s_c, t_c, y_c = s[start:start + step], t[start:start + step], targets[start:start + step]
+        rows = s_c.shape[0]
+        shifted = torch.stack([s_c, t_c], dim=1)  # (rows, 2, C)
+        top, top_index = shifted.max(dim=2)  # first index on ties, like argmax
+        shifted.sub_(top.unsqueeze(2))
+        exps = exps_buffer[:rows]
+        torch.mul(shifted.unsqueeze(2), scale, out=exps)
+        exps.exp2_()  # exps[:, 0, k] = exp(u_s / T_k), exps[:, 1, k] = exp(u_t / T_k)
+        partition = exps.sum(dim=3)
+        diff = shifted[:, 1] - shifted[:, 0]  # u_t - u_s
+        cross = torch.bmm(exps[:, 1], diff.unsqueeze(2)).squeeze(2)
+        s_top = top_index[:, 0]
+        t_top = top_index[:, 1]
+        s_y = s_c.gather(1, y_c.unsqueeze(1))
+        sums, coefs = row_terms(
+            partition[:, 0], partition[:, 1], cross,
+            gap=top[:, :1] - s_y,
+            teacher_gap=t_c.gather(1, y_c.unsqueeze(1)) - top[:, 1:],
+            swap_gap=s_c.gather(1, t_top.unsqueeze(1)) - s_y,
+            consts=consts, xp=xp_torch, teacher_swap=config.teacher_swap, pseudo_on=pseudo_on,
+            detach_pseudo=config.detach_pseudo_teacher, weights=weights, batch=batch,
+        )
+        part = torch.stack(sums)
+        totals = part if totals is None else totals + part
+        if coefs is not None:
+            coef_s, coef_t, sparse = coefs
+            grad_c = grad[start:start + rows]
+            coef = torch.cat([coef_s, coef_t], dim=1).unsqueeze(1)  # (rows, 1, 2K)
+            torch.bmm(coef, exps.view(rows, 2 * num_t, num_classes), out=grad_c.unsqueeze(1))
+            grad_c.scatter_add_(1, torch.stack([t_top, y_c, s_top], dim=1), sparse)
+    return totals / batch, grad
+
+
+class _SLDFunction(torch.autograd.Function):
+    """Outputs ``(total, ce, teacher, pseudo)``. When only ``total`` is differentiated (the usual
+    case) the backward is one multiply of the gradient computed in the forward pass; gradients that
+    flow in through the other terms trigger one more fused pass with the combined weights."""
+
+    @staticmethod
+    def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
+                config: sld_core.SLDConfig, pseudo_on: bool):  # noqa: ANN205
+        ctx.set_materialize_grads(False)
+        want_grad = ctx.needs_input_grad[0]
+        w_kd = config.kd_weight
+        # autocast must not recast the internals (bmm would go to bf16/fp16 and lose the tail mass)
+        with torch.autocast(student.device.type, enabled=False):
+            means, grad = _fused(student, teacher, targets, config, pseudo_on,
+                                 (config.ce_weight, w_kd, w_kd) if want_grad else None)
+        ce, teacher_term, pseudo = means.unbind()
+        total = config.ce_weight * ce + w_kd * (teacher_term + pseudo)
+        ctx.config, ctx.pseudo_on, ctx.input_dtype = config, pseudo_on, student.dtype
+        if want_grad:
+            # student/teacher saved for the rare per-term backward; saving inputs copies nothing
+            ctx.save_for_backward(grad, student, teacher, targets)
+        return total, ce, teacher_term, pseudo
+
+    @staticmethod
+    def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        grad, student, teacher, targets = ctx.saved_tensors
+        if d_ce is None and d_teacher is None and d_pseudo is None:
+            if d_total is None:
+                return None, None, None, None, None
+            return (grad * d_total).to(ctx.input_dtype), None, None, None, None
+        config = ctx.config
+
+        def scalar(x: torch.Tensor | None) -> Any:
+            return 0.0 if x is None else x
+
+        d_tot = scalar(d_total)
+        weights = (
+            d_tot * config.ce_weight + scalar(d_ce),
+            d_tot * config.kd_weight + scalar(d_teacher),
+            d_tot * config.kd_weight + scalar(d_pseudo),
+        )
+        # tensor weights (no .item(): that would sync the device) broadcast through the pass
+        with torch.autocast(student.device.type, enabled=False):
+            _, full = _fused(student, teacher, targets, config, ctx.pseudo_on, weights)
+        return full.to(ctx.input_dtype), None, None, None, None
+
+
+def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
+                   epoch: int, config: sld_core.SLDConfig | None = None,
+                   check_targets: bool = True) -> sld_core.LossTerms:
+    """:func:`sld_core.sld_loss` for torch tensors, fused (same arguments, same results).
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : torch.Tensor, shape (B, C)
+        float16/bfloat16 (e.g. under ``torch.autocast``) are computed in float32. Teacher logits are
+        never differentiated (the gradient w.r.t. them is reported as ``None``).
+    targets : torch.Tensor, shape (B,), integer labels
+    epoch : int
+        Counted from 1; the pseudo-teacher is active when ``epoch > config.gamma``.
+    config : SLDConfig, optional
+    check_targets : bool
+        The label range check costs a device sync; ``False`` makes the call sync-free.
+
+    Returns
+    -------
+    LossTerms
+        0-d float32 tensors (float64 for float64 input); all four are differentiable w.r.t.
+        ``student_logits``, and the backward of ``total`` is the closed-form gradient.
+
+    Examples
+    --------
+    >>> s = torch.tensor([[2.0, 1.0, 0.0]]); t = torch.tensor([[0.0, 3.0, 1.0]]); y = torch.tensor([0])
+    >>> round(float(sld_loss_fused(s, t, y, epoch=1).total), 4)
+    1.8387
+    """
+    config = sld_core.SLDConfig() if config is None else config
+    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+    pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
+    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets, config, pseudo_on)
+    return sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
+
+
+def sld_loss_and_grad_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                            targets: torch.Tensor, *, epoch: int, config: sld_core.SLDConfig | None = None,
+                            check_targets: bool = True) -> tuple[sld_core.LossTerms, torch.Tensor]:
+    """:func:`sld_core.sld_loss_and_grad` for torch tensors: losses and the gradient of ``total``
+    w.r.t. ``student_logits`` (input dtype) from one fused pass, without building an autograd graph."""
+    config = sld_core.SLDConfig() if config is None else config
+    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+    pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
+    with torch.no_grad(), torch.autocast(student_logits.device.type, enabled=False):
+        means, grad = _fused(student_logits, teacher_logits, targets, config, pseudo_on,
+                             (config.ce_weight, config.kd_weight, config.kd_weight))
+    ce, teacher, pseudo = means.unbind()
+    total = config.ce_weight * ce + config.kd_weight * (teacher + pseudo)
+    terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
+    return terms, grad.to(student_logits.dtype)
+
+
+class SLDLoss(nn.Module):
+    """The SLD loss as a module for a torch training loop.
+
+    ``SLDLoss(config)(student_logits, teacher_logits, targets, epoch) -> LossTerms``; call
+    ``terms.total.backward()``. ``check_targets=False`` (the default here) keeps the step free of
+    device syncs: validate labels once in the data pipeline instead.
+
+    Examples
+    --------
+    >>> loss = SLDLoss(sld_core.SLDConfig(gamma=0))
+    >>> s = torch.randn(4, 10, requires_grad=True)
+    >>> terms = loss(s, torch.randn(4, 10), torch.tensor([0, 1, 2, 3]), epoch=1)
+    >>> terms.total.backward(); s.grad.shape
+    torch.Size([4, 10])
+    """
+
+    def __init__(self, config: sld_core.SLDConfig | None = None, *, check_targets: bool = False) -> None:
+        super().__init__()
+        self.config = sld_core.SLDConfig() if config is None else config
+        self.check_targets = check_targets
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                epoch: int) -> sld_core.LossTerms:
+        return sld_loss_fused(student_logits, teacher_logits, targets, epoch=epoch, config=self.config,
+                              check_targets=self.check_targets)
+
+    def extra_repr(self) -> str:
+        return repr(self.config)

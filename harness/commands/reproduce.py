@@ -1,0 +1,102 @@
+"""``sld reproduce``: the paper's CIFAR-100 table in one command.
+
+Trains (or resumes, or skips when finished) every pair x method x seed run in ``OUT/<pair>/<method>/
+seed<k>/``, training missing teachers first with ``sld train-teacher``'s code, then writes
+``OUT/REPORT.md`` with plots and prints the table: best- and last-epoch test top-1 (mean ± std over
+seeds) next to the published number. Run it again after an interruption: it continues where it stopped.
+
+    sld reproduce --pairs resnet32x4-resnet8x4,wrn40_2-wrn16_2 --methods kd,sld --seeds 3
+    sld reproduce --pairs all --epochs 2 --out runs/smoke        # a quick look (flagged in the report)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness.commands.train import (
+    AmpOpt,
+    BatchSizeOpt,
+    ChannelsLastOpt,
+    CompileOpt,
+    DataDirOpt,
+    DeviceOpt,
+    EpochsOpt,
+    LimitTestOpt,
+    LimitTrainOpt,
+    MilestonesOpt,
+    RunsDirOpt,
+    common_overrides,
+    user_errors,
+)
+from harness.train.config import METHOD_CONFIGS, ConfigError, OptimConfig
+from harness.train.paths import DEFAULT_RUNS_DIR
+
+DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
+
+
+def reproduce(
+    pairs: Annotated[str, typer.Option("--pairs", help="Comma-separated pairs (see `sld pairs`), or 'all'.")],
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: ce, kd, dkd, sld.")] = "kd,sld",
+    seeds: Annotated[int, typer.Option("--seeds", help="Runs per pair and method (seeds 0..N-1).")] = 3,
+    epochs: EpochsOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Root of the grid; REPORT.md goes here.")] = DEFAULT_OUT,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    runs_dir: RunsDirOpt = Path(DEFAULT_RUNS_DIR),
+    batch_size: BatchSizeOpt = None,
+    lr_milestones: MilestonesOpt = None,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    compile: CompileOpt = None,
+    limit_train: LimitTrainOpt = None,
+    limit_test: LimitTestOpt = None,
+) -> None:
+    """Train every pair x method x seed (resuming or skipping finished runs), then report vs the paper."""
+    with user_errors():
+        import torch
+        from rich.console import Console
+
+        from harness.commands.train_teacher import train_teacher
+        from harness.pairs import PAIRS, get_pair
+        from harness.report import load_run, write_report
+        from harness.reproduce import ensure_teacher, grid_configs, run_grid
+
+        pair_names = (
+            list(PAIRS) if pairs.strip().lower() == "all" else [get_pair(p).name for p in _split(pairs)]
+        )
+        method_names = _split(methods)
+        for method in method_names:
+            if method not in METHOD_CONFIGS:
+                raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
+        shared = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr_milestones": lr_milestones,
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile,
+            "data_dir": data_dir,
+            "limit_train": limit_train,
+            "limit_test": limit_test,
+        }
+        overrides = common_overrides(**shared, lr=None, seed=None, out=None, views=None)
+        configs = grid_configs(pair_names, method_names, seeds, out, overrides)
+        torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+        console = Console(soft_wrap=True)
+
+        def teacher_for(model: str) -> Path:
+            # sld train-teacher's own code path, with this command's options: same recipe, same place.
+            def train(name: str, resume: bool) -> None:
+                train_teacher(model=name, resume=resume, runs_dir=runs_dir, device=device, **shared)
+
+            return ensure_teacher(model, runs_dir, train, min_epochs=epochs or OptimConfig.epochs)
+
+        run_dirs = run_grid(configs, torch_device, teacher_for=teacher_for, console=console)
+        write_report([load_run(d) for d in run_dirs], out, console)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,183 @@
+"""Run the paper's grid (pair x method x seed) to completion, resumably.
+
+Each run lives in ``OUT/<pair>/<method>/seed<k>/``. Calling :func:`run_grid` again is cheap: a run
+whose ``metrics.jsonl`` holds all its epochs is skipped, an interrupted one (``last.pt`` short of the
+last epoch) continues with the trainer's bit-exact resume, and only missing runs start from scratch.
+Teachers the remaining runs need are made ready first, by the caller's ``train_teacher`` (the CLI
+passes ``sld train-teacher``'s own code), so a long grid never stops halfway for want of a teacher.
+
+    >>> configs = grid_configs(["resnet32x4-resnet8x4"], ["kd", "sld"], 3, "runs/reproduce")  # doctest: +SKIP
+    >>> run_grid(configs, torch.device("cuda"), teacher_for=...)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.report import flat_config, read_metrics
+from harness.train.config import ConfigError, TrainConfig, load_config, pair_config, with_overrides
+from harness.train.paths import find_teacher, teacher_run_dir
+
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+
+__all__ = ["RunState", "ensure_teacher", "grid_configs", "run_dir", "run_grid", "run_state"]
+
+
+class RunState(str, Enum):
+    """Where a run directory stands."""
+
+    NEW = "new"  # no checkpoint: train from scratch
+    PARTIAL = "partial"  # a last.pt short of the last epoch: resume it
+    DONE = "done"  # every epoch recorded in metrics.jsonl: skip it
+
+
+def run_dir(out_dir: str | os.PathLike[str], pair: str, method: str, seed: int) -> Path:
+    """``OUT/<pair>/<method>/seed<k>``: where one grid run lives."""
+    return Path(out_dir) / pair / method / f"seed{seed}"
+
+
+def grid_configs(
+    pairs: Sequence[str],
+    methods: Sequence[str],
+    seeds: int,
+    out_dir: str | os.PathLike[str],
+    overrides: dict[str, Any] | None = None,
+) -> list[TrainConfig]:
+    """One config per pair x method x seed (seeds 0..seeds-1): the pair's official recipe
+    (:func:`harness.train.config.pair_config`) with ``overrides`` (dotted fields, ``None`` skipped, as in
+    :func:`~harness.train.config.with_overrides`), the seed and its :func:`run_dir`. The teacher
+    checkpoint is left unset: :func:`run_grid` finds or trains it only for runs that still train."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds must be an integer >= 1; got {seeds!r}")
+    if not pairs or not methods:
+        raise ConfigError("the grid needs at least one pair and one method")
+    configs = []
+    for pair in pairs:
+        for method in methods:
+            base = with_overrides(pair_config(pair, method), overrides or {})
+            for seed in range(seeds):
+                where = run_dir(out_dir, base.pair or pair, method, seed)
+                configs.append(with_overrides(base, {"seed": seed, "out_dir": str(where)}))
+    return configs
+
+
+def run_state(directory: str | os.PathLike[str]) -> RunState:
+    """:class:`RunState` of a run directory, from its ``last.pt``, ``config.json`` and ``metrics.jsonl``.
+
+    Raises
+    ------
+    harness.report.ReportError, ConfigError
+        The config or metrics of an existing run cannot be read (the message names the file and line).
+    """
+    directory = Path(directory)
+    if not (directory / "last.pt").is_file():
+        return RunState.NEW
+    epochs = load_config(directory / "config.json").optim.epochs
+    done = len(read_metrics(directory / "metrics.jsonl")) if (directory / "metrics.jsonl").is_file() else 0
+    return RunState.DONE if done >= epochs else RunState.PARTIAL
+
+
+def _differences(stored: TrainConfig, requested: TrainConfig) -> list[str]:
+    """Fields where a finished run's config differs from what the grid asks for, ignoring the ones
+    the trainer lets a resumed run change (where and how fast it runs) and the teacher's path."""
+    from harness.train.loop import _RESUMABLE_CHANGES  # the trainer's own rule; see the report
+
+    old, new = flat_config(stored), flat_config(requested)
+    ignored = set(_RESUMABLE_CHANGES) | {"teacher_checkpoint"}
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if k not in ignored and old.get(k) != new.get(k)
+    ]
+
+
+def ensure_teacher(
+    model: str,
+    runs_dir: str | os.PathLike[str],
+    train_teacher: Callable[[str, bool], None],
+    *,
+    min_epochs: int | None = None,
+) -> Path:
+    """A checkpoint for teacher ``model``: our own finished teacher run in ``RUNS/teachers/<model>``,
+    else mdistiller's file (:func:`harness.train.paths.find_teacher`), else a new one trained by
+    ``train_teacher(model, resume)``; an interrupted teacher run is resumed (``resume=True``) first.
+
+    Raises
+    ------
+    ConfigError
+        Our own teacher run was trained for fewer than ``min_epochs`` epochs: a 1-epoch smoke-test
+        teacher must not silently teach a full reproduction.
+    """
+    own = teacher_run_dir(model, runs_dir)
+    state = run_state(own)
+    if state is RunState.PARTIAL:
+        train_teacher(model, True)
+    elif state is RunState.NEW:
+        try:
+            return find_teacher(model, runs_dir)
+        except FileNotFoundError:
+            train_teacher(model, False)
+    if min_epochs is not None and (own / "config.json").is_file():
+        trained = load_config(own / "config.json").optim.epochs
+        if trained < min_epochs:
+            raise ConfigError(
+                f"teacher run {own} was trained for {trained} epochs, fewer than the {min_epochs} this "
+                "reproduction runs; move it away (it is retrained) or pass another --runs-dir"
+            )
+    return find_teacher(model, runs_dir)
+
+
+def run_grid(
+    configs: Sequence[TrainConfig],
+    device: torch.device,
+    *,
+    teacher_for: Callable[[str], Path],
+    console: Console | None = None,
+) -> list[Path]:
+    """Train, resume or skip each of ``configs`` (see :class:`RunState`); returns their directories.
+
+    ``teacher_for(model)`` gives a teacher checkpoint (e.g. :func:`ensure_teacher`); it is called once
+    per teacher model, for the runs that still train, before any of them starts.
+
+    Raises
+    ------
+    ConfigError
+        A finished run's config differs from the requested one (e.g. other ``--epochs``): the message
+        lists the fields; choose another output directory. The trainer raises the same for a run to resume.
+    """
+    from rich.console import Console
+
+    from harness.train.loop import train
+
+    console = console or Console(soft_wrap=True)
+    todo: list[tuple[TrainConfig, RunState]] = []
+    for config in configs:
+        state = run_state(config.out_dir)
+        if state is RunState.DONE:
+            stored = load_config(Path(config.out_dir) / "config.json")
+            diffs = _differences(stored, config)
+            if diffs:
+                raise ConfigError(
+                    f"{config.out_dir} holds a finished run with another config ({', '.join(diffs)}); "
+                    "choose another --out directory"
+                )
+            console.print(
+                f"[green]done[/green] {config.out_dir}: all {stored.optim.epochs} epochs recorded, skipped"
+            )
+        else:
+            todo.append((config, state))
+
+    teachers = {c.teacher: teacher_for(c.teacher) for c, _ in todo if c.method != "ce" and c.teacher}
+    for i, (config, state) in enumerate(todo, start=1):
+        if config.method != "ce" and config.teacher:
+            config = with_overrides(config, {"teacher_checkpoint": str(teachers[config.teacher])})
+        verb = "resuming" if state is RunState.PARTIAL else "training"
+        console.rule(f"[bold]{verb} {i}/{len(todo)}: {config.out_dir}")
+        train(config, device, resume=state is RunState.PARTIAL, console=console)
+    return [Path(c.out_dir) for c in configs]

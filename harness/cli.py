@@ -26,6 +26,8 @@ from harness.commands import demo as demo_cmd  # noqa: E402
 from harness.commands import eval as eval_cmd  # noqa: E402
 from harness.commands import models as models_cmd  # noqa: E402
 from harness.commands import pairs as pairs_cmd  # noqa: E402
+from harness.commands import report as report_cmd  # noqa: E402
+from harness.commands import reproduce as reproduce_cmd  # noqa: E402
 from harness.commands import train as train_cmd  # noqa: E402
 from harness.commands import train_teacher as train_teacher_cmd  # noqa: E402
 
@@ -33,6 +35,8 @@ app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval)
 app.command("models")(models_cmd.models)
 app.command("pairs")(pairs_cmd.pairs)
+app.command("report")(report_cmd.report)
+app.command("reproduce")(reproduce_cmd.reproduce)
 app.command("train")(train_cmd.train)
 app.command("train-teacher")(train_teacher_cmd.train_teacher)
 

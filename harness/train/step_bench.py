@@ -147,7 +147,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--views", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads; 1 is steadier on a shared machine"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     times = measure_step_times(
         device=args.device, repeats=args.repeats, batch_size=args.batch_size, views=args.views
     )

@@ -323,6 +323,7 @@ def summarize(runs: Iterable[RunRecord]) -> list[GroupSummary]:
 
     summaries = []
     for (label, method, fingerprint), members in groups.items():
+        members.sort(key=lambda r: (r.config.seed, str(r.run_dir)))
         siblings = [fp for (lb, m, fp) in groups if (lb, m) == (label, method)]
         config = members[0].config
         pair = PAIRS.get(config.pair) if config.pair else None
@@ -334,7 +335,7 @@ def summarize(runs: Iterable[RunRecord]) -> list[GroupSummary]:
                 pair=config.pair,
                 method=method,
                 variant=_variant(fingerprint, siblings),
-                runs=tuple(sorted(members, key=lambda r: (r.config.seed, str(r.run_dir)))),
+                runs=tuple(members),
                 best=MeanStd.of([100 * r.best_top1 for r in members]),
                 last=MeanStd.of([100 * r.last_top1 for r in members]),
                 published=published.value if published else None,

@@ -20,7 +20,8 @@ otherwise): detection looks in ``sys.modules`` first, and each fast path is impo
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat
 

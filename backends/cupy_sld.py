@@ -140,7 +140,8 @@ extern "C" __global__ void sld_rows(
     for (int c = tid; c < num_classes; c += BLOCK) {
         const real u_s = sr[c] - s_max, u_t = tr[c] - t_max;
         real g = 0;
-        for (int k = 0; k < NUM_T; ++k) g += coef_s[k] * exp(u_s / TEMPS[k]) + coef_t[k] * exp(u_t / TEMPS[k]);
+        for (int k = 0; k < NUM_T; ++k)
+            g += coef_s[k] * exp(u_s / TEMPS[k]) + coef_t[k] * exp(u_t / TEMPS[k]);
         if (c == t_top) g += at_t_top;
         if (c == label) g += at_target;
         if (c == s_top) g += at_s_top;
@@ -186,8 +187,8 @@ def sld_loss_and_grad_cupy(student_logits: Any, teacher_logits: Any, targets: An
     Examples
     --------
     >>> import cupy  # doctest: +SKIP
-    >>> terms, grad = sld_loss_and_grad_cupy(cupy.random.randn(8, 100), cupy.random.randn(8, 100),
-    ...                                      cupy.arange(8), epoch=1)  # doctest: +SKIP
+    >>> s, t = cupy.random.randn(8, 100), cupy.random.randn(8, 100)  # doctest: +SKIP
+    >>> terms, grad = sld_loss_and_grad_cupy(s, t, cupy.arange(8), epoch=1)  # doctest: +SKIP
     """
     import cupy
 

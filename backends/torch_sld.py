@@ -61,7 +61,10 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
         s_c, t_c, y_c = s[start:start + step], t[start:start + step], targets[start:start + step]
         rows = s_c.shape[0]
         shifted = torch.stack([s_c, t_c], dim=1)  # (rows, 2, C)
-        top, top_index = shifted.max(dim=2)  # first index on ties, like argmax
+        # argmax + gather rather than max(dim): on CPU max(dim) goes multi-threaded even for tiny
+        # inputs, and waking threads on a busy machine costs milliseconds
+        top_index = shifted.argmax(dim=2)  # (rows, 2), first index on ties
+        top = shifted.gather(2, top_index.unsqueeze(2)).squeeze(2)
         shifted.sub_(top.unsqueeze(2))
         exps = exps_buffer[:rows]
         torch.mul(shifted.unsqueeze(2), scale, out=exps)
@@ -172,7 +175,8 @@ def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     config = sld_core.SLDConfig() if config is None else config
     sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
     pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
-    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets, config, pseudo_on)
+    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets, config,
+                                                    pseudo_on)
     return sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
 
 

@@ -22,6 +22,7 @@ def version() -> None:
 
 
 # Command registrations (one line each; keep alphabetical).
+from harness.commands import bench as bench_cmd  # noqa: E402
 from harness.commands import demo as demo_cmd  # noqa: E402
 from harness.commands import eval as eval_cmd  # noqa: E402
 from harness.commands import models as models_cmd  # noqa: E402
@@ -31,6 +32,7 @@ from harness.commands import reproduce as reproduce_cmd  # noqa: E402
 from harness.commands import train as train_cmd  # noqa: E402
 from harness.commands import train_teacher as train_teacher_cmd  # noqa: E402
 
+app.command("bench")(bench_cmd.bench)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval)
 app.command("models")(models_cmd.models)

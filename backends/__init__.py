@@ -9,9 +9,11 @@ library       ``sld_loss``                                 ``sld_loss_and_grad``
 ============  ===========================================  =========================================
 torch         fused autograd Function (``torch_sld``)      fused pass, no graph (``torch_sld``)
 NumPy         core                                         fused NumPy path (``numpy_sld``)
-CuPy          core                                         fused CUDA kernel (``cupy_sld``)
+CuPy          core                                         fused CUDA kernel (``cupy_sld``) [#]_
 others        core                                         core
 ============  ===========================================  =========================================
+
+.. [#] when a CUDA device and NVRTC are present (:func:`backends.cupy_sld.kernel_available`).
 
 A framework is never imported here unless the caller already imported it (its arrays cannot exist
 otherwise): detection looks in ``sys.modules`` first, and each fast path is imported on first use.
@@ -73,10 +75,11 @@ def fast_path(student_logits: Any, *, with_grad: bool = False) -> Callable[..., 
         from . import numpy_sld
 
         return numpy_sld.sld_loss_and_grad_numpy
-    if with_grad and name == "cupy" and sys.modules["cupy"].cuda.is_available():
+    if with_grad and name == "cupy":
         from . import cupy_sld
 
-        return cupy_sld.sld_loss_and_grad_cupy
+        if cupy_sld.kernel_available()[0]:
+            return cupy_sld.sld_loss_and_grad_cupy
     return sld_core.sld_loss_and_grad if with_grad else sld_core.sld_loss
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import sld_core
 
-__all__ = ["sld_loss_and_grad_cupy", "kernel_source"]
+__all__ = ["kernel_available", "kernel_source", "sld_loss_and_grad_cupy"]
 
 BLOCK = 256  # threads per row; a power of two (the tree reductions below assume it)
 
@@ -168,6 +168,24 @@ def kernel_source(temperatures: tuple[float, ...], real: str) -> tuple[str, tupl
         .replace("@KD_ON@", ", ".join(repr(k) for k in kd_on))
     )
     return source, tuple(temps)
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_available() -> tuple[bool, str]:
+    """``(True, "")`` when the kernel can run here: a CUDA device and NVRTC to compile it (the
+    ``cupy-cuda12x`` wheel does not ship NVRTC; a CUDA toolkit or ``nvidia-cuda-nvrtc-cu12`` does).
+    Otherwise ``(False, reason)``."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return False, f"cupy is not installed ({exc})"
+    if not cupy.cuda.is_available():
+        return False, "cupy.cuda.is_available() is False (no CUDA device)"
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - CuPy raises a loader-specific error type
+        return False, f"NVRTC cannot be loaded, so the kernel cannot compile ({exc})"
+    return True, ""
 
 
 @functools.lru_cache(maxsize=16)

@@ -33,6 +33,7 @@ def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.S
     exps_buffer = np.empty((step, 2, num_t, num_classes), dtype=s.dtype)
     shifted_buffer = np.empty((step, 2, num_classes), dtype=s.dtype)
     inv_t = consts.inv_t.reshape(1, 1, num_t, 1)
+    roots = consts.num_roots
     weights = (config.ce_weight, config.kd_weight, config.kd_weight) if want_grad else None
     grad = np.empty_like(s) if want_grad else None
     totals = [0.0, 0.0, 0.0]
@@ -50,8 +51,10 @@ def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.S
         s_at_t_top = np.take_along_axis(s[start:stop], top_index[:, 1:], axis=1)
         shifted -= top
         exps = exps_buffer[:rows]
-        np.multiply(shifted[:, :, None, :], inv_t, out=exps)
-        np.exp(exps, out=exps)  # exps[:, 0, k] = exp(u_s / T_k), exps[:, 1, k] = exp(u_t / T_k)
+        np.multiply(shifted[:, :, None, :], inv_t[:, :, :roots], out=exps[:, :, :roots])
+        np.exp(exps[:, :, :roots], out=exps[:, :, :roots])  # exps[:, 0, k] = exp(u_s / T_k), [:, 1] u_t
+        for dst, src in consts.squares:
+            np.multiply(exps[:, :, src], exps[:, :, src], out=exps[:, :, dst])
         partition = exps.sum(axis=3)
         shifted[:, 1] -= shifted[:, 0]  # u_t - u_s
         cross = np.matmul(exps[:, 1], shifted[:, 1, :, None])[:, :, 0]

@@ -79,7 +79,7 @@ def _fused_autograd(s, t, y, epoch, cfg):
     leaf = s.detach().clone().requires_grad_(True)
     terms = torch_sld.sld_loss_fused(leaf, t, y, epoch=epoch, config=cfg)
     terms.total.backward()
-    return terms, leaf.grad
+    return sld_core.LossTerms(**{k: v.detach() for k, v in terms.as_dict().items()}), leaf.grad
 
 
 def _rel(a, b) -> float:
@@ -380,9 +380,13 @@ def test_cupy_kernel_source_has_the_config_constants():
 
 
 def _cupy():
-    cupy = pytest.importorskip("cupy", reason="cupy is not installed")
-    if not cupy.cuda.is_available():
-        pytest.skip("cupy.cuda.is_available() is False (no CUDA device)")
+    from backends.cupy_sld import kernel_available
+
+    ok, reason = kernel_available()
+    if not ok:
+        pytest.skip(reason)
+    import cupy
+
     return cupy
 
 

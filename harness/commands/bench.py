@@ -120,6 +120,12 @@ def _cupy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[],
         raise Skip(f"cupy is not installed ({exc})") from exc
     if not cupy.cuda.is_available():
         raise Skip("cupy.cuda.is_available() is False (no CUDA device)")
+    if case.impl == "fused":
+        from backends.cupy_sld import kernel_available
+
+        ok, reason = kernel_available()
+        if not ok:
+            raise Skip(reason)
     if case.dtype == "bfloat16":
         raise Skip("CuPy has no bfloat16")
     s, t, y = (cupy.asarray(a.astype(case.dtype) if a.dtype.kind == "f" else a) for a in _numpy_inputs(case))

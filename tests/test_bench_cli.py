@@ -1,0 +1,78 @@
+"""``sld bench`` end to end on a tiny grid (CliRunner), and its timing core."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.commands import bench as bench_cmd
+
+
+def test_bench_small_grid_writes_json_and_png(tmp_path):
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = CliRunner().invoke(app, [
+        "bench", "--backend", "numpy,torch,cupy", "--device", "cpu,cuda", "--batch-sizes", "8,16",
+        "--classes", "10", "--impl", "fused,reference", "--repeats", "2", "--warmup", "1",
+        "--json", str(json_path), "--plot", str(png_path),
+    ])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(json_path.read_text())
+    rows = payload["results"]
+    ran = {(r["backend"], r["impl"], r["device"]) for r in rows}
+    assert ("torch", "fused", "cpu") in ran and ("torch", "reference", "cpu") in ran
+    assert ("numpy", "fused", "cpu") in ran
+    assert {r["batch"] for r in rows} == {8, 16}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["rows_per_s"] > 0 and r["gb_per_s"] > 0
+        assert r["speedup_vs_reference"] is not None  # the torch reference ran for every shape
+        assert 0 < r["fraction_of_copy"]
+    assert payload["copy_gb_per_s"]["cpu"] > 0
+    reasons = {(s.get("backend"), s.get("impl"), s["device"]): s["reason"] for s in payload["skipped"]}
+    assert reasons[("numpy", "reference", "cpu")] == "the reference formulation is PyTorch only"
+    assert reasons[("cupy", "fused", "cpu")] == "CuPy runs on CUDA only"
+    assert reasons[("numpy", "fused", "cuda")] == "NumPy runs on the CPU only"
+    if not _cuda_available():
+        assert "is False" in reasons[("cupy", "fused", "cuda")]
+        assert "torch.cuda.is_available() is False" in reasons[("torch", "fused", "cuda")]
+    assert "skipped" in result.output and "NumPy runs on the CPU only" in result.output
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert payload["environment"]["versions"]["torch"]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_bench_rejects_unknown_grid_values():
+    result = CliRunner().invoke(app, ["bench", "--backend", "tensorflow"])
+    assert result.exit_code != 0
+    assert "unknown backend ['tensorflow']" in result.output
+    result = CliRunner().invoke(app, ["bench", "--batch-sizes", "8,x"])
+    assert result.exit_code != 0
+    assert "batch sizes must be comma-separated integers" in result.output
+
+
+def test_bench_jax_has_no_fused_path_but_runs_generic():
+    pytest.importorskip("jax")
+    with pytest.raises(bench_cmd.Skip, match="no fused JAX path"):
+        bench_cmd.build_case(bench_cmd.Case("jax", "fused", "cpu", "float32", 4, 5))
+    fn, sync = bench_cmd.build_case(bench_cmd.Case("jax", "generic", "cpu", "float32", 4, 5))
+    times = bench_cmd.time_call(fn, sync, repeats=2, warmup=1)
+    assert len(times) == 2 and min(times) > 0
+
+
+def test_timing_core_summary_and_speedups():
+    case = bench_cmd.Case("torch", "fused", "cpu", "float32", 10, 100)
+    assert case.bytes_moved == 3 * 10 * 100 * 4 + 8 * 10
+    row = bench_cmd.summarize(case, [0.001, 0.002, 0.003, 0.004], copy_gbs=10.0)
+    assert row["median_ms"] == pytest.approx(2.5) and row["iqr_ms"] == pytest.approx(1.5)
+    assert row["rows_per_s"] == pytest.approx(10 / 0.0025)
+    ref = bench_cmd.summarize(bench_cmd.Case("torch", "reference", "cpu", "float32", 10, 100), [0.01], 10.0)
+    rows = [row, ref]
+    bench_cmd.add_speedups(rows)
+    assert row["speedup_vs_reference"] == pytest.approx(4.0) and ref["speedup_vs_reference"] == 1.0

@@ -32,6 +32,7 @@ class RowConstants:
 
     temperatures: Any
     inv_t: Any  # 1/T
+    neg_inv_t: Any  # -1/T
     exp2_scale: Any  # log2(e)/T, the multiplier in front of exp2
     kd_on: Any  # 1 where T is in the KD sum, else 0
     kd_t: Any  # T where T is in the KD sum, else 0 (gradient weight)
@@ -75,6 +76,7 @@ def row_constants(temperatures: tuple[float, ...], *, xp: Any, dtype: Any, devic
     return RowConstants(
         temperatures=arr(temps),
         inv_t=arr([1.0 / t for t in temps]),
+        neg_inv_t=arr([-1.0 / t for t in temps]),
         exp2_scale=arr([LOG2E / t for t in temps]),
         kd_on=arr(in_kd),
         kd_t=arr([t * k for t, k in zip(temps, in_kd)]),
@@ -86,15 +88,18 @@ def row_constants(temperatures: tuple[float, ...], *, xp: Any, dtype: Any, devic
     )
 
 
-def row_terms(z_s: Any, z_t: Any, cross: Any, gap: Any, teacher_gap: Any, swap_gap: Any,
+def row_terms(partition: Any, cross: Any, gap: Any, teacher_gap: Any, swap_gap: Any,
               consts: RowConstants, *, xp: Any, teacher_swap: bool, pseudo_on: bool, detach_pseudo: bool,
               weights: tuple[Any, Any, Any] | None, batch: int) -> tuple[list[Any], Any]:
-    """Loss sums and gradient coefficients for a block of rows.
+    """Loss sums and gradient coefficients for a block of rows. Written for few array operations:
+    on CPU each one costs microseconds of dispatch, and a call runs once per chunk of rows.
 
     Parameters
     ----------
-    z_s, z_t, cross : (rows, K)
-        ``Z_s``, ``Z_t`` and ``sum exp(u_t/T) (u_t - u_s)`` per row and temperature.
+    partition : (rows, 2, K)
+        ``Z_s`` (``[:, 0]``) and ``Z_t`` (``[:, 1]``) per row and temperature.
+    cross : (rows, K)
+        ``sum exp(u_t/T) (u_t - u_s)``.
     gap, teacher_gap, swap_gap : (rows, 1)
         ``s_m - s_y``, ``t_y - t_max`` and ``s[m_t] - s_y``.
     weights : (w_ce, w_teacher, w_pseudo) or None
@@ -109,40 +114,37 @@ def row_terms(z_s: Any, z_t: Any, cross: Any, gap: Any, teacher_gap: Any, swap_g
         all already divided by ``batch``.
     """
     inv_t = consts.inv_t
-    log_z_s = xp.log(z_s)
-    q_top = 1.0 / z_s
-    kl_teacher = cross * inv_t / z_t + log_z_s - xp.log(z_t)
+    log_z = xp.log(partition)
+    recip = 1.0 / partition
+    q_top, recip_t = recip[:, 0], recip[:, 1]  # q_m = 1/Z_s; p_t[m_t] = 1/Z_t
+    kl_teacher = cross * inv_t * recip_t + (log_z[:, 0] - log_z[:, 1])
     if teacher_swap:
-        dp = (1.0 - xp.exp(teacher_gap * inv_t)) / z_t  # p_t[m_t] - p_t[y], zero when the teacher is right
-        kl_teacher = kl_teacher + dp * swap_gap * inv_t
-    q_y = xp.exp(-gap * inv_t) * q_top
+        dp = (1.0 - xp.exp(teacher_gap * inv_t)) * recip_t  # p_t[m_t] - p_t[y]; 0 if the teacher is right
+        kl_teacher = kl_teacher + dp * (swap_gap * inv_t)
+    q_y = xp.exp(gap * consts.neg_inv_t) * q_top
     dq = q_top - q_y  # zero on rows the student already gets right
-    ce = log_z_s[:, consts.ce_index] + gap[:, 0]
-    zero = xp.sum(ce[:0])  # a 0-d zero of the right namespace, dtype and device
-    pseudo = xp.sum(dq * gap * inv_t * consts.kd_t2) if pseudo_on else zero
-    sums = [xp.sum(ce), xp.sum(kl_teacher * consts.kd_t2), pseudo]
+    ce = xp.sum(log_z[:, 0, consts.ce_index]) + xp.sum(gap)
+    dq_t = dq * consts.kd_t  # T dq (0 for a temperature outside the KD sum)
+    pseudo = xp.sum(dq_t * gap) if pseudo_on else ce * 0.0  # T^2 * (dq d / T)
+    sums = [ce, xp.sum(kl_teacher * consts.kd_t2), pseudo]
     if weights is None:
         return sums, None
 
     w_ce, w_teacher, w_pseudo = (w / batch for w in weights)
-    coef_s = (w_teacher * consts.kd_t + w_ce * consts.ce_hot) * q_top
-    coef_t = -w_teacher * consts.kd_t / z_t
-    at_t_top = gap[:, 0] * 0.0
-    at_target = at_t_top - w_ce
-    at_s_top = at_t_top
-    if teacher_swap:
-        # -T p, where p[m_t] = p_t[y] and p[y] = p_t[m_t]: the dense -T p_t plus two corrections
-        fix = w_teacher * xp.sum(dp * consts.kd_t, axis=1)
-        at_t_top, at_target = at_t_top + fix, at_target - fix
+    dense_s = w_teacher * consts.kd_t + w_ce * consts.ce_hot
+    zeros = gap[:, 0] * 0.0
+    at_t_top = w_teacher * xp.sum(dp * consts.kd_t, axis=1) if teacher_swap else zeros  # -T p: p swaps
+    at_s_top = zeros
+    at_target = -w_ce - at_t_top
     if pseudo_on:
-        # T (q - swap(q)) is T dq at m and -T dq at y
-        t_dq = w_pseudo * xp.sum(dq * consts.kd_t, axis=1)
-        at_s_top, at_target = at_s_top + t_dq, at_target - t_dq
-        if not detach_pseudo:
-            # through swap(s): d (q_m e_m - q_y e_y - dq q); the dense -d dq q joins coef_s
-            kd_on = consts.kd_on
-            coef_s = coef_s - w_pseudo * gap * dq * kd_on * q_top
-            at_s_top = at_s_top + w_pseudo * gap[:, 0] * xp.sum(q_top * kd_on, axis=1)
-            at_target = at_target - w_pseudo * gap[:, 0] * xp.sum(q_y * kd_on, axis=1)
+        if detach_pseudo:  # T (q - swap(q)): T dq at m, -T dq at y
+            at_s_top = w_pseudo * xp.sum(dq_t, axis=1)
+            at_target = at_target - at_s_top
+        else:  # plus the path through swap(s): d (q_m e_m - q_y e_y - dq q)
+            dense_s = dense_s - (w_pseudo * gap) * dq * consts.kd_on
+            at_s_top = w_pseudo * xp.sum(dq_t + gap * q_top * consts.kd_on, axis=1)
+            at_target = at_target - w_pseudo * xp.sum(dq_t + gap * q_y * consts.kd_on, axis=1)
+    coef_s = dense_s * q_top
+    coef_t = recip_t * (-w_teacher * consts.kd_t)
     sparse = xp.stack([at_t_top, at_target, at_s_top], axis=1)
     return sums, (coef_s, coef_t, sparse)

@@ -59,7 +59,7 @@ def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.S
         shifted[:, 1] -= shifted[:, 0]  # u_t - u_s
         cross = np.matmul(exps[:, 1], shifted[:, 1, :, None])[:, :, 0]
         sums, coefs = row_terms(
-            partition[:, 0], partition[:, 1], cross,
+            partition, cross,
             gap=top[:, 0] - s_y, teacher_gap=t_y - top[:, 1], swap_gap=s_at_t_top - s_y,
             consts=consts, xp=xp_numpy, teacher_swap=config.teacher_swap, pseudo_on=pseudo_on,
             detach_pseudo=config.detach_pseudo_teacher, weights=weights, batch=batch,

@@ -8,9 +8,9 @@ over ``(B, C)`` memory, then autograd replays all of it backwards. Here the swap
 ``(B, C)``-sized work is: one argmax, ``2K`` exponentials (half of them as squares of the others,
 see :func:`backends._rows.row_constants`; via ``exp2``, ~4x cheaper than ``exp`` on CPU) with their
 row sums, one row-wise dot product for the teacher KL, and one small matrix product for the
-gradient. Rows go through in cache-sized chunks so the ``(rows, 2, K, C)`` exponentials are reused from cache rather than allocated (and
-page-faulted) at full size. The gradient is computed in the forward pass (the exponentials are at
-hand) and saved; the backward only scales it.
+gradient. Rows go through in cache-sized chunks so the ``(rows, 2, K, C)`` exponentials are reused
+from cache rather than allocated (and page-faulted) at full size. The gradient is computed in the
+forward pass (the exponentials are at hand) and saved; the backward only scales it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import array_api_compat.torch as xp_torch
 import torch
 from torch import nn
 
@@ -32,6 +31,29 @@ __all__ = ["SLDLoss", "sld_loss_fused", "sld_loss_and_grad_fused"]
 # the L2/L3 of the CPU measured in benchmarks/RESULTS.md; on CUDA one chunk covers any usual batch.
 CPU_CHUNK_ELEMENTS = 1 << 20
 CUDA_CHUNK_ELEMENTS = 1 << 28
+
+
+class _TorchOps:
+    """The few array-API functions :func:`row_terms` calls, bound straight to torch: the
+    array_api_compat wrappers cost microseconds per call, which adds up over ~70 tiny ops per chunk."""
+
+    log = staticmethod(torch.log)
+    exp = staticmethod(torch.exp)
+
+    @staticmethod
+    def sum(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+        return x.sum() if axis is None else x.sum(dim=axis)
+
+    @staticmethod
+    def stack(arrays: list[torch.Tensor], axis: int = 0) -> torch.Tensor:
+        return torch.stack(arrays, dim=axis)
+
+    @staticmethod
+    def asarray(values: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
+xp_torch = _TorchOps
 
 
 @functools.lru_cache(maxsize=32)
@@ -83,7 +105,7 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
         # a row-wise dot; bmm here is a batched GEMV, ~5x slower on CPU
         cross = torch.linalg.vecdot(exps[:, 1], diff.unsqueeze(1), dim=-1)
         sums, coefs = row_terms(
-            partition[:, 0], partition[:, 1], cross,
+            partition, cross,
             gap=gap[chunk], teacher_gap=teacher_gap[chunk], swap_gap=swap_gap[chunk],
             consts=consts, xp=xp_torch, teacher_swap=config.teacher_swap, pseudo_on=pseudo_on,
             detach_pseudo=config.detach_pseudo_teacher, weights=weights, batch=batch,

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -194,6 +195,26 @@ def time_call(fn: Callable[[], Any], sync: Callable[[], None], *, repeats: int, 
     return times
 
 
+def time_interleaved(calls: list[tuple[Callable[[], Any], Callable[[], None]]], *, repeats: int,
+                     warmup: int) -> list[list[float]]:
+    """:func:`time_call` for several ``(fn, sync)`` pairs at once, round-robin: repeat ``r`` of every
+    pair runs before repeat ``r + 1`` of any, so a change in machine load (a shared CPU) hits all of
+    them alike and their ratios stay fair."""
+    for fn, sync in calls:
+        for _ in range(warmup):
+            fn()
+        sync()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for (fn, sync), out in zip(calls, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - start)
+    return times
+
+
 def copy_bandwidth(device: str, *, nbytes: int = 256 << 20, repeats: int = 5) -> float:
     """Achieved bandwidth in GB/s (read + write) of copying one large float32 array on ``device``
     (torch: all its threads on CPU; a device-to-device copy on CUDA) — the ceiling a memory-bound
@@ -260,7 +281,7 @@ def _ints(value: str, name: str) -> list[int]:
     return values
 
 
-def _environment() -> dict[str, Any]:
+def _environment(threads: int | None) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
@@ -277,8 +298,12 @@ def _environment() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": versions,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    torch_threads = None
+    if "torch" in sys.modules:
+        torch_threads = sys.modules["torch"].get_num_threads()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch_threads,
+            "threads_option": threads, "platform": platform.platform(), "versions": versions,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -321,6 +346,7 @@ def bench(
     ),
     repeats: Annotated[int, typer.Option(min=1, help="timed calls per grid point")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="untimed calls first (caches, kernel compiles)")] = 3,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's)")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write results and skips as JSON")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of time vs batch size per backend/impl")] = None,
 ) -> None:
@@ -340,6 +366,10 @@ def bench(
     class_counts = _ints(classes, "classes")
     config = sld_core.SLDConfig()
     console = Console()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     copy_gbs: dict[str, float | None] = {}
     skipped: list[dict[str, Any]] = []
@@ -350,21 +380,24 @@ def bench(
             copy_gbs[dev] = None
             skipped.append({"device": dev, "what": "copy bandwidth", "reason": str(exc)})
 
-    grid = [Case(b, i, dev, dt, n, c) for b, i, dev, dt, n, c
-            in itertools.product(backends, impls, devices, dtypes, batches, class_counts)]
+    # Cases of one shape are timed together, round-robin (time_interleaved): the speedups compare
+    # calls made under the same machine load.
+    shapes = list(itertools.product(devices, dtypes, batches, class_counts))
     rows: list[dict[str, Any]] = []
     skipped_combos: dict[tuple[str, ...], str] = {}
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(grid))
-        for case in grid:
-            progress.update(task, description=f"{case.backend}/{case.impl} {case.device} {case.dtype} "
-                                              f"{case.batch}x{case.classes}")
-            try:
-                fn, sync = build_case(case, config)
-                times = time_call(fn, sync, repeats=repeats, warmup=warmup)
-                rows.append(summarize(case, times, copy_gbs.get(case.device)))
-            except Skip as exc:
-                skipped_combos.setdefault((case.backend, case.impl, case.device, case.dtype), str(exc))
+        task = progress.add_task("benchmarking", total=len(shapes))
+        for dev, dt, n, c in shapes:
+            progress.update(task, description=f"{dev} {dt} {n}x{c}")
+            ready: list[tuple[Case, tuple[Callable[[], Any], Callable[[], None]]]] = []
+            for b, i in itertools.product(backends, impls):
+                case = Case(b, i, dev, dt, n, c)
+                try:
+                    ready.append((case, build_case(case, config)))
+                except Skip as exc:
+                    skipped_combos.setdefault((b, i, dev, dt), str(exc))
+            timings = time_interleaved([pair for _, pair in ready], repeats=repeats, warmup=warmup)
+            rows += [summarize(case, times, copy_gbs.get(dev)) for (case, _), times in zip(ready, timings)]
             progress.advance(task)
     add_speedups(rows)
     skipped += [{"backend": b, "impl": i, "device": d, "dtype": dt, "reason": reason}
@@ -391,7 +424,7 @@ def bench(
         console.print(f"[yellow]skipped[/yellow] {what}: {s['reason']}")
 
     if json_path is not None:
-        payload = {"environment": _environment(), "config": sld_core.config_to_dict(config),
+        payload = {"environment": _environment(threads), "config": sld_core.config_to_dict(config),
                    "epoch": BENCH_EPOCH, "copy_gb_per_s": copy_gbs, "results": rows, "skipped": skipped}
         json_path.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_path}")

@@ -8,11 +8,18 @@ The command only builds a :class:`harness.train.config.TrainConfig` (from a pair
     sld train --pair resnet32x4-resnet8x4 --method kd      # the KD baseline (mdistiller recipe)
     sld train --config runs/resnet32x4-resnet8x4/sld/config.json   # repeat a run exactly
     sld train --out runs/resnet32x4-resnet8x4/sld --resume         # continue an interrupted run
+    sld train --pair resnet32x4-resnet8x4 --nproc 4                # 4 GPUs (DDP); --batch-size is global
+    torchrun --nproc_per_node 4 -m harness.train.distributed train --pair ...   # the same, by hand
+
+Ctrl-C (SIGINT) or SIGTERM stops a run between steps; ``--resume`` continues from the last complete
+epoch. Exit codes: 1 for an error, 130/143 for SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +36,7 @@ from harness.train.config import (
     with_overrides,
 )
 from harness.train.errors import NonFiniteLossError
+from harness.train.interrupt import DistributedAbort, TrainingInterrupted
 from harness.train.paths import DEFAULT_RUNS_DIR, find_teacher
 
 # Options shared with ``sld train-teacher`` (harness/commands/train_teacher.py).
@@ -69,6 +77,27 @@ LimitTrainOpt = Annotated[
 ]
 LimitTestOpt = Annotated[
     int | None, typer.Option("--limit-test", hidden=True, help="Use the first N test images.")
+]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Data-parallel processes on this machine (one per GPU; gloo on the CPU): re-runs the command "
+        "under torch.distributed.run. --batch-size stays the global batch.",
+    ),
+]
+SyncBnOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sync-bn", help="With several processes (CUDA): BatchNorm statistics over the global batch."
+    ),
+]
+StopAfterOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--stop-after", min=1, help="Stop cleanly after this epoch (time-limited jobs); --resume continues."
+    ),
 ]
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
@@ -136,6 +165,9 @@ def train(
     ] = False,
     limit_train: LimitTrainOpt = None,
     limit_test: LimitTestOpt = None,
+    nproc: NprocOpt = None,
+    sync_bn: SyncBnOpt = False,
+    stop_after: StopAfterOpt = None,
 ) -> None:
     """Distill a student on CIFAR-100 and log every epoch to OUT/metrics.jsonl."""
     with user_errors():
@@ -181,7 +213,7 @@ def train(
         cfg = _apply(base, overrides)
         if cfg.method != "ce" and cfg.teacher_checkpoint is None:
             cfg = with_overrides(cfg, {"teacher_checkpoint": str(find_teacher(cfg.teacher, runs_dir))})
-        run(cfg, device, resume=resume)
+        run(cfg, device, resume=resume, command="train", nproc=nproc, sync_bn=sync_bn, stop_after=stop_after)
 
 
 def _base_config(
@@ -282,15 +314,38 @@ def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return with_overrides(base, overrides)
 
 
-def run(cfg: TrainConfig, device: str | None, *, resume: bool) -> None:
-    """Import torch, pick the device, check the model names and train."""
-    import torch
+def run(
+    cfg: TrainConfig,
+    device: str | None,
+    *,
+    resume: bool,
+    command: str = "train",
+    nproc: int | None = None,
+    sync_bn: bool = False,
+    stop_after: int | None = None,
+) -> None:
+    """Check the model names, then train: here, or (``nproc > 1``) by re-running ``sld COMMAND ...``
+    under ``torch.distributed.run``; under torchrun each process joins the group first."""
+    _check_model_names(cfg.student, cfg.teacher)
+    from harness.train import distributed
+
+    if nproc is not None and nproc > 1:
+        if distributed.torchrun_env() is not None:
+            raise ConfigError("--nproc is for the sld command line; under torchrun leave it out")
+        distributed.check_global_batch(cfg.optim.batch_size, nproc)  # fail here once, not in N processes
+        args = sys.argv[1:]
+        if not args or args[0] != command:  # e.g. called from Python, not from `sld COMMAND ...`
+            raise ConfigError(f"--nproc works from the command line (sld {command} ... --nproc N) only")
+        distributed.relaunch(distributed.strip_option(args, "--nproc"), nproc)
 
     from harness.train.loop import train as train_loop
 
-    _check_model_names(cfg.student, cfg.teacher)
-    torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
-    train_loop(cfg, torch_device, resume=resume)
+    torch_device, joined = distributed.setup(device)
+    try:
+        train_loop(cfg, torch_device, resume=resume, sync_bn=sync_bn, stop_after=stop_after)
+    finally:
+        if joined:
+            distributed.teardown()
 
 
 def _check_model_names(*names: str | None) -> None:
@@ -313,15 +368,31 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad names or values, missing files, bad checkpoints or data, a
-    diverged run) into one red line on stderr and exit code 1, without a traceback."""
+    """Turn the errors a user can fix (bad names or values, missing or unwritable files, bad checkpoints
+    or data, a diverged run) into one red line on stderr and exit code 1, without a traceback; a run
+    stopped by SIGINT/SIGTERM exits 130/143 with the line that says how to resume it.
+
+    Under torchrun only rank 0 reports an interruption or a failure it caused the others; errors of
+    other ranks carry a ``[rank N]`` prefix."""
     from harness.data.cifar import DatasetError
 
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
     try:
         yield
-    except (ValueError, FileNotFoundError, DatasetError, NonFiniteLossError) as exc:
-        from rich.console import Console
-        from rich.text import Text
-
-        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(exc)))
+    except TrainingInterrupted as exc:
+        if rank == "0":
+            _print_error(str(exc), "stopped: ")
+        raise typer.Exit(code=exc.exit_code) from None
+    except DistributedAbort:
+        raise typer.Exit(code=1) from None  # rank 0 prints the cause
+    except (ValueError, OSError, DatasetError, NonFiniteLossError) as exc:
+        # OSError: a full disk or a permission problem, which the message names (FileNotFoundError too).
+        _print_error(str(exc), "error: " if rank == "0" else f"[rank {rank}] error: ")
         raise typer.Exit(code=1) from None
+
+
+def _print_error(message: str, label: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text.assemble((label, "bold red"), message))

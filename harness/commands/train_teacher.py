@@ -25,10 +25,13 @@ from harness.commands.train import (
     LimitTrainOpt,
     LrOpt,
     MilestonesOpt,
+    NprocOpt,
     OutOpt,
     ResumeOpt,
     RunsDirOpt,
     SeedOpt,
+    StopAfterOpt,
+    SyncBnOpt,
     ViewsOpt,
     common_overrides,
     run,
@@ -67,6 +70,9 @@ def train_teacher(
     views: ViewsOpt = None,
     limit_train: LimitTrainOpt = None,
     limit_test: LimitTestOpt = None,
+    nproc: NprocOpt = None,
+    sync_bn: SyncBnOpt = False,
+    stop_after: StopAfterOpt = None,
 ) -> None:
     """Train a teacher with cross-entropy; `sld train` then finds RUNS/teachers/MODEL/best.pt."""
     with user_errors():
@@ -108,4 +114,12 @@ def train_teacher(
                 limit_test=limit_test,
             ),
         )
-        run(cfg, device, resume=resume)
+        run(
+            cfg,
+            device,
+            resume=resume,
+            command="train-teacher",
+            nproc=nproc,
+            sync_bn=sync_bn,
+            stop_after=stop_after,
+        )

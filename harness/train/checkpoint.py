@@ -26,10 +26,12 @@ from harness.models import CheckpointError, load_weights
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointWriteError",
     "capture_rng",
     "checkpoint_model_name",
     "load_checkpoint",
     "load_model_state",
+    "remove_partial_writes",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -37,25 +39,43 @@ __all__ = [
 CHECKPOINT_FORMAT = "sld-train"
 _VERSION = 1
 _REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "config", "rng")
+_TEMP_SUFFIX = ".tmp"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions, ...); the previous file at that path
+    is untouched and the partial copy was removed. ``errno`` is the underlying error's."""
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format tag) to ``path`` atomically.
 
     The bytes go to a temporary file in the same directory, are fsynced, then ``os.replace``-d over
-    ``path``: a crash at any moment leaves either the old checkpoint or the new one, never half of one.
+    ``path``: a crash at any moment leaves either the old checkpoint or the new one, never half of one
+    (a ``kill -9`` mid-write can leave the temporary file, which :func:`remove_partial_writes` clears).
+
+    Raises
+    ------
+    CheckpointWriteError
+        The write failed (e.g. ``ENOSPC``); the message names the path and says the old file is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": CHECKPOINT_FORMAT, "version": _VERSION, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as RuntimeError wrapping the OS error's text.
+        if isinstance(exc, OSError | RuntimeError):
+            raise _write_error(path, exc) from exc
         raise
     # The rename itself is durable only once the directory entry is on disk (POSIX).
     if hasattr(os, "O_DIRECTORY"):
@@ -64,6 +84,28 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    kept = "the previous file is untouched" if path.exists() else "no earlier file existed"
+    error = CheckpointWriteError(
+        f"could not write checkpoint {path} ({reason}); {kept} and the partial copy was removed. "
+        "Free some space (or fix the permissions) and resume with --resume"
+    )
+    error.errno = getattr(exc, "errno", None)
+    return error
+
+
+def remove_partial_writes(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files :func:`save_checkpoint` leaves when killed mid-write; returns them.
+
+    Only for a run directory no other process is writing to (the trainer calls it when it starts).
+    """
+    stale = [p for p in Path(directory).glob(f".*.pt.*{_TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -102,6 +144,8 @@ def checkpoint_model_name(path: str | os.PathLike[str]) -> str | None:
 
 
 def _read(path: Path) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -169,4 +213,6 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # The run may resume on fewer GPUs than it was saved on (a smaller world size).
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)

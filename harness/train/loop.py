@@ -12,14 +12,17 @@ A run directory holds::
     best.pt         checkpoint of the epoch with the best test top-1
     summary.json    best and last accuracy, the teacher's accuracy, when the run finishes
 
-Written with a later DDP extension in mind: batch selection (:func:`epoch_batches`) and metric
-reduction (:func:`reduce_sums`) are the two places that would shard the permutation by rank and
-all-reduce the sums; file output is already funnelled through :class:`RunFiles`.
+Under ``torchrun`` (``sld train --nproc N``) the same function trains data-parallel: the student is
+wrapped in ``DistributedDataParallel``, each rank takes its share of every global batch, sums and
+evaluations are all-reduced, and only rank 0 prints and writes (``harness.train.distributed`` says
+exactly what is split how). SIGINT/SIGTERM stop a run between steps with a message saying how to resume
+(``harness.train.interrupt``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -34,21 +37,32 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from torch.nn.parallel import DistributedDataParallel
 
 from harness.data.augment import eval_view, strong_view, weak_view
 from harness.data.cifar import load_cifar100
 from harness.models import build_model, load_weights
 from sld_core import swap_mask
 
-from .checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    remove_partial_writes,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import ConfigError, DataConfig, TrainConfig, config_from_dict, config_to_dict, save_config
+from .distributed import DistContext, check_global_batch, context
 from .errors import NonFiniteLossError
+from .interrupt import StopSignals, TrainingInterrupted
 from .methods import METHODS
 
 __all__ = [
     "DeviceData",
     "NonFiniteLossError",
     "RunResult",
+    "TrainingInterrupted",
     "epoch_batches",
     "evaluate",
     "load_data",
@@ -93,7 +107,7 @@ class DeviceData:
 
 
 class RunFiles:
-    """The run directory. Under DDP only rank 0 would write; everything goes through here."""
+    """The run directory. Under DDP only rank 0 writes (through ``DistContext.on_main``)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.dir = out_dir
@@ -126,24 +140,37 @@ def train(
     resume: bool = False,
     console: Console | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
+    sync_bn: bool = False,
 ) -> RunResult:
     """Train ``config.student`` on CIFAR-100 with ``config.method`` and return the accuracies.
+
+    Runs data-parallel when a ``torch.distributed`` process group is initialized (``torchrun``; see
+    :mod:`harness.train.distributed`): then ``config.optim.batch_size`` is the global batch, and every
+    rank returns the same :class:`RunResult`.
 
     Parameters
     ----------
     config
         The whole run; saved to ``config.out_dir / "config.json"``.
     device
-        Where everything runs (``torch.device("cuda")``, ``torch.device("cpu")``, ...).
+        Where everything runs (``torch.device("cuda")``, ``torch.device("cpu")``, ...); under DDP this
+        rank's device.
     resume
         Continue from ``config.out_dir / "last.pt"``; the checkpoint's config must match ``config``
-        except in where/how-fast fields (output dir, logging interval, compile, data location).
-        Without ``resume`` an existing ``last.pt`` there is an error, never overwritten.
+        except in where/how-fast fields (output dir, logging interval, compile, data location). The
+        world size may differ. Without ``resume`` an existing ``last.pt`` there is an error, never
+        overwritten.
     console
-        Where the Rich output goes (default: a new stdout console).
+        Where the Rich output goes (default: a new stdout console; silent on ranks other than 0).
     on_epoch_end
         Called with each epoch's metric record after its checkpoint is written (tests use it to
         interrupt a run; a reporter could stream the records).
+    stop_after
+        Stop cleanly after this epoch (for time-limited job slots); ``resume=True`` continues later.
+        The returned result then has ``epochs == stop_after`` and no ``summary.json`` is written.
+    sync_bn
+        DDP only, CUDA only: BatchNorm over the global batch (``SyncBatchNorm``) instead of per rank.
 
     Returns
     -------
@@ -155,12 +182,26 @@ def train(
         Bad configuration, missing data or teacher, unreadable or mismatched checkpoints.
     NonFiniteLossError
         The loss became NaN/inf; the message names the epoch and step; ``last.pt`` keeps the last good epoch.
+    TrainingInterrupted
+        SIGINT or SIGTERM arrived; the run stopped between steps, ``last.pt`` holds the last complete epoch.
+    harness.train.checkpoint.CheckpointWriteError
+        A checkpoint could not be written (disk full, ...); the previous one is intact.
 
     Example
     -------
     >>> result = train(TrainConfig(student="resnet8", method="ce"), torch.device("cpu"))  # doctest: +SKIP
     """
-    console = console or Console(soft_wrap=True)  # metric lines stay one line each in logs
+    dist = context(device)
+    if dist.active:
+        check_global_batch(config.optim.batch_size, dist.world_size)
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be an epoch >= 1; got {stop_after}")
+    # Metric lines stay one line each in logs; the other ranks compute the same numbers silently.
+    console = console or Console(soft_wrap=True)
+    if not dist.is_main:
+        console = Console(quiet=True)
     files = RunFiles(Path(config.out_dir))
     if files.last.exists() and not resume:
         raise ConfigError(
@@ -176,6 +217,8 @@ def train(
     student = build_model(config.student, num_classes=data.num_classes).to(
         device, memory_format=memory_format
     )
+    if sync_bn:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # same state_dict keys
     teacher = _load_teacher(config, data.num_classes, device, memory_format)
     optimizer = torch.optim.SGD(
         student.parameters(),
@@ -193,6 +236,7 @@ def train(
 
     start_epoch, best_top1, best_epoch = 1, -1.0, 0
     if checkpoint is not None:
+        # Checkpoints hold the unwrapped module's state, so any world size loads any other's.
         load_model_state(student, checkpoint["model"], files.last)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -200,67 +244,97 @@ def train(
         restore_rng(checkpoint["rng"], generator)
         start_epoch = checkpoint["epoch"] + 1
         best_top1, best_epoch = checkpoint["best_acc"], checkpoint.get("best_epoch", 0)
-        files.truncate_metrics(checkpoint["epoch"])
 
-    files.dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, files.config)
-    _print_config(console, config, device, resume_from=start_epoch - 1 if checkpoint else None)
+    def prepare_directory() -> None:
+        files.dir.mkdir(parents=True, exist_ok=True)
+        # Records past the checkpoint were written just before a crash that lost their checkpoint.
+        files.truncate_metrics(checkpoint["epoch"] if checkpoint is not None else 0)
+        remove_partial_writes(files.dir)  # temp files of a checkpoint write that a kill -9 cut short
+        save_config(config, files.config)
+
+    dist.on_main(prepare_directory)
+    _print_config(console, config, device, dist, resume_from=start_epoch - 1 if checkpoint else None)
     teacher_top1 = teacher_train_error = None
     if teacher is not None:
-        teacher_top1, _ = _evaluate(teacher, data.test_x, data.test_y, config)
-        train_top1, _ = _evaluate(teacher, data.train_x, data.train_y, config)
+        teacher_top1, _ = _evaluate(teacher, data.test_x, data.test_y, config, dist)
+        train_top1, _ = _evaluate(teacher, data.train_x, data.train_y, config, dist)
         teacher_train_error = 1.0 - train_top1
         console.print(
             f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
             f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)"
         )
 
-    forward = torch.compile(student) if config.compile else student
+    wrapped = student
+    if dist.active:
+        wrapped = DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward = torch.compile(wrapped) if config.compile else wrapped
+    # Under DDP evaluate the plain module: ranks may run different numbers of evaluation batches,
+    # and the DDP wrapper's buffer broadcast inside forward would then wait forever.
+    eval_model = student if dist.active else forward
     method = METHODS[config.method]
+    last_epoch = config.optim.epochs if stop_after is None else min(stop_after, config.optim.epochs)
     history: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
-    for epoch in range(start_epoch, config.optim.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        started = time.perf_counter()
-        sums = _train_epoch(
-            forward, teacher, method, optimizer, scaler, data, config, epoch, generator, console, files
-        )
-        train_time = time.perf_counter() - started
-        scheduler.step()
-        top1, top5 = _evaluate(forward, data.test_x, data.test_y, config)
-        is_best = top1 > best_top1
-        if is_best:
-            best_top1, best_epoch = top1, epoch
-        record = _epoch_record(
-            epoch,
-            lr,
-            sums,
-            config.data.views,
-            top1,
-            top5,
-            best_top1,
-            train_time,
-            time.perf_counter() - started,
-        )
-        files.append_metrics(record)
-        payload = {
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "best_acc": best_top1,
-            "best_epoch": best_epoch,
-            "config": config_to_dict(config),
-            "rng": capture_rng(generator),
-        }
-        save_checkpoint(files.last, payload)
-        if is_best:
-            save_checkpoint(files.best, payload)
-        console.print(_epoch_line(record, config.optim.epochs))
-        history.append(record)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, last_epoch + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            sums = _train_epoch(
+                forward,
+                teacher,
+                method,
+                optimizer,
+                scaler,
+                data,
+                config,
+                epoch,
+                generator,
+                console,
+                files,
+                dist,
+                stop,
+            )
+            train_time = time.perf_counter() - started
+            scheduler.step()
+            dist.broadcast_buffers(student)  # every rank evaluates (and rank 0 saves) rank 0's BN statistics
+            top1, top5 = _evaluate(eval_model, data.test_x, data.test_y, config, dist)
+            is_best = top1 > best_top1
+            if is_best:
+                best_top1, best_epoch = top1, epoch
+            record = _epoch_record(
+                epoch,
+                lr,
+                sums,
+                config.data.views,
+                top1,
+                top5,
+                best_top1,
+                train_time,
+                time.perf_counter() - started,
+            )
+            payload = {
+                "model": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "best_acc": best_top1,
+                "best_epoch": best_epoch,
+                "config": config_to_dict(config),
+                "rng": capture_rng(generator),
+                "world_size": dist.world_size,  # informational: any world size can resume it
+                "sync_bn": sync_bn,
+            }
+
+            dist.on_main(functools.partial(_write_epoch, files, record, payload, is_best))
+            console.print(_epoch_line(record, config.optim.epochs))
+            history.append(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if dist.any(stop.received is not None) and epoch < config.optim.epochs:
+                raise _interrupted(stop.received, files, epoch, config.optim.epochs, between_epochs=True)
 
     last_epoch = record.get("epoch", start_epoch - 1)
     last_top1 = record.get("test_top1", float("nan"))
@@ -276,10 +350,18 @@ def train(
         teacher_train_error=teacher_train_error,
         history=history,
     )
-    files.summary.write_text(
-        json.dumps({k: v for k, v in result.__dict__.items() if k not in ("history",)}, default=str, indent=2)
-        + "\n"
-    )
+    if last_epoch < config.optim.epochs:
+        console.print(
+            f"[bold]stopped after epoch {last_epoch}/{config.optim.epochs} as asked[/bold]; "
+            f"continue with: sld train --out {files.dir} --resume"
+        )
+        return result
+
+    def write_summary() -> None:
+        summary = {k: v for k, v in result.__dict__.items() if k not in ("history",)}
+        files.summary.write_text(json.dumps(summary, default=str, indent=2) + "\n")
+
+    dist.on_main(write_summary)
     console.print(
         f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
         f"last {100 * last_top1:.2f}%[/bold] -> {files.dir}"
@@ -287,25 +369,63 @@ def train(
     return result
 
 
+def _write_epoch(files: RunFiles, record: dict[str, Any], payload: dict[str, Any], is_best: bool) -> None:
+    # Metrics first: a crash before the checkpoint lands leaves a record that resuming truncates.
+    files.append_metrics(record)
+    save_checkpoint(files.last, payload)
+    if is_best:
+        save_checkpoint(files.best, payload)
+
+
+def _interrupted(
+    signal_name: str | None, files: RunFiles, epoch: int, epochs: int, *, between_epochs: bool
+) -> TrainingInterrupted:
+    """The error for a stop on a signal; ``signal_name`` is None when another rank received it."""
+    kept = epoch if between_epochs else epoch - 1
+    where = f"after epoch {epoch}/{epochs}" if between_epochs else f"during epoch {epoch}/{epochs}"
+    holds = (
+        f"{files.last} holds epoch {kept}"
+        if kept >= 1
+        else f"no epoch had finished, so nothing was saved in {files.dir}"
+    )
+    resume = (
+        f"continue with: sld train --out {files.dir} --resume"
+        if kept >= 1
+        else "start it again without --resume"
+    )
+    return TrainingInterrupted(
+        f"interrupted by {signal_name or 'a signal to another process'} {where}: stopped cleanly, "
+        f"nothing half-written; {holds}; {resume}",
+        signal_name=signal_name or "SIGTERM",
+        out_dir=str(files.dir),
+        last_epoch=kept,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ one epoch
 
 
-def epoch_batches(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index tensors of one epoch's batches: a permutation drawn from ``generator`` (on its device),
-    cut into ``batch_size`` slices; the last, shorter one is kept (as a DataLoader without drop_last)
-    unless it has a single row, which BatchNorm cannot normalize. A DDP version would take every
-    ``world_size``-th slice from ``rank``."""
+def epoch_batches(
+    num_items: int, batch_size: int, generator: torch.Generator, *, min_rows: int = 2
+) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch's (global) batches: a permutation drawn from ``generator`` (on its
+    device), cut into ``batch_size`` slices; the last, shorter one is kept (as a DataLoader without
+    drop_last) unless it has fewer than ``min_rows`` rows. BatchNorm cannot normalize a single row, so
+    a single process needs 2 and ``world_size`` ranks need ``2 * world_size`` (each rank's share of the
+    batch is normalized on its own). Every rank draws the same permutation from the same seed."""
     order = torch.randperm(num_items, generator=generator, device=generator.device)
     for batch in order.split(batch_size):
-        if batch.numel() > 1:
+        if batch.numel() >= min_rows:
             yield batch
 
 
-def reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Device sums -> Python floats in one transfer (one sync). Under DDP this is where the stacked
-    tensor would be all-reduced before ``tolist``."""
+def reduce_sums(sums: dict[str, torch.Tensor], dist: DistContext | None = None) -> dict[str, float]:
+    """Device sums -> Python floats in one transfer (one sync), summed over the ranks under DDP."""
     keys = list(sums)
-    values = torch.stack([sums[k].detach().float() for k in keys]).tolist() if keys else []
+    if not keys:
+        return {}
+    stacked = torch.stack([sums[k].detach().float() for k in keys])
+    values = (dist.all_reduce_sum(stacked) if dist is not None else stacked).tolist()
     return dict(zip(keys, values))
 
 
@@ -321,19 +441,28 @@ def _train_epoch(
     generator: torch.Generator,
     console: Console,
     files: RunFiles,
+    dist: DistContext,
+    stop: StopSignals,
 ) -> dict[str, float]:
     """One pass over the training set. Running sums stay on the device; the host reads them only
-    every ``config.log_every`` steps (progress and the non-finite check) and at the end."""
+    every ``config.log_every`` steps (progress and the non-finite check) and at the end.
+
+    Under DDP every rank walks the same global batches and trains on its share of each; a stop
+    signal is agreed on every ``log_every`` steps (a collective), so all ranks stop at the same step.
+    """
     student.train()
     sums: dict[str, torch.Tensor] = {}
     first_bad_step = torch.full((), -1, dtype=torch.long, device=data.train_x.device)
     steps = math.ceil(data.train_x.shape[0] / config.optim.batch_size)
-    rows = 0  # images seen this epoch: known on the host, no sync needed
+    rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
+    batches = epoch_batches(
+        data.train_x.shape[0], config.optim.batch_size, generator, min_rows=2 * dist.world_size
+    )
     with _progress(console) as progress:
         task = progress.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
-        for step, index in enumerate(
-            epoch_batches(data.train_x.shape[0], config.optim.batch_size, generator)
-        ):
+        for step, index in enumerate(batches):
+            shard = dist.shard_slice(index.shape[0])
+            shard_rows = len(range(index.shape[0])[shard])
             loss, stats = train_step(
                 student,
                 teacher,
@@ -345,16 +474,29 @@ def _train_epoch(
                 config=config,
                 epoch=epoch,
                 generator=generator,
+                rows=shard,
+                # DDP averages gradients over ranks; this weight makes that the global batch mean
+                # (exactly 1 when the shards are equal, i.e. every batch but maybe the last).
+                loss_weight=dist.world_size * shard_rows / index.shape[0],
             )
             for name, value in stats.items():
                 sums[name] = sums[name] + value if name in sums else value
             rows += index.shape[0]
+            local_rows += shard_rows
             first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
-            if (step + 1) % config.log_every == 0:
-                _check_finite(first_bad_step, epoch, steps, files)  # a sync: only every log_every steps
-                progress.update(task, completed=step + 1, loss=float(sums["loss"]) / rows)
-    _check_finite(first_bad_step, epoch, steps, files)
-    return {**reduce_sums(sums), "rows": rows}
+            at_log_step = (step + 1) % config.log_every == 0
+            if at_log_step:
+                _check_finite(first_bad_step, epoch, steps, files, dist)  # a sync: every log_every steps
+                progress.update(task, completed=step + 1, loss=float(sums["loss"]) / local_rows)
+            # One process polls its flag every step for free; ranks must agree, at the log steps.
+            if dist.active:
+                stopping = at_log_step and dist.any(stop.received is not None)
+            else:
+                stopping = stop.received is not None
+            if stopping:
+                raise _interrupted(stop.received, files, epoch, config.optim.epochs, between_epochs=False)
+    _check_finite(first_bad_step, epoch, steps, files, dist)
+    return {**reduce_sums(sums, dist), "rows": rows}
 
 
 def train_step(
@@ -369,16 +511,24 @@ def train_step(
     config: TrainConfig,
     epoch: int,
     generator: torch.Generator,
+    rows: slice = slice(None),
+    loss_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on one ``uint8`` batch: every view augmented, the method's loss terms summed
     over the views, one backward. Nothing here waits for the device.
 
+    Under DDP ``images``/``labels`` are the whole global batch: it is augmented whole, with the
+    generator every rank shares, so each image gets the same random crop, flip and RandAugment draws
+    as in a single process; then this rank trains on ``rows`` of it, its loss times ``loss_weight``.
+
     Returns
     -------
     (loss, stats)
-        The detached total loss (0-d) and this step's device-side sums for the epoch record: every
-        term times the batch size, swap counts and correct weak-view predictions.
+        This rank's detached total loss (0-d, before ``loss_weight``) and this step's device-side sums
+        for the epoch record: every term times the rows trained on, swap counts and correct weak-view
+        predictions.
     """
+    labels = labels[rows]
     batch = labels.shape[0]
     stats: dict[str, torch.Tensor] = {}
 
@@ -388,7 +538,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
     loss = torch.zeros((), device=images.device)
     for v, view in enumerate((weak_view, strong_view)[: config.data.views]):
-        x = view(images, generator).contiguous(memory_format=_memory_format(config))
+        x = view(images, generator)[rows].contiguous(memory_format=_memory_format(config))
         with _autocast(config.amp, images.device):
             student_logits = student(x)
             with torch.no_grad():
@@ -403,7 +553,7 @@ def train_step(
         add("student_swaps", swap_mask(student_logits.detach(), labels, check_targets=False).sum())
         if v == 0:  # train accuracy on the weak view, the one closest to the test images
             add("train_correct", (student_logits.detach().argmax(dim=1) == labels).sum())
-    scaler.scale(loss).backward()
+    scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
     scaler.step(optimizer)
     scaler.update()
     loss = loss.detach()
@@ -411,7 +561,13 @@ def train_step(
     return loss, stats
 
 
-def _check_finite(first_bad_step: torch.Tensor, epoch: int, steps: int, files: RunFiles) -> None:
+def _check_finite(
+    first_bad_step: torch.Tensor, epoch: int, steps: int, files: RunFiles, dist: DistContext
+) -> None:
+    if dist.active:  # the first bad step on any rank; every rank then raises the same error
+        never = torch.full_like(first_bad_step, steps)
+        first = dist.all_reduce_min(torch.where(first_bad_step < 0, never, first_bad_step))
+        first_bad_step = torch.where(first == steps, -1, first)
     bad = int(first_bad_step)
     if bad < 0:
         return
@@ -435,9 +591,14 @@ def evaluate(
     batch_size: int = 512,
     amp: str = "off",
     channels_last: bool = False,
+    dist: DistContext | None = None,
 ) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (fractions) of ``model`` on ``uint8`` NCHW ``images`` (eval view), in
-    eval mode; the model's train/eval mode is restored. Counts stay on the device until the end (one sync)."""
+    eval mode; the model's train/eval mode is restored. Counts stay on the device until the end (one sync).
+    With a multi-process ``dist`` each rank evaluates its share of the images and the counts are summed."""
+    total = images.shape[0]
+    if dist is not None and dist.active:
+        images, labels = dist.shard(images), dist.shard(labels)
     was_training = model.training
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -452,15 +613,20 @@ def evaluate(
         correct1 += hits[:, 0].sum()
         correct5 += hits.any(dim=1).sum()
     model.train(was_training)
-    c1, c5 = torch.stack([correct1, correct5]).tolist()
-    return c1 / images.shape[0], c5 / images.shape[0]
+    counts = torch.stack([correct1, correct5])
+    c1, c5 = (dist.all_reduce_sum(counts) if dist is not None else counts).tolist()
+    return c1 / total, c5 / total
 
 
 # --------------------------------------------------------------------------------------------------- set-up
 
 
 def _evaluate(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    dist: DistContext,
 ) -> tuple[float, float]:
     return evaluate(
         model,
@@ -469,6 +635,7 @@ def _evaluate(
         batch_size=config.data.eval_batch_size,
         amp=config.amp,
         channels_last=config.channels_last,
+        dist=dist,
     )
 
 
@@ -479,6 +646,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _load_resume_checkpoint(files: RunFiles, config: TrainConfig) -> dict[str, Any]:
+    if not files.last.exists():
+        raise ConfigError(
+            f"cannot resume: {files.last} does not exist (the run stopped before its first epoch "
+            "ended, or this is not a run directory); start it again without --resume"
+        )
     checkpoint = load_checkpoint(files.last)
     try:
         saved = config_from_dict(checkpoint["config"])
@@ -625,7 +797,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _print_config(
-    console: Console, config: TrainConfig, device: torch.device, resume_from: int | None
+    console: Console, config: TrainConfig, device: torch.device, dist: DistContext, resume_from: int | None
 ) -> None:
     table = Table(title="sld train", show_header=False, box=None)
     table.add_column(style="bold cyan")
@@ -633,6 +805,12 @@ def _print_config(
     for key, value in _flatten(config_to_dict(config)).items():
         table.add_row(key, str(value))
     table.add_row("device", str(device))
+    if dist.active:
+        share = config.optim.batch_size // dist.world_size
+        table.add_row(
+            "processes",
+            f"{dist.world_size}: global batch {config.optim.batch_size} = {dist.world_size} x {share}",
+        )
     if resume_from is not None:
         table.add_row("resuming after epoch", str(resume_from))
     console.print(table)

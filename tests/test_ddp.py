@@ -1,0 +1,281 @@
+"""Data-parallel training: ``sld train --nproc 2`` (torchrun, gloo, CPU) against one process.
+
+The run: resnet8 distilled from an (untrained) resnet8 with SLD, both views, pseudo-teacher from
+epoch 2, 3 epochs of 75 synthetic images in global batches of 32 (the last one, 11 rows, splits 6/5
+between the ranks, so the unequal-shard loss weighting is exercised), evaluation in batches of 16.
+
+What "the same as one process" means here: with plain per-rank BatchNorm, two processes normalize each
+16-row shard by its own statistics, which one process with a 32-row batch does not. The reference
+single-process run therefore swaps every BatchNorm for :class:`PerRankBatchNorm`, which does exactly
+what two ranks do (and nothing else changes: same data order, same augmentation draws, same loss). A
+plain single-process run is checked to be measurably different, so the comparison is not vacuous.
+
+Every process uses one torch thread (``OMP_NUM_THREADS=1`` for the subprocesses,
+``torch.set_num_threads(1)`` here): fastest for tiny models on a busy 2-core machine, and it keeps the
+CPU arithmetic comparable between processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import harness.train.loop as loop  # noqa: E402
+from harness.cli import app  # noqa: E402
+from harness.models import build_model  # noqa: E402
+from harness.train.config import DataConfig, OptimConfig, SLDConfig, TrainConfig, save_config  # noqa: E402
+from harness.train.distributed import (  # noqa: E402
+    DistContext,
+    check_global_batch,
+    launch_command,
+    strip_option,
+)
+from harness.train.loop import train  # noqa: E402
+
+from .train_helpers import (  # noqa: E402
+    assert_same_state,
+    final_state,
+    read_metrics,
+    run_sld,
+    without_timing,
+    write_tiny_cifar,
+    write_untrained_teacher,
+)
+
+CPU = torch.device("cpu")
+WORLD = 2
+# Float tolerance between 1 and 2 processes: the gradient is summed in another order (per shard, then
+# averaged by DDP) and the convolutions see 16-row batches instead of 32-row ones. Measured: weights
+# differ by <= 4e-5 after 9 steps (as much as one process with 1 vs 2 threads), metrics by <= 2e-6
+# relative; a plain single-process run (global BatchNorm statistics) is off by 7e-2 and 2e-4.
+WEIGHTS_RTOL, WEIGHTS_ATOL = 1e-3, 2e-4
+METRICS_RTOL, METRICS_ATOL = 2e-5, 1e-7
+
+
+class PerRankBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm2d computing in one process what per-rank BatchNorm computes under DDP with ``WORLD``
+    ranks: each rank's rows (``tensor_split``, as the trainer shards) are normalized by their own
+    statistics, and the running statistics follow rank 0's rows only, because DDP copies rank 0's
+    buffers to every rank before each forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        shards = x.tensor_split(WORLD)
+        out = [super().forward(shards[0])]  # rank 0: updates the running statistics
+        for shard in shards[1:]:  # the other ranks: their updates are overwritten, so update copies
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            out.append(F.batch_norm(shard, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
+        return torch.cat(out)
+
+
+def build_per_rank_bn_model(name: str, num_classes: int = 100) -> torch.nn.Module:
+    model = build_model(name, num_classes=num_classes)
+    for module in model.modules():
+        if type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = PerRankBatchNorm
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    root: Path
+    config: TrainConfig  # out_dir is replaced per run
+    config_file: Path
+
+    def at(self, name: str) -> TrainConfig:
+        return dataclasses.replace(self.config, out_dir=str(self.root / name))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_tiny_cifar(root / "data", n_train=75, n_test=40)
+    teacher = write_untrained_teacher(root / "teacher.pth")
+    config = TrainConfig(
+        student="resnet8",
+        teacher="resnet8",
+        teacher_checkpoint=str(teacher),
+        method="sld",
+        loss=SLDConfig(gamma=1),
+        # lr 0.01: at 0.05 this untrained-teacher problem amplifies float noise 20x over 9 steps.
+        optim=OptimConfig(epochs=3, batch_size=32, lr=0.01, lr_milestones=(2,)),
+        data=DataConfig(data_dir=str(data), download=False, views=2, eval_batch_size=16),
+        out_dir=str(root / "unused"),
+        log_every=1,  # a stop/finite agreement (a collective) after every step
+    )
+    save_config(config, root / "config.json")
+    return Setup(root, config, root / "config.json")
+
+
+def sld_nproc(setup: Setup, out: str, *extra: str) -> str:
+    """``sld train --config ... --out ROOT/OUT --nproc 2 EXTRA`` in a subprocess; returns its output."""
+    result = run_sld(
+        "train", "--config", setup.config_file, "--out", setup.root / out, "--nproc", WORLD, *extra
+    )
+    assert result.returncode == 0, result.stdout
+    return result.stdout
+
+
+def in_process(
+    config: TrainConfig, *, per_rank_bn: bool, resume: bool = False, stop_after: int | None = None
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        if per_rank_bn:
+            patch.setattr(loop, "build_model", build_per_rank_bn_model)
+        train(config, CPU, resume=resume, stop_after=stop_after)
+
+
+@pytest.fixture(scope="module")
+def two_processes(setup: Setup) -> tuple[Path, str]:
+    return setup.root / "ddp", sld_nproc(setup, "ddp")
+
+
+@pytest.fixture(scope="module")
+def emulated(setup: Setup, one_thread: None) -> Path:
+    in_process(setup.at("emulated"), per_rank_bn=True)
+    return setup.root / "emulated"
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    assert_same_state(final_state(a), final_state(b), exact=False, rtol=WEIGHTS_RTOL, atol=WEIGHTS_ATOL)
+
+
+def assert_runs_match(a: Path, b: Path) -> None:
+    assert_same_weights(a, b)
+    records_a, records_b = without_timing(read_metrics(a)), without_timing(read_metrics(b))
+    assert [r["epoch"] for r in records_a] == [r["epoch"] for r in records_b]
+    for ra, rb in zip(records_a, records_b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=METRICS_RTOL, abs=METRICS_ATOL), (ra["epoch"], key)
+
+
+# ----------------------------------------------------------------------------------------- 1 vs 2 processes
+
+
+def test_two_processes_match_one_process_with_per_rank_batchnorm(
+    two_processes: tuple[Path, str], emulated: Path
+) -> None:
+    ddp, output = two_processes
+    assert_runs_match(ddp, emulated)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (ddp, emulated)]
+    for key in ("best_top1", "best_epoch", "last_top1", "last_top5", "teacher_top1", "teacher_train_error"):
+        assert summaries[0][key] == pytest.approx(summaries[1][key], rel=METRICS_RTOL, abs=METRICS_ATOL), key
+    # Rank 0 alone logs and writes: one line and one record per epoch, and it says how work is split.
+    assert "2: global batch 32 = 2 x 16" in output
+    assert [output.count(f"epoch {e}/3:") for e in (1, 2, 3)] == [1, 1, 1]
+    assert len(read_metrics(ddp)) == 3
+    checkpoint = torch.load(ddp / "last.pt", weights_only=True)
+    assert checkpoint["world_size"] == WORLD
+    assert not any(k.startswith("module.") for k in checkpoint["model"])  # the unwrapped module's state
+
+
+def test_plain_single_process_differs_so_the_comparison_can_fail(
+    setup: Setup, two_processes: tuple[Path, str], one_thread: None
+) -> None:
+    in_process(setup.at("plain"), per_rank_bn=False)
+    ddp, _ = two_processes
+    with pytest.raises(AssertionError):
+        assert_same_weights(ddp, setup.root / "plain")
+    with pytest.raises(AssertionError):
+        assert_runs_match(ddp, setup.root / "plain")
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_across_world_sizes_2_1_2(setup: Setup, one_thread: None) -> None:
+    """Epoch 1 on two processes, epoch 2 on one, epoch 3 on two again, against one process doing the
+    same three epochs with per-rank BatchNorm emulated where two ranks trained."""
+    output = sld_nproc(setup, "chain", "--stop-after", "1")
+    chain = setup.root / "chain"
+    assert "stopped after epoch 1/3 as asked" in output
+    assert [r["epoch"] for r in read_metrics(chain)] == [1] and not (chain / "summary.json").exists()
+    shutil.copytree(chain, setup.root / "chain_w2")  # test_resume_with_two_processes continues this copy
+
+    in_process(setup.at("chain"), per_rank_bn=False, resume=True, stop_after=2)
+    sld_nproc(setup, "chain", "--resume")
+
+    reference = setup.at("chain_reference")
+    in_process(reference, per_rank_bn=True, stop_after=1)
+    in_process(reference, per_rank_bn=False, resume=True, stop_after=2)
+    in_process(reference, per_rank_bn=True, resume=True)
+    assert_runs_match(chain, Path(reference.out_dir))
+
+
+def test_resume_with_two_processes_equals_uninterrupted(
+    setup: Setup, two_processes: tuple[Path, str]
+) -> None:
+    stopped = setup.root / "chain_w2"
+    if not stopped.exists():
+        pytest.skip("needs the epoch-1 checkpoint of test_resume_across_world_sizes_2_1_2")
+    sld_nproc(setup, "chain_w2", "--resume")
+    ddp, _ = two_processes
+    assert_same_state(final_state(stopped), final_state(ddp))  # same world size: bit for bit
+    assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(ddp))
+
+
+# ---------------------------------------------------------------------------------------- pieces and errors
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 11, 32])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_partition_the_batch_like_tensor_split(rows: int, world: int) -> None:
+    index = torch.arange(rows)
+    parts = [DistContext(rank=r, world_size=world).shard_slice(rows) for r in range(world)]
+    assert torch.cat([index[s] for s in parts]).tolist() == list(range(rows))
+    for rank, part in enumerate(parts):
+        assert torch.equal(index[part], DistContext(rank=rank, world_size=world).shard(index))
+
+
+def test_global_batch_must_split_evenly() -> None:
+    assert check_global_batch(64, 4) == 16
+    with pytest.raises(ValueError, match=r"--batch-size 30 is the global batch .* processes \(4\); try 28"):
+        check_global_batch(30, 4)
+    with pytest.raises(ValueError, match="leaves 1 row per process; BatchNorm needs at least 2"):
+        check_global_batch(4, 4)
+
+
+def test_nproc_checks_the_batch_before_launching(setup: Setup) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(setup.config_file), "--batch-size", "31", "--nproc", "2"]
+    )
+    assert result.exit_code == 1
+    assert "--batch-size 31 is the global batch and must be divisible by the number of processes (2)" in (
+        result.output
+    )
+
+
+def test_launch_command_reruns_the_same_arguments() -> None:
+    args = strip_option(["train", "--pair", "p", "--nproc", "4", "--epochs", "3", "--nproc=2"], "--nproc")
+    assert args == ["train", "--pair", "p", "--epochs", "3"]
+    command = launch_command(args, 4, executable="python")
+    assert command == [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "harness.train.distributed",
+        *args,
+    ]

@@ -1,0 +1,136 @@
+"""Helpers shared by the trainer's process-level tests (test_ddp.py, test_reliability.py): a tiny
+synthetic CIFAR-100, an untrained teacher file, metric/weight comparisons, and ``sld`` run as a real
+subprocess with a timeout that kills the whole process tree (torchrun starts its workers in sessions
+of their own, so killing the launcher alone would orphan them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.data.cifar import load_cifar100
+from harness.data.synthetic import write_cifar100_archive
+from harness.models import build_model
+
+SLD = str(Path(sys.executable).with_name("sld"))  # the console script of this environment
+TIMING = ("epoch_time_s", "images_per_s")  # metric fields that differ between identical runs
+
+
+def write_tiny_cifar(root: Path, *, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A synthetic CIFAR-100 archive in ``root``, already extracted (later loads skip the checksum)."""
+    md5 = write_cifar100_archive(root / "cifar-100-python.tar.gz", n_train=n_train, n_test=n_test, seed=seed)
+    load_cifar100(root, download=False, md5=md5)
+    return root
+
+
+def write_untrained_teacher(path: Path, model: str = "resnet8", seed: int = 123) -> Path:
+    """A teacher in mdistiller's file layout (``{"model": state_dict}``); untrained is enough for tests."""
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_model(model).state_dict(), "epoch": 240}, path)
+    return path
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    """The records of ``out_dir/metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(records: Iterable[dict]) -> list[dict]:
+    """Metric records minus the wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def final_state(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The model state of ``out_dir/last.pt``."""
+    return torch.load(Path(out_dir) / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_state(a: dict, b: dict, *, exact: bool = True, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Equal keys, and every tensor equal (``exact``) or close; the message names the first tensor off."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        elif a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+        else:
+            assert torch.equal(a[key], b[key]), key  # counters such as num_batches_tracked
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This environment with one torch thread per process (what is fastest for tiny models on a busy
+    two-core machine, and what makes runs in different processes bit-comparable)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # never inherit a distributed setting from the test runner
+    return env
+
+
+def run_process(
+    command: Sequence[str], *, timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``command``, capture stdout+stderr, and on timeout kill it and every descendant, then fail."""
+    proc = subprocess.Popen(
+        list(command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
+        start_new_session=True,  # its own process group, away from pytest's Ctrl-C
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        output, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{output}")
+    finally:
+        if proc.poll() is None:  # an exception (or Ctrl-C) in the test itself
+            kill_tree(proc.pid)
+            proc.wait()
+    return subprocess.CompletedProcess(list(command), proc.returncode, output)
+
+
+def run_sld(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``sld ARGS`` in a subprocess (see :func:`run_process`)."""
+    return run_process([SLD, *map(str, args)], timeout=timeout)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (found through /proc before anything dies, since
+    orphans are re-parented)."""
+    for victim in [*_descendants(pid), pid]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.05)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # Field 4 of /proc/PID/stat is the parent; the command name (field 2) may hold spaces.
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -44,6 +44,7 @@ from harness.train.loop import train  # noqa: E402
 from .train_helpers import (  # noqa: E402
     assert_same_state,
     final_state,
+    one_torch_thread,
     read_metrics,
     run_sld,
     without_timing,
@@ -98,10 +99,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,18 @@ How the work is split (the loop does it; this module holds the pieces):
 * BatchNorm is per rank, like the official code: each shard is normalized by its own statistics, and
   DDP copies rank 0's running statistics to every rank before each forward. So 1 and N processes
   differ in the BN batch statistics (``--sync-bn`` uses global ones, CUDA only).
+
+What does and does not depend on the world size (tests/test_ddp.py checks it with gloo on the CPU):
+
+* identical by construction: the permutation and the batches, every image's augmentation, the
+  teacher's logits, the loss as a global-batch mean, the lr schedule, the RNG state in checkpoints
+  (so a run resumes bit for bit on the same world size and continues the same streams on another);
+* equal up to float rounding: gradients (summed per shard, then averaged), logged sums and
+  accuracies (all-reduced);
+* different: BatchNorm statistics in training mode (per shard of ``batch / world`` rows; running
+  statistics from rank 0's shard), and a last short batch of fewer than ``2 * world`` rows is dropped
+  (one process drops only a single row). A one-process run that normalizes each shard separately
+  matches two processes to float rounding; a plain one-process run does not.
 """
 
 from __future__ import annotations

@@ -388,3 +388,42 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- parity with the official formulation ---------------------------------------------------------
+
+
+def _batch_kind(kind: str):
+    s, t, y = random_batch(13, batch=16, classes=9, ties=(kind == "ties"))
+    if kind == "all-correct":
+        y = s.argmax(axis=1)
+        t = t.copy()
+        t[np.arange(16), y] = t.max(axis=1) + 1.0  # the teacher is right too: no swap anywhere
+    elif kind == "all-wrong":
+        y = (s.argmax(axis=1) + 1) % 9
+        t = t.copy()
+        t[np.arange(16), y] = t.min(axis=1) - 1.0  # and the teacher is wrong on every row
+    return s, t, y
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["through-pseudo", "detached"])
+@pytest.mark.parametrize("kind", ["mixed", "ties", "all-correct", "all-wrong"])
+def test_parity_with_official_formulation(kind, detach):
+    """Against the clone + index-swap + F.kl_div formulation of the official code, differentiated by
+    torch autograd (benchmarks/reference.py), in float64."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.reference import reference_sld_loss_and_grad
+
+    s, t, y = _batch_kind(kind)
+    config = SLDConfig(detach_pseudo_teacher=detach)
+    ref_terms_, ref_grad = reference_sld_loss_and_grad(torch.tensor(s), torch.tensor(t), torch.tensor(y),
+                                                       epoch=200, config=config)
+    terms, grad = sld_loss_and_grad(s, t, y, epoch=200, config=config)
+    for key in TERMS:
+        np.testing.assert_allclose(float(getattr(terms, key)), float(ref_terms_[key]), rtol=1e-12,
+                                   atol=1e-14, err_msg=key)  # F.kl_div of equal rows leaves ~1e-15
+    np.testing.assert_allclose(grad, ref_grad.numpy(), rtol=1e-10, atol=1e-15)
+    if kind == "all-correct":
+        assert float(terms.pseudo) == 0.0  # exactly: unchanged entries cancel to the bit
+    if kind == "all-wrong":
+        assert float(terms.pseudo) > 0.0

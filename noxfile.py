@@ -1,5 +1,8 @@
-"""Developer sessions. They reuse the current environment by default (``nox -s tests``);
-pass ``--no-venv``-free runs with ``nox -s tests --reuse-venv=no -db virtualenv`` to get a fresh one."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s benchmarks``.
+
+They run in the current environment (installing torch and friends again per session is slow); for a
+fresh one per session, run ``nox -db virtualenv`` after ``pip install -e ".[dev]" -c constraints.txt``
+in each, or simply use ``bash .ci/run``, which builds a new virtual environment from the README."""
 
 import nox
 

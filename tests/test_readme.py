@@ -26,8 +26,9 @@ def test_ci_runs_the_readme_commands():
     """.ci/run extracts exactly the first line of each marked block."""
     script = (ROOT / ".ci" / "run").read_text()
     extractor = re.search(r"readme_command\(\) \{\n(.*?)\n\}", script, flags=re.S).group(1)
+    program = f"readme_command() {{\n{extractor}\n}}\nreadme_command install-and-run; readme_command test"
     out = subprocess.run(
-        ["bash", "-c", f'readme_command() {{\n{extractor}\n}}\nreadme_command install-and-run; readme_command test'],
+        ["bash", "-c", program],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.splitlines()
     assert out == ['pip install -e ".[dev]" -c constraints.txt && sld demo', "python -m pytest"]

@@ -18,8 +18,15 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.report import flat_config, read_metrics
-from harness.train.config import ConfigError, TrainConfig, load_config, pair_config, with_overrides
+from harness.report import read_metrics
+from harness.train.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    pair_config,
+    resume_conflicts,
+    with_overrides,
+)
 from harness.train.paths import find_teacher, teacher_run_dir
 
 if TYPE_CHECKING:
@@ -81,20 +88,6 @@ def run_state(directory: str | os.PathLike[str]) -> RunState:
     epochs = load_config(directory / "config.json").optim.epochs
     done = len(read_metrics(directory / "metrics.jsonl")) if (directory / "metrics.jsonl").is_file() else 0
     return RunState.DONE if done >= epochs else RunState.PARTIAL
-
-
-def _differences(stored: TrainConfig, requested: TrainConfig) -> list[str]:
-    """Fields where a finished run's config differs from what the grid asks for, ignoring the ones
-    the trainer lets a resumed run change (where and how fast it runs) and the teacher's path."""
-    from harness.train.loop import _RESUMABLE_CHANGES  # the trainer's own rule; see the report
-
-    old, new = flat_config(stored), flat_config(requested)
-    ignored = set(_RESUMABLE_CHANGES) | {"teacher_checkpoint"}
-    return [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(old.keys() | new.keys())
-        if k not in ignored and old.get(k) != new.get(k)
-    ]
 
 
 def ensure_teacher(
@@ -161,7 +154,8 @@ def run_grid(
         state = run_state(config.out_dir)
         if state is RunState.DONE:
             stored = load_config(Path(config.out_dir) / "config.json")
-            diffs = _differences(stored, config)
+            # The trainer's own resume rule; the teacher's path is not known yet and may move.
+            diffs = resume_conflicts(stored, config, ignore={"teacher_checkpoint"})
             if diffs:
                 raise ConfigError(
                     f"{config.out_dir} holds a finished run with another config ({', '.join(diffs)}); "

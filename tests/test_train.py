@@ -38,6 +38,7 @@ from harness.train.config import (  # noqa: E402
     config_to_dict,
     load_config,
     pair_config,
+    resume_conflicts,
     save_config,
     with_overrides,
 )
@@ -155,6 +156,25 @@ def test_config_file_errors(tmp_path: Path) -> None:
         OptimConfig(lr=-1.0)
     with pytest.raises(ConfigError, match="teacher is required by method 'kd'"):
         TrainConfig(student="resnet8", method="kd", loss=KDConfig())
+
+
+def test_resume_conflicts_skip_where_and_how_fast_fields_only() -> None:
+    saved = pair_config("resnet32x4-resnet8x4")
+    moved = with_overrides(
+        saved,
+        {"out_dir": "x", "log_every": 7, "compile": True, "data.data_dir": "/d", "data.eval_batch_size": 8},
+    )
+    assert resume_conflicts(saved, moved) == []
+    changed = with_overrides(moved, {"seed": 4, "loss.gamma": 3.0, "teacher_checkpoint": "t.pt"})
+    assert resume_conflicts(saved, changed) == [
+        "loss.gamma: 150 -> 3.0",
+        "seed: 0 -> 4",
+        "teacher_checkpoint: None -> 't.pt'",
+    ]
+    assert resume_conflicts(saved, changed, ignore={"teacher_checkpoint"}) == [
+        "loss.gamma: 150 -> 3.0",
+        "seed: 0 -> 4",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ methods

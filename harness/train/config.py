@@ -29,18 +29,25 @@ __all__ = [
     "DataConfig",
     "KDConfig",
     "MethodConfig",
+    "RESUMABLE_FIELDS",
     "OptimConfig",
     "SLDConfig",
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "flat_config",
     "load_config",
     "pair_config",
+    "resume_conflicts",
     "save_config",
     "with_overrides",
 ]
 
 AMP_MODES = ("off", "bf16", "fp16")
+# Fields a resumed run may change: they say where and how fast it runs, not what it computes.
+RESUMABLE_FIELDS = frozenset(
+    {"out_dir", "log_every", "compile", "data.data_dir", "data.download", "data.eval_batch_size"}
+)
 
 
 class ConfigError(ValueError):
@@ -295,6 +302,42 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
         if key in data:
             data[key] = _build(cls, data[key], key)
     return _build(TrainConfig, data, "config")
+
+
+def flat_config(config: TrainConfig) -> dict[str, Any]:
+    """The config as ``{"optim.epochs": 240, "loss.gamma": 150, ...}``; lists become tuples (hashable)."""
+
+    def flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flatten(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+        return out
+
+    return flatten(config_to_dict(config), "")
+
+
+def resume_conflicts(
+    saved: TrainConfig, requested: TrainConfig, *, ignore: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """Why ``requested`` cannot continue the run ``saved`` describes: the fields outside
+    :data:`RESUMABLE_FIELDS` (and ``ignore``) where the two differ, as ``"optim.lr: 0.05 -> 0.1"``,
+    sorted. Empty when ``train(requested, resume=True)`` accepts the run, and when a finished run
+    already is what ``requested`` asks for.
+
+    >>> base = TrainConfig(student="resnet8", method="ce", loss=CEConfig())
+    >>> resume_conflicts(base, with_overrides(base, {"optim.lr": 0.1, "out_dir": "elsewhere"}))
+    ['optim.lr: 0.05 -> 0.1']
+    """
+    old, new = flat_config(saved), flat_config(requested)
+    skipped = RESUMABLE_FIELDS | set(ignore)
+    return [
+        f"{name}: {old.get(name)!r} -> {new.get(name)!r}"
+        for name in sorted(old.keys() | new.keys())
+        if name not in skipped and old.get(name) != new.get(name)
+    ]
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:

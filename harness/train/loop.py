@@ -52,7 +52,16 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import ConfigError, DataConfig, TrainConfig, config_from_dict, config_to_dict, save_config
+from .config import (
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    flat_config,
+    resume_conflicts,
+    save_config,
+)
 from .distributed import DistContext, check_global_batch, context
 from .errors import NonFiniteLossError
 from .interrupt import StopSignals, TrainingInterrupted
@@ -70,17 +79,6 @@ __all__ = [
     "train",
     "train_step",
 ]
-
-# Fields that may differ between a run and its resumption: they change where and how fast, not what.
-_RESUMABLE_CHANGES = {
-    "out_dir",
-    "log_every",
-    "compile",
-    "data.data_dir",
-    "data.download",
-    "data.eval_batch_size",
-}
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -656,15 +654,10 @@ def _load_resume_checkpoint(files: RunFiles, config: TrainConfig) -> dict[str, A
         saved = config_from_dict(checkpoint["config"])
     except ConfigError as exc:
         raise ConfigError(f"{files.last}: its stored config is invalid: {exc}") from None
-    changed = sorted(
-        set(_flatten(config_to_dict(saved)).items()) ^ set(_flatten(config_to_dict(config)).items())
-    )
-    names = sorted({name for name, _ in changed} - _RESUMABLE_CHANGES)
-    if names:
-        old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(config))
-        diffs = ", ".join(f"{n}: {old.get(n)!r} -> {new.get(n)!r}" for n in names)
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
         raise ConfigError(
-            f"cannot resume {files.last}: the config differs from the run's ({diffs}); "
+            f"cannot resume {files.last}: the config differs from the run's ({', '.join(conflicts)}); "
             f"resume with --config {files.config} or start a new --out directory"
         )
     if checkpoint["epoch"] >= config.optim.epochs:
@@ -672,16 +665,6 @@ def _load_resume_checkpoint(files: RunFiles, config: TrainConfig) -> dict[str, A
             f"{files.last} already finished all {config.optim.epochs} epochs; nothing to resume"
         )
     return checkpoint
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def load_data(config: DataConfig, device: torch.device) -> DeviceData:
@@ -802,7 +785,7 @@ def _print_config(
     table = Table(title="sld train", show_header=False, box=None)
     table.add_column(style="bold cyan")
     table.add_column()
-    for key, value in _flatten(config_to_dict(config)).items():
+    for key, value in flat_config(config).items():
         table.add_row(key, str(value))
     table.add_row("device", str(device))
     if dist.active:

@@ -3,11 +3,14 @@
 Each run lives in ``OUT/<pair>/<method>/seed<k>/``. Calling :func:`run_grid` again is cheap: a run
 whose ``metrics.jsonl`` holds all its epochs is skipped, an interrupted one (``last.pt`` short of the
 last epoch) continues with the trainer's bit-exact resume, and only missing runs start from scratch.
-Teachers the remaining runs need are made ready first, by the caller's ``train_teacher`` (the CLI
-passes ``sld train-teacher``'s own code), so a long grid never stops halfway for want of a teacher.
+Teachers the remaining runs need are made ready first (:func:`ensure_teacher`; missing ones are
+trained with ``sld train-teacher``'s recipe by :func:`teacher_trainer`), so a long grid never stops
+halfway for want of a teacher. Errors are raised as Python exceptions; the CLI reports them.
 
+    >>> device = torch.device("cuda")  # doctest: +SKIP
     >>> configs = grid_configs(["resnet32x4-resnet8x4"], ["kd", "sld"], 3, "runs/reproduce")  # doctest: +SKIP
-    >>> run_grid(configs, torch.device("cuda"), teacher_for=...)  # doctest: +SKIP
+    >>> train = teacher_trainer("runs", device)  # doctest: +SKIP
+    >>> run_grid(configs, device, teacher_for=lambda m: ensure_teacher(m, "runs", train))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from harness.train.config import (
     load_config,
     pair_config,
     resume_conflicts,
+    teacher_config,
     with_overrides,
 )
 from harness.train.paths import find_teacher, teacher_run_dir
@@ -33,7 +37,15 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-__all__ = ["RunState", "ensure_teacher", "grid_configs", "run_dir", "run_grid", "run_state"]
+__all__ = [
+    "RunState",
+    "ensure_teacher",
+    "grid_configs",
+    "run_dir",
+    "run_grid",
+    "run_state",
+    "teacher_trainer",
+]
 
 
 class RunState(str, Enum):
@@ -124,6 +136,35 @@ def ensure_teacher(
                 "reproduction runs; move it away (it is retrained) or pass another --runs-dir"
             )
     return find_teacher(model, runs_dir)
+
+
+def teacher_trainer(
+    runs_dir: str | os.PathLike[str],
+    device: torch.device,
+    *,
+    overrides: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> Callable[[str, bool], None]:
+    """The ``train_teacher(model, resume)`` for :func:`ensure_teacher` that does what
+    ``sld train-teacher --model MODEL [--resume]`` does, in this process: a new run trains
+    :func:`~harness.train.config.teacher_config` with ``overrides`` (dotted fields, ``None`` skipped); an
+    interrupted one continues from its own ``config.json`` with ``overrides`` on top. Training goes
+    through :func:`harness.train.loop.train`, whose errors (``ConfigError``, ``TrainingInterrupted``,
+    ...) propagate as they are."""
+
+    def train_teacher(model: str, resume: bool) -> None:
+        from rich.console import Console
+
+        from harness.train.loop import train
+
+        run = teacher_run_dir(model, runs_dir)
+        base = load_config(run / "config.json") if resume else teacher_config(model, runs_dir)
+        config = with_overrides(base, overrides or {})
+        out = console or Console(soft_wrap=True)
+        out.rule(f"[bold]{'resuming' if resume else 'training'} teacher {model}: {config.out_dir}")
+        train(config, device, resume=resume, console=out)
+
+    return train_teacher
 
 
 def run_grid(

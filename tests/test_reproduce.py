@@ -23,14 +23,16 @@ from harness.cli import app  # noqa: E402
 from harness.data.cifar import load_cifar100  # noqa: E402
 from harness.data.synthetic import write_cifar100_archive  # noqa: E402
 from harness.report import ReportError, load_runs, read_metrics, summarize  # noqa: E402
-from harness.reproduce import RunState, ensure_teacher, grid_configs, run_state  # noqa: E402
+from harness.reproduce import RunState, ensure_teacher, grid_configs, run_state, teacher_trainer  # noqa: E402
 from harness.train.config import (  # noqa: E402
     CEConfig,
     ConfigError,
     OptimConfig,
     TrainConfig,
+    load_config,
     pair_config,
     save_config,
+    teacher_config,
     with_overrides,
 )
 
@@ -146,6 +148,17 @@ def test_first_invocation_trains_the_teacher_first_then_the_grid(grid: Grid) -> 
     config = json.loads((grid.out / PAIR / "sld/seed1/config.json").read_text())
     assert (config["seed"], config["optim"]["lr"], config["data"]["views"]) == (1, 0.025, 2)  # SLD recipe
     assert config["teacher_checkpoint"] == str(grid.runs / "teachers/resnet8/best.pt")
+    teacher = load_config(grid.runs / "teachers/resnet8/config.json")  # sld train-teacher's recipe
+    assert teacher == with_overrides(
+        teacher_config("resnet8", grid.runs),
+        {
+            "optim.epochs": 2,
+            "optim.batch_size": 32,
+            "data.data_dir": str(grid.data),
+            "data.limit_train": 64,
+            "data.limit_test": 32,
+        },
+    )
 
 
 def test_rerun_resumes_the_interrupted_run_and_skips_finished_ones(grid: Grid) -> None:
@@ -282,6 +295,12 @@ def test_short_teacher_does_not_teach_a_longer_reproduction(tmp_path: Path) -> N
     fake_run(tmp_path / "teachers" / "resnet8", 2, 2)
     with pytest.raises(ConfigError, match=r"trained for 2 epochs, fewer than the 240 this reproduction runs"):
         ensure_teacher("resnet8", tmp_path, lambda m, r: None, min_epochs=240)
+
+
+def test_teacher_trainer_raises_python_errors_not_cli_exits(tmp_path: Path) -> None:
+    train_teacher = teacher_trainer(tmp_path, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'teachers/resnet8/config.json'}: no such")):
+        train_teacher("resnet8", True)  # resume a teacher run that does not exist
 
 
 def test_bad_pair_or_method_is_one_line() -> None:

@@ -1,7 +1,7 @@
 """``sld reproduce``: the paper's CIFAR-100 table in one command.
 
 Trains (or resumes, or skips when finished) every pair x method x seed run in ``OUT/<pair>/<method>/
-seed<k>/``, training missing teachers first with ``sld train-teacher``'s code, then writes
+seed<k>/``, training missing teachers first with ``sld train-teacher``'s recipe, then writes
 ``OUT/REPORT.md`` with plots and prints the table: best- and last-epoch test top-1 (mean ± std over
 seeds) next to the published number. Run it again after an interruption: it continues where it stopped.
 
@@ -59,10 +59,9 @@ def reproduce(
         import torch
         from rich.console import Console
 
-        from harness.commands.train_teacher import train_teacher
         from harness.pairs import PAIRS, get_pair
         from harness.report import load_run, write_report
-        from harness.reproduce import ensure_teacher, grid_configs, run_grid
+        from harness.reproduce import ensure_teacher, grid_configs, run_grid, teacher_trainer
 
         pair_names = (
             list(PAIRS) if pairs.strip().lower() == "all" else [get_pair(p).name for p in _split(pairs)]
@@ -87,12 +86,11 @@ def reproduce(
         torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
         console = Console(soft_wrap=True)
 
-        def teacher_for(model: str) -> Path:
-            # sld train-teacher's own code path, with this command's options: same recipe, same place.
-            def train(name: str, resume: bool) -> None:
-                train_teacher(model=name, resume=resume, runs_dir=runs_dir, device=device, **shared)
+        # sld train-teacher's recipe with this command's options: same place, same training settings.
+        train_teacher = teacher_trainer(runs_dir, torch_device, overrides=overrides, console=console)
 
-            return ensure_teacher(model, runs_dir, train, min_epochs=epochs or OptimConfig.epochs)
+        def teacher_for(model: str) -> Path:
+            return ensure_teacher(model, runs_dir, train_teacher, min_epochs=epochs or OptimConfig.epochs)
 
         run_dirs = run_grid(configs, torch_device, teacher_for=teacher_for, console=console)
         write_report([load_run(d) for d in run_dirs], out, console)

@@ -1,8 +1,8 @@
 """``sld train-teacher``: train a CIFAR-100 teacher with cross-entropy, where ``sld train`` finds it.
 
-The recipe is the one behind the community teachers (CRD / mdistiller ``*_vanilla``): 240 epochs,
-batch 64, SGD lr 0.05 (0.01 for MobileNet/ShuffleNet), x0.1 at 150/180/210, weight decay 5e-4, the
-weak view only. The run goes to ``RUNS/teachers/<model>/``; its ``best.pt`` is what ``sld train`` uses.
+The recipe is the one behind the community teachers (CRD / mdistiller ``*_vanilla``):
+:func:`harness.train.config.teacher_config`. The run goes to ``RUNS/teachers/<model>/``; its
+``best.pt`` is what ``sld train`` uses.
 """
 
 from __future__ import annotations
@@ -37,18 +37,8 @@ from harness.commands.train import (
     run,
     user_errors,
 )
-from harness.train.config import (
-    CEConfig,
-    ConfigError,
-    DataConfig,
-    OptimConfig,
-    TrainConfig,
-    load_config,
-    with_overrides,
-)
+from harness.train.config import ConfigError, load_config, teacher_config, with_overrides
 from harness.train.paths import DEFAULT_RUNS_DIR, teacher_run_dir
-
-_SMALL_MODEL_LR = 0.01  # CRD/mdistiller train MobileNet and ShuffleNet at 0.01, everything else at 0.05
 
 
 def train_teacher(
@@ -87,15 +77,7 @@ def train_teacher(
         elif model is None:
             raise ConfigError("say which teacher to train: --model NAME (see `sld models`)")
         else:
-            small = model.startswith(("MobileNet", "Shuffle"))
-            base = TrainConfig(
-                student=model,
-                method="ce",
-                loss=CEConfig(),
-                optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
-                data=DataConfig(views=1),
-                out_dir=str(teacher_run_dir(model, runs_dir)),
-            )
+            base = teacher_config(model, runs_dir)
         cfg = with_overrides(
             base,
             common_overrides(

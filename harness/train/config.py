@@ -19,6 +19,8 @@ from typing import Any
 
 from sld_core import SLDConfig
 
+from .paths import DEFAULT_RUNS_DIR, teacher_run_dir
+
 __all__ = [
     "AMP_MODES",
     "METHOD_CONFIGS",
@@ -40,6 +42,7 @@ __all__ = [
     "pair_config",
     "resume_conflicts",
     "save_config",
+    "teacher_config",
     "with_overrides",
 ]
 
@@ -259,6 +262,32 @@ def pair_config(pair_name: str, method: str = "sld", *, out_dir: str | None = No
         optim=optim,
         data=data,
         out_dir=out_dir or f"runs/{pair.name}/{method}",
+    )
+
+
+_SMALL_MODEL_LR = 0.01  # CRD/mdistiller train MobileNet and ShuffleNet at 0.01, everything else at 0.05
+
+
+def teacher_config(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> TrainConfig:
+    """The recipe behind the community teachers (CRD / mdistiller ``*_vanilla``) for ``model``, writing
+    to ``RUNS/teachers/<model>/`` (:func:`harness.train.paths.teacher_run_dir`), where ``sld train``
+    and ``sld reproduce`` look for a teacher.
+
+    Cross-entropy alone, the weak view only, 240 epochs of batch 64, SGD lr 0.05 (0.01 for MobileNet
+    and ShuffleNet) x0.1 at 150/180/210, weight decay 5e-4. ``sld train-teacher`` and
+    ``harness.reproduce`` build teachers from it (flags via :func:`with_overrides`).
+
+    >>> teacher_config("MobileNetV2", "runs").optim.lr, teacher_config("wrn_40_2", "runs").out_dir
+    (0.01, 'runs/teachers/wrn_40_2')
+    """
+    small = model.startswith(("MobileNet", "Shuffle"))
+    return TrainConfig(
+        student=model,
+        method="ce",
+        loss=CEConfig(),
+        optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
+        data=DataConfig(views=1),
+        out_dir=str(teacher_run_dir(model, runs_dir)),
     )
 
 

@@ -80,6 +80,7 @@ __all__ = [
     "train_step",
 ]
 
+
 @dataclass(frozen=True)
 class RunResult:
     """What a finished run reports; the per-epoch detail is in ``out_dir / "metrics.jsonl"``."""

@@ -1,8 +1,9 @@
 """Reproduction reports: read finished runs, aggregate them over seeds, and write a table and plots.
 
 A run directory (written by :func:`harness.train.loop.train`) holds ``config.json`` and
-``metrics.jsonl`` (one JSON record per epoch, accuracies as fractions); ``summary.json``, when present,
-adds the teacher's test accuracy. This module only reads them: no torch, so ``sld report`` is quick.
+``metrics.jsonl`` (one JSON record per epoch, accuracies as fractions); ``teacher.json``, written when
+a distillation run starts, adds the teacher's test accuracy (runs from before it existed have it in
+``summary.json`` only). This module only reads them: no torch, so ``sld report`` is quick.
 
 Runs are grouped by pair and method, and split further when their configs differ in anything but the
 seed and where/how fast they ran (so a 2-epoch smoke test is never averaged with a 240-epoch run).
@@ -83,7 +84,7 @@ class RunRecord:
     run_dir: Path
     config: TrainConfig
     records: tuple[dict[str, Any], ...]  # one per epoch, in epoch order
-    teacher_top1: float | None = None  # from summary.json; None for "ce" or a run that never finished
+    teacher_top1: float | None = None  # from teacher.json (or an older run's summary.json); None for "ce"
 
     @property
     def epochs_done(self) -> int:
@@ -137,7 +138,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
-    """Read ``config.json``, ``metrics.jsonl`` and (if present) ``summary.json`` of one run.
+    """Read ``config.json``, ``metrics.jsonl`` and (if present) ``teacher.json`` of one run.
 
     Raises
     ------
@@ -153,17 +154,20 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     records = read_metrics(metrics)
     if not records:
         raise ReportError(f"{metrics}: no epoch recorded yet")
-    return RunRecord(run_dir, config, tuple(records), _teacher_top1(run_dir / "summary.json"))
+    return RunRecord(run_dir, config, tuple(records), _teacher_top1(run_dir))
 
 
-def _teacher_top1(path: Path) -> float | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text()).get("teacher_top1")
-    except (json.JSONDecodeError, AttributeError):
-        raise ReportError(f"{path}: not a JSON object (a run's summary.json)") from None
-    return float(value) if isinstance(value, (int, float)) else None
+def _teacher_top1(run_dir: Path) -> float | None:
+    """``teacher_top1`` of ``teacher.json``, else of ``summary.json`` (runs written before
+    teacher.json existed); None when neither file has it."""
+    for path in (run_dir / "teacher.json", run_dir / "summary.json"):
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text()).get("teacher_top1")
+            except (json.JSONDecodeError, AttributeError):
+                raise ReportError(f"{path}: not a JSON object (a run's {path.name})") from None
+            return float(value) if isinstance(value, (int, float)) else None
+    return None
 
 
 def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -39,7 +39,7 @@ def make_run(
     pair: str = PAIR,
     overrides: dict | None = None,
 ) -> Path:
-    """A run directory as the trainer leaves it: config.json, one metrics record per epoch, summary.json."""
+    """A run directory as the trainer leaves it: config.json, one metrics record per epoch, teacher.json."""
     run = root / name
     run.mkdir(parents=True)
     config = with_overrides(
@@ -67,7 +67,8 @@ def make_run(
         lines.append(json.dumps(record))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if teacher_top1 is not None:
-        (run / "summary.json").write_text(json.dumps({"teacher_top1": teacher_top1, "best_top1": max(top1)}))
+        teacher = {"teacher": "resnet56", "teacher_top1": teacher_top1, "teacher_train_error": 0.1}
+        (run / "teacher.json").write_text(json.dumps(teacher))
     return run
 
 
@@ -75,7 +76,7 @@ def make_run(
 def three_seeds(tmp_path: Path) -> Path:
     make_run(tmp_path, "s0", [0.10, 0.30, 0.25], seed=0, teacher_top1=0.70)
     make_run(tmp_path, "s1", [0.20, 0.22, 0.40], seed=1, teacher_top1=0.72)
-    make_run(tmp_path, "s2", [0.05, 0.35, 0.35], seed=2)  # no summary.json: teacher unknown for this one
+    make_run(tmp_path, "s2", [0.05, 0.35, 0.35], seed=2)  # no teacher.json: teacher unknown for this one
     return tmp_path
 
 
@@ -98,6 +99,17 @@ def test_aggregation_matches_hand_computed_mean_and_std(three_seeds: Path) -> No
     assert group.published_teacher == 72.34
     assert group.epochs_done == (3, 3, 3) and group.short and not group.unfinished
     assert str(group.best) == "35.00 ± 5.00"
+
+
+def test_teacher_accuracy_of_runs_from_before_teacher_json(tmp_path: Path) -> None:
+    old = make_run(tmp_path, "old", [0.1, 0.2])
+    (old / "summary.json").write_text(json.dumps({"teacher_top1": 0.7, "best_top1": 0.2}))
+    assert load_run(old).teacher_top1 == 0.7
+    (old / "teacher.json").write_text(json.dumps({"teacher_top1": 0.6}))  # teacher.json wins
+    assert load_run(old).teacher_top1 == 0.6
+    (old / "teacher.json").write_text("[0.6]")
+    with pytest.raises(ReportError, match=rf"{re.escape(str(old / 'teacher.json'))}: not a JSON object"):
+        load_run(old)
 
 
 def test_single_seed_has_no_std_and_ce_compares_with_the_student_alone(tmp_path: Path) -> None:

@@ -361,8 +361,17 @@ def test_two_epoch_run_writes_sane_metrics(
     assert (result.last_top1, result.epochs) == (records[-1]["test_top1"], 2)
     assert load_checkpoint(Path(config.out_dir) / "last.pt")["epoch"] == 2
     assert checkpoint_model_name(Path(config.out_dir) / "best.pt") == "resnet8"
+    teacher_file = Path(config.out_dir) / "teacher.json"
     if method != "ce":
         assert result.teacher_top1 is not None and 0.0 <= result.teacher_train_error <= 1.0
+        assert json.loads(teacher_file.read_text()) == {
+            "teacher": "resnet8",
+            "teacher_checkpoint": str(teacher_ckpt),
+            "teacher_top1": result.teacher_top1,
+            "teacher_train_error": result.teacher_train_error,
+        }
+    else:
+        assert not teacher_file.exists()
 
 
 def test_resume_after_interruption_is_bit_identical(
@@ -370,7 +379,7 @@ def test_resume_after_interruption_is_bit_identical(
 ) -> None:
     """Also the determinism test: two seeded CPU runs of the same config end with equal weights."""
     whole = tiny(tmp_path, data_dir, teacher_ckpt, "sld", SLDConfig(gamma=1), views=2, out="whole")
-    train(whole, CPU)
+    whole_result = train(whole, CPU)
     parts = dataclasses.replace(whole, out_dir=str(tmp_path / "parts"))
 
     def stop_after_first(record: dict) -> None:
@@ -380,6 +389,10 @@ def test_resume_after_interruption_is_bit_identical(
     with pytest.raises(_Interrupt):
         train(parts, CPU, on_epoch_end=stop_after_first)
     assert len(read_metrics(parts.out_dir)) == 1
+    # The teacher's accuracy is on disk from the start, not only in summary.json at the end.
+    assert not (Path(parts.out_dir) / "summary.json").exists()
+    teacher = json.loads((Path(parts.out_dir) / "teacher.json").read_text())
+    assert teacher["teacher_top1"] == whole_result.teacher_top1
     with pytest.raises(ConfigError, match="already holds a run"):
         train(parts, CPU)  # never silently overwrites a run
     with pytest.raises(ConfigError, match=r"config differs from the run's \(optim.lr: 0.05 -> 0.1\)"):

@@ -10,6 +10,7 @@ A run directory holds::
     metrics.jsonl   one JSON record per epoch: every loss term, swap rates, lr, accuracies, speed
     last.pt         checkpoint after every epoch (``--resume`` continues from it, bit-exactly on CPU)
     best.pt         checkpoint of the epoch with the best test top-1
+    teacher.json    the teacher's test top-1 and training-set error, measured when the run (re)starts
     summary.json    best and last accuracy, the teacher's accuracy, when the run finishes
 
 Under ``torchrun`` (``sld train --nproc N``) the same function trains data-parallel: the student is
@@ -114,6 +115,7 @@ class RunFiles:
         self.metrics = out_dir / "metrics.jsonl"
         self.last = out_dir / "last.pt"
         self.best = out_dir / "best.pt"
+        self.teacher = out_dir / "teacher.json"
         self.summary = out_dir / "summary.json"
 
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -258,6 +260,14 @@ def train(
         teacher_top1, _ = _evaluate(teacher, data.test_x, data.test_y, config, dist)
         train_top1, _ = _evaluate(teacher, data.train_x, data.train_y, config, dist)
         teacher_train_error = 1.0 - train_top1
+        # Written now, not only in summary.json at the end: a report can show it for unfinished runs.
+        teacher_record = {
+            "teacher": config.teacher,
+            "teacher_checkpoint": config.teacher_checkpoint,
+            "teacher_top1": teacher_top1,
+            "teacher_train_error": teacher_train_error,
+        }
+        dist.on_main(lambda: files.teacher.write_text(json.dumps(teacher_record, indent=2) + "\n"))
         console.print(
             f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
             f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)"

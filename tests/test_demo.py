@@ -40,6 +40,15 @@ def test_tiny_demo_prints_the_table_and_writes_finite_json(tmp_path) -> None:
         assert math.isfinite(data[key]) and data[key] >= 0, key
 
 
+def test_teacher_epochs_sets_how_briefly_the_teacher_trains(tmp_path) -> None:
+    out = tmp_path / "demo.json"
+    args = ["demo", "--seeds", "1", "--epochs", "1", "--json", str(out)]
+    result = runner.invoke(app, [*args, "--teacher-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "teacher (CNN, 1 epochs of CE)" in result.output
+    assert json.loads(out.read_text())["teacher_epochs"] == 1
+
+
 def test_sld_goes_through_backends_with_the_scaled_gamma(monkeypatch) -> None:
     """The demo's losses are the trainer's methods, and SLD's reaches ``backends.sld_loss`` with the
     official config except for gamma, scaled to the run."""

@@ -2,6 +2,7 @@
 
 sld demo                         # digits bundled with scikit-learn, 3 seeds
 sld demo --seeds 5 --json out.json
+sld demo --teacher-epochs 1      # a weak teacher (~9% training error): the swap fires often
 sld demo --cifar --epochs 10     # real CIFAR-100 from the local cache, through the trainer (GPU advised)
 """
 
@@ -22,6 +23,13 @@ def demo(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 per method.")] = 3,
     epochs: Annotated[
         int | None, typer.Option("--epochs", min=1, help="Student epochs (digits: 40; --cifar: 10).")
+    ] = None,
+    teacher_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--teacher-epochs", min=1,
+            help="Teacher epochs (digits: 5; --cifar: --epochs); fewer: a weaker teacher, more swaps.",
+        ),
     ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results here as JSON.")
@@ -59,7 +67,8 @@ def demo(
                     raise ValueError(f"{flag} applies to --cifar only (the digits demo runs on the CPU)")
             from harness.demo import run_digits_demo
 
-            config = DemoConfig(seeds=seeds, **({} if epochs is None else {"epochs": epochs}))
+            overrides = {"epochs": epochs, "teacher_epochs": teacher_epochs}
+            config = DemoConfig(seeds=seeds, **{k: v for k, v in overrides.items() if v is not None})
             result = run_digits_demo(config, console=console)
         else:
             import torch
@@ -71,7 +80,7 @@ def demo(
             config = DemoConfig(
                 seeds=seeds,
                 epochs=epochs,
-                teacher_epochs=epochs,
+                teacher_epochs=epochs if teacher_epochs is None else teacher_epochs,
                 **({} if pair is None else {"cifar_pair": pair}),
             )
             torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

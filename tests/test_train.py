@@ -175,6 +175,16 @@ def test_resume_conflicts_skip_where_and_how_fast_fields_only() -> None:
         "loss.gamma: 150 -> 3.0",
         "seed: 0 -> 4",
     ]
+    assert resume_conflicts(saved, with_overrides(saved, {"sync_bn": True})) == ["sync_bn: False -> True"]
+
+
+def test_sync_bn_is_recorded_and_needs_cuda(tmp_path: Path, data_dir: Path, teacher_ckpt: Path) -> None:
+    config = tiny(tmp_path, data_dir, teacher_ckpt, "ce", sync_bn=True)
+    assert config_to_dict(config)["sync_bn"] is True  # so config.json records it
+    with pytest.raises(ConfigError, match=r"sync_bn \(--sync-bn\) needs CUDA devices"):
+        train(config, CPU)
+    with pytest.raises(ConfigError, match="sync_bn must be true or false; got 1"):
+        with_overrides(config, {"sync_bn": 1})
 
 
 # ------------------------------------------------------------------------------------------------ methods

@@ -55,6 +55,22 @@ def test_train_without_teacher_says_which_command_to_run(tmp_path: Path, data_di
     assert "download_ckpts" in result.output
 
 
+def test_sync_bn_flag_reaches_the_trainer_which_needs_cuda(tmp_path: Path, data_dir: Path) -> None:
+    result = invoke(
+        "train-teacher",
+        "--model",
+        "resnet8",
+        "--sync-bn",
+        "--out",
+        tmp_path / "t",
+        "--data-dir",
+        data_dir,
+        *TINY,
+    )
+    assert result.exit_code == 1
+    assert "sync_bn (--sync-bn) needs CUDA devices" in " ".join(result.output.split())
+
+
 def test_teacher_then_student_then_eval(tmp_path: Path, data_dir: Path) -> None:
     runs = tmp_path / "runs"
     teacher = invoke("train-teacher", "--model", "resnet8", "--runs-dir", runs, "--data-dir", data_dir, *TINY)

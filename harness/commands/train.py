@@ -196,6 +196,7 @@ def train(
             views=views,
             limit_train=limit_train,
             limit_test=limit_test,
+            sync_bn=sync_bn,
         )
         overrides.update(
             {
@@ -213,7 +214,7 @@ def train(
         cfg = _apply(base, overrides)
         if cfg.method != "ce" and cfg.teacher_checkpoint is None:
             cfg = with_overrides(cfg, {"teacher_checkpoint": str(find_teacher(cfg.teacher, runs_dir))})
-        run(cfg, device, resume=resume, command="train", nproc=nproc, sync_bn=sync_bn, stop_after=stop_after)
+        run(cfg, device, resume=resume, command="train", nproc=nproc, stop_after=stop_after)
 
 
 def _base_config(
@@ -280,6 +281,7 @@ def common_overrides(
     views: int | None,
     limit_train: int | None,
     limit_test: int | None,
+    sync_bn: bool = False,
 ) -> dict[str, Any]:
     """The config fields the options shared by ``train`` and ``train-teacher`` set."""
     if amp is not None and amp not in AMP_MODES:
@@ -299,6 +301,7 @@ def common_overrides(
         "data.views": views,
         "data.limit_train": limit_train,
         "data.limit_test": limit_test,
+        "sync_bn": True if sync_bn else None,  # a flag left out keeps the config's (e.g. a resumed run's)
     }
 
 
@@ -321,7 +324,6 @@ def run(
     resume: bool,
     command: str = "train",
     nproc: int | None = None,
-    sync_bn: bool = False,
     stop_after: int | None = None,
 ) -> None:
     """Check the model names, then train: here, or (``nproc > 1``) by re-running ``sld COMMAND ...``
@@ -342,7 +344,7 @@ def run(
 
     torch_device, joined = distributed.setup(device)
     try:
-        train_loop(cfg, torch_device, resume=resume, sync_bn=sync_bn, stop_after=stop_after)
+        train_loop(cfg, torch_device, resume=resume, stop_after=stop_after)
     finally:
         if joined:
             distributed.teardown()

@@ -94,6 +94,7 @@ def train_teacher(
                 views=views,
                 limit_train=limit_train,
                 limit_test=limit_test,
+                sync_bn=sync_bn,
             ),
         )
         run(
@@ -102,6 +103,5 @@ def train_teacher(
             resume=resume,
             command="train-teacher",
             nproc=nproc,
-            sync_bn=sync_bn,
             stop_after=stop_after,
         )

@@ -186,6 +186,7 @@ class TrainConfig:
     amp: str = "off"  # exact float32 by default; "bf16" is the fast choice on recent GPUs
     channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
     compile: bool = False  # torch.compile the student: minutes of warm-up, pays off only on long runs
+    sync_bn: bool = False  # DDP, CUDA only: BatchNorm over the global batch; off: per rank, as officially
     out_dir: str = "runs/train"  # holds config.json, metrics.jsonl, last.pt and best.pt
     log_every: int = 50  # steps between progress updates; each is a CPU-GPU sync, so not every step
 
@@ -204,6 +205,7 @@ class TrainConfig:
         if self.method != "ce":
             _check(bool(self.teacher), "teacher", self.teacher, f"is required by method {self.method!r}")
         _check(self.amp in AMP_MODES, "amp", self.amp, f"must be one of {list(AMP_MODES)}")
+        _check(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "must be true or false")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         _check(
             _is_int(self.log_every) and self.log_every >= 1,

@@ -142,7 +142,6 @@ def train(
     console: Console | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
-    sync_bn: bool = False,
 ) -> RunResult:
     """Train ``config.student`` on CIFAR-100 with ``config.method`` and return the accuracies.
 
@@ -153,7 +152,8 @@ def train(
     Parameters
     ----------
     config
-        The whole run; saved to ``config.out_dir / "config.json"``.
+        The whole run; saved to ``config.out_dir / "config.json"``. ``config.sync_bn`` (CUDA only)
+        makes BatchNorm use the global batch's statistics under DDP.
     device
         Where everything runs (``torch.device("cuda")``, ``torch.device("cpu")``, ...); under DDP this
         rank's device.
@@ -170,8 +170,6 @@ def train(
     stop_after
         Stop cleanly after this epoch (for time-limited job slots); ``resume=True`` continues later.
         The returned result then has ``epochs == stop_after`` and no ``summary.json`` is written.
-    sync_bn
-        DDP only, CUDA only: BatchNorm over the global batch (``SyncBatchNorm``) instead of per rank.
 
     Returns
     -------
@@ -195,8 +193,10 @@ def train(
     dist = context(device)
     if dist.active:
         check_global_batch(config.optim.batch_size, dist.world_size)
-    if sync_bn and device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+    if config.sync_bn and device.type != "cuda":
+        raise ConfigError(
+            "sync_bn (--sync-bn) needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)"
+        )
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be an epoch >= 1; got {stop_after}")
     # Metric lines stay one line each in logs; the other ranks compute the same numbers silently.
@@ -218,7 +218,7 @@ def train(
     student = build_model(config.student, num_classes=data.num_classes).to(
         device, memory_format=memory_format
     )
-    if sync_bn:
+    if config.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # same state_dict keys
     teacher = _load_teacher(config, data.num_classes, device, memory_format)
     optimizer = torch.optim.SGD(
@@ -334,7 +334,6 @@ def train(
                 "config": config_to_dict(config),
                 "rng": capture_rng(generator),
                 "world_size": dist.world_size,  # informational: any world size can resume it
-                "sync_bn": sync_bn,
             }
 
             dist.on_main(functools.partial(_write_epoch, files, record, payload, is_best))

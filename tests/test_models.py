@@ -130,8 +130,18 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path: Path) -> None:
 def test_corrupt_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.pth"
     path.write_bytes(b"\x80\x02 this is not a torch checkpoint")
-    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {re.escape(str(path))}"):
+    expected = (
+        rf"{re.escape(str(path))}: not a readable torch checkpoint "
+        r"\(corrupt, truncated or another kind of file; UnpicklingError\)"
+    )
+    with pytest.raises(CheckpointError, match=expected):
         load_weights(build_model("resnet8"), path)
+    directory = tmp_path / "a_directory.pth"
+    directory.mkdir()
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(str(directory))} is a directory, not a checkpoint"
+    ):
+        load_weights(build_model("resnet8"), directory)
 
 
 def test_missing_file_and_non_state_dict(tmp_path: Path) -> None:

@@ -25,14 +25,31 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _read(path: Path) -> object:
+def read_checkpoint(path: str | os.PathLike[str]) -> object:
+    """``torch.load`` a checkpoint file onto the CPU with ``weights_only=True``: tensors and plain
+    Python values only, so a file from the internet cannot run code when unpickled.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    CheckpointError
+        ``path`` is a directory, or the file is not a readable torch checkpoint (corrupt, truncated,
+        another kind of file, or pickled objects ``weights_only`` refuses); the message names the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        # weights_only: a checkpoint from the internet must not be able to run code when unpickled.
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises several unrelated types for truncated/garbage/unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
+        # torch's own message runs to a page about weights_only; its type is enough to diagnose.
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (corrupt, truncated or another kind "
+            f"of file; {type(exc).__name__})"
+        ) from None
 
 
 def _extract_state_dict(obj: object, source: str) -> Mapping[str, torch.Tensor]:
@@ -92,8 +109,9 @@ def load_weights(model: nn.Module, path_or_state: str | os.PathLike[str] | Mappi
     FileNotFoundError
         The path does not exist.
     CheckpointError
-        The file cannot be unpickled safely, holds no state_dict, or does not fit ``model``; the message
-        names the path and lists all missing keys, unexpected keys and shape mismatches at once.
+        The path is a directory, the file cannot be read (:func:`read_checkpoint`), holds no state_dict,
+        or does not fit ``model``; the message names the path and lists all missing keys, unexpected
+        keys and shape mismatches at once.
 
     Examples
     --------
@@ -105,7 +123,7 @@ def load_weights(model: nn.Module, path_or_state: str | os.PathLike[str] | Mappi
     else:
         path = Path(path_or_state)
         source = f"checkpoint {path}"
-        state = _extract_state_dict(_read(path), source)
+        state = _extract_state_dict(read_checkpoint(path), source)
     report = _mismatch_report(model.state_dict(), state)
     if report is not None:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}:\n{report}")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from harness.models import CheckpointError, load_weights
+from harness.models.checkpoint import read_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -120,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         tag or version, missing entries).
     """
     path = Path(path)
-    data = _read(path)
+    data = read_checkpoint(path)
     if not _is_ours(data):
         raise CheckpointError(
             f"{path}: not an `sld train` checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
@@ -139,23 +140,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def checkpoint_model_name(path: str | os.PathLike[str]) -> str | None:
     """The student model name stored in an ``sld train`` checkpoint; ``None`` for other files (such as
     mdistiller's teachers), which do not record it."""
-    data = _read(Path(path))
+    data = read_checkpoint(path)
     return data["config"]["student"] if _is_ours(data) else None
-
-
-def _read(path: Path) -> Any:
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, pickle and EOF errors all mean "not a readable checkpoint"
-        # torch's own message runs to a page about weights_only; its type is enough to diagnose.
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (corrupt, truncated or another kind "
-            f"of file; {type(exc).__name__})"
-        ) from None
 
 
 def _is_ours(data: Any) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RowConstants", "row_constants", "row_terms"]
+__all__ = ["GradCoefficients", "RowConstants", "grad_coefficients", "row_constants", "row_losses"]
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is ~4x faster than exp in torch on CPU
 
@@ -88,11 +88,9 @@ def row_constants(temperatures: tuple[float, ...], *, xp: Any, dtype: Any, devic
     )
 
 
-def row_terms(partition: Any, cross: Any, gap: Any, teacher_gap: Any, swap_gap: Any,
-              consts: RowConstants, *, xp: Any, teacher_swap: bool, pseudo_on: bool, detach_pseudo: bool,
-              weights: tuple[Any, Any, Any] | None, batch: int) -> tuple[list[Any], Any]:
-    """Loss sums and gradient coefficients for a block of rows. Written for few array operations:
-    on CPU each one costs microseconds of dispatch, and a call runs once per chunk of rows.
+def row_losses(partition: Any, cross: Any, gap: Any, teacher_gap: Any, swap_gap: Any, consts: RowConstants, *,
+               xp: Any, teacher_swap: bool, pseudo_on: bool) -> list[Any]:
+    """``[ce, teacher, pseudo]`` summed over a block of rows (0-d; ``pseudo`` is 0 when not ``pseudo_on``).
 
     Parameters
     ----------
@@ -102,49 +100,67 @@ def row_terms(partition: Any, cross: Any, gap: Any, teacher_gap: Any, swap_gap: 
         ``sum exp(u_t/T) (u_t - u_s)``.
     gap, teacher_gap, swap_gap : (rows, 1)
         ``s_m - s_y``, ``t_y - t_max`` and ``s[m_t] - s_y``.
-    weights : (w_ce, w_teacher, w_pseudo) or None
-        Weights of the three terms in the differentiated total (0-d arrays allowed); None skips the
-        gradient.
-
-    Returns
-    -------
-    sums : [ce, teacher, pseudo] summed over the rows (0-d; ``pseudo`` is 0 when not ``pseudo_on``)
-    grad : None, or ``(coef_s, coef_t, sparse)``: the ``(rows, K)`` coefficients of
-        ``exp(u_s/T)``, ``exp(u_t/T)`` and the ``(rows, 3)`` values to add at ``(m_t, y, m)``,
-        all already divided by ``batch``.
     """
     inv_t = consts.inv_t
     log_z = xp.log(partition)
-    recip = 1.0 / partition
-    q_top, recip_t = recip[:, 0], recip[:, 1]  # q_m = 1/Z_s; p_t[m_t] = 1/Z_t
+    recip_t = 1.0 / partition[:, 1]  # p_t[m_t] = 1/Z_t
     kl_teacher = cross * inv_t * recip_t + (log_z[:, 0] - log_z[:, 1])
     if teacher_swap:
         dp = (1.0 - xp.exp(teacher_gap * inv_t)) * recip_t  # p_t[m_t] - p_t[y]; 0 if the teacher is right
         kl_teacher = kl_teacher + dp * (swap_gap * inv_t)
-    q_y = xp.exp(gap * consts.neg_inv_t) * q_top
-    dq = q_top - q_y  # zero on rows the student already gets right
     ce = xp.sum(log_z[:, 0, consts.ce_index]) + xp.sum(gap)
-    dq_t = dq * consts.kd_t  # T dq (0 for a temperature outside the KD sum)
-    pseudo = xp.sum(dq_t * gap) if pseudo_on else ce * 0.0  # T^2 * (dq d / T)
-    sums = [ce, xp.sum(kl_teacher * consts.kd_t2), pseudo]
-    if weights is None:
-        return sums, None
-
-    w_ce, w_teacher, w_pseudo = (w / batch for w in weights)
-    dense_s = w_teacher * consts.kd_t + w_ce * consts.ce_hot
-    zeros = gap[:, 0] * 0.0
-    at_t_top = w_teacher * xp.sum(dp * consts.kd_t, axis=1) if teacher_swap else zeros  # -T p: p swaps
-    at_s_top = zeros
-    at_target = -w_ce - at_t_top
     if pseudo_on:
-        if detach_pseudo:  # T (q - swap(q)): T dq at m, -T dq at y
-            at_s_top = w_pseudo * xp.sum(dq_t, axis=1)
-            at_target = at_target - at_s_top
-        else:  # plus the path through swap(s): d (q_m e_m - q_y e_y - dq q)
-            dense_s = dense_s - (w_pseudo * gap) * dq * consts.kd_on
-            at_s_top = w_pseudo * xp.sum(dq_t + gap * q_top * consts.kd_on, axis=1)
-            at_target = at_target - w_pseudo * xp.sum(dq_t + gap * q_y * consts.kd_on, axis=1)
-    coef_s = dense_s * q_top
-    coef_t = recip_t * (-w_teacher * consts.kd_t)
-    sparse = xp.stack([at_t_top, at_target, at_s_top], axis=1)
-    return sums, (coef_s, coef_t, sparse)
+        dq = (1.0 - xp.exp(gap * consts.neg_inv_t)) / partition[:, 0]  # q_m - q_y; 0 on right rows
+        pseudo = xp.sum(dq * consts.kd_t * gap)  # T^2 * (dq d / T)
+    else:
+        pseudo = ce * 0.0
+    return [ce, xp.sum(kl_teacher * consts.kd_t2), pseudo]
+
+
+@dataclass(frozen=True)
+class GradCoefficients:
+    """The gradient of the weighted total w.r.t. ``s`` as a function of ``r = 1 / partition``, flattened
+    to ``(rows, 2K)`` (student temperatures first, then teacher): everything else depends only on the
+    row gaps, so it is known before any ``(B, C)``-sized work. With ``E`` the ``(rows, 2K, C)``
+    exponentials ``exp(u_s/T)``, ``exp(u_t/T)``::
+
+        grad = sum_k (r * (lin + quad * r))[:, k] * E[:, k]  +  sparse at (m_t, y, m)
+        sparse = r @ sparse_map, plus ``at_target`` at ``y``
+
+    All terms are already divided by the batch size."""
+
+    lin: Any  # (2K,): w_teacher T + w_ce [T=1] (student), -w_teacher T (teacher)
+    quad: Any  # (rows, 2K) or None: -w_pseudo d (1 - exp(-d/T)) on the student half (pseudo path through swap(s))
+    sparse_map: Any  # (rows, 2K, 3): r -> values at (m_t, y, m)
+    at_target: Any  # -w_ce at y (0-d or float)
+
+
+def grad_coefficients(gap: Any, teacher_gap: Any, consts: RowConstants, *, xp: Any, teacher_swap: bool,
+                      pseudo_on: bool, detach_pseudo: bool, weights: tuple[Any, Any, Any],
+                      batch: int) -> GradCoefficients:
+    """:class:`GradCoefficients` for rows with gaps ``gap = s_m - s_y`` and ``teacher_gap = t_y - t_max``
+    (both ``(rows, 1)``), for the total ``w_ce ce + w_teacher teacher + w_pseudo pseudo`` with
+    ``weights = (w_ce, w_teacher, w_pseudo)`` (0-d arrays allowed)."""
+    w_ce, w_teacher, w_pseudo = (w / batch for w in weights)
+    kd_t, kd_on = consts.kd_t, consts.kd_on
+    zeros = gap * kd_on * 0.0  # (rows, K)
+    lin = xp.concat([w_teacher * kd_t + w_ce * consts.ce_hot, -w_teacher * kd_t])
+    # T (p - swap(p)) at m_t and y, with p_t[m_t] - p_t[y] = (1 - exp((t_y - t_max)/T)) / Z_t
+    at_t_top = w_teacher * kd_t * (1.0 - xp.exp(teacher_gap * consts.inv_t)) if teacher_swap else zeros
+    quad = None
+    if pseudo_on:
+        q_y_ratio = xp.exp(gap * consts.neg_inv_t)  # q_y / q_m
+        dq_ratio = 1.0 - q_y_ratio  # (q_m - q_y) Z_s
+        at_s_top = at_y = w_pseudo * kd_t * dq_ratio  # T (q - swap(q)): T dq at m, -T dq at y
+        if not detach_pseudo:  # plus the path through swap(s): d (q_m e_m - q_y e_y - dq q)
+            at_s_top = at_s_top + w_pseudo * gap * kd_on
+            at_y = at_y + w_pseudo * gap * q_y_ratio * kd_on
+            quad = xp.concat([-w_pseudo * gap * dq_ratio * kd_on, zeros], axis=1)
+    else:
+        at_s_top = at_y = zeros
+    sparse_map = xp.stack([
+        xp.concat([zeros, at_t_top], axis=1),
+        xp.concat([-at_y, -at_t_top], axis=1),
+        xp.concat([at_s_top, zeros], axis=1),
+    ], axis=2)
+    return GradCoefficients(lin=lin, quad=quad, sparse_map=sparse_map, at_target=-w_ce)

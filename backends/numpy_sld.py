@@ -16,7 +16,7 @@ import numpy as np
 
 import sld_core
 
-from ._rows import row_constants, row_terms
+from ._rows import grad_coefficients, row_constants, row_losses
 
 __all__ = ["sld_loss_and_grad_numpy"]
 
@@ -58,18 +58,20 @@ def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.S
         partition = exps.sum(axis=3)
         shifted[:, 1] -= shifted[:, 0]  # u_t - u_s
         cross = np.matmul(exps[:, 1], shifted[:, 1, :, None])[:, :, 0]
-        sums, coefs = row_terms(
-            partition, cross,
-            gap=top[:, 0] - s_y, teacher_gap=t_y - top[:, 1], swap_gap=s_at_t_top - s_y,
-            consts=consts, xp=xp_numpy, teacher_swap=config.teacher_swap, pseudo_on=pseudo_on,
-            detach_pseudo=config.detach_pseudo_teacher, weights=weights, batch=batch,
-        )
+        gap, teacher_gap = top[:, 0] - s_y, t_y - top[:, 1]
+        sums = row_losses(partition, cross, gap, teacher_gap, s_at_t_top - s_y, consts, xp=xp_numpy,
+                          teacher_swap=config.teacher_swap, pseudo_on=pseudo_on)
         totals = [a + b for a, b in zip(totals, sums)]
-        if coefs is not None:
-            coef_s, coef_t, sparse = coefs
-            coef = np.concatenate([coef_s, coef_t], axis=1)[:, None, :]  # (rows, 1, 2K)
+        if want_grad:
+            co = grad_coefficients(gap, teacher_gap, consts, xp=xp_numpy, teacher_swap=config.teacher_swap,
+                                   pseudo_on=pseudo_on, detach_pseudo=config.detach_pseudo_teacher,
+                                   weights=weights, batch=batch)
+            r = 1.0 / partition.reshape(rows, 2 * num_t)
+            coef = r * co.lin if co.quad is None else r * (co.lin + co.quad * r)
             grad_rows = grad[start:stop]
-            np.matmul(coef, exps.reshape(rows, 2 * num_t, num_classes), out=grad_rows[:, None, :])
+            np.matmul(coef[:, None, :], exps.reshape(rows, 2 * num_t, num_classes), out=grad_rows[:, None, :])
+            sparse = np.matmul(r[:, None, :], co.sparse_map)[:, 0]
+            sparse[:, 1] += co.at_target
             positions = np.stack([top_index[:, 1], y, top_index[:, 0]], axis=1)
             # ufunc.at accumulates when two of the three positions coincide (e.g. m_t == y)
             np.add.at(grad_rows, (np.arange(rows)[:, None], positions), sparse)

@@ -23,7 +23,7 @@ from torch import nn
 
 import sld_core
 
-from ._rows import row_constants, row_terms
+from ._rows import grad_coefficients, row_constants, row_losses
 
 __all__ = ["SLDLoss", "sld_loss_fused", "sld_loss_and_grad_fused"]
 
@@ -31,11 +31,13 @@ __all__ = ["SLDLoss", "sld_loss_fused", "sld_loss_and_grad_fused"]
 # the L2/L3 of the CPU measured in benchmarks/RESULTS.md; on CUDA one chunk covers any usual batch.
 CPU_CHUNK_ELEMENTS = 1 << 20
 CUDA_CHUNK_ELEMENTS = 1 << 28
+# Problems of at most this many logits (B * C) take _fused_small (measured: benchmarks/RESULTS.md).
+SMALL_ELEMENTS = 1 << 14
 
 
 class _TorchOps:
-    """The few array-API functions :func:`row_terms` calls, bound straight to torch: the
-    array_api_compat wrappers cost microseconds per call, which adds up over ~70 tiny ops per chunk."""
+    """The few array-API functions :mod:`backends._rows` calls, bound straight to torch: the
+    array_api_compat wrappers cost microseconds per call, which adds up at small batch sizes."""
 
     log = staticmethod(torch.log)
     exp = staticmethod(torch.exp)
@@ -47,6 +49,10 @@ class _TorchOps:
     @staticmethod
     def stack(arrays: list[torch.Tensor], axis: int = 0) -> torch.Tensor:
         return torch.stack(arrays, dim=axis)
+
+    @staticmethod
+    def concat(arrays: list[torch.Tensor], axis: int = 0) -> torch.Tensor:
+        return torch.cat(arrays, dim=axis)
 
     @staticmethod
     def asarray(values: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -62,65 +68,163 @@ def _constants(temperatures: tuple[float, ...], dtype: torch.dtype, device: torc
     return row_constants(temperatures, xp=xp_torch, dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=32)
+def _reversed_positions(num_classes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.arange(num_classes - 1, -1, -1, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _small_constants(temperatures: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Any:
+    consts = _constants(temperatures, dtype, device)
+    num_t = consts.temperatures.shape[0]
+    return (consts, consts.inv_t.view(1, num_t, 1, 1), consts.exp2_scale.view(1, num_t, 1, 1),
+            torch.stack([consts.kd_t, consts.kd_on]))
+
+
+def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config: sld_core.SLDConfig,
+                 pseudo_on: bool, weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_fused` for small problems, where each torch op costs more in dispatch (~2-3 us) than in
+    arithmetic: all temperatures of student and teacher go through one ``log_softmax`` on a stacked
+    ``(2, K, B, C)`` tensor, and every per-row quantity the swaps need is read from it with one gather
+    at ``(m_t, y, m)``. About 35 ops in all, a third of the chunked path's. ``s``, ``t`` are already
+    detached and in the compute dtype."""
+    batch, num_classes = s.shape
+    consts, inv_t, scale, kd_rows = _small_constants(config.temperatures, s.dtype, s.device)
+    num_t = inv_t.shape[1]
+    x = torch.stack([s, t])
+    top = x.amax(dim=2, keepdim=True)
+    u = (x - top).unsqueeze(1)  # (2, 1, B, C): u_s, u_t
+    # softmax by hand rather than log_softmax + exp: exp2 is ~4x cheaper than torch's exp on CPU
+    e = torch.exp2(u * scale)
+    z = e.sum(dim=3, keepdim=True)
+    p = e / z  # [0]: q_T, [1]: p_T
+    log_p = torch.sub(u * inv_t, z.log())
+    # first argmax (see _fused): argmax itself is ~1.5 ns per element here
+    flags = (u[:, 0] == 0) * _reversed_positions(num_classes, s.dtype, s.device)
+    top = (num_classes - 1) - flags.amax(dim=2).long()  # (2, B): m, m_t
+    index = torch.stack([top[1], targets, top[0]], dim=1)  # (B, 3): m_t, y, m
+    s_at = s.gather(1, index)
+    at = p.gather(3, index.expand(2, num_t, batch, 3))  # probabilities at m_t, y, m
+    # sums over T of T * prob (kd_rows[0]) and of prob (kd_rows[1], T in the KD sum), at m_t, y, m
+    weighted = torch.matmul(kd_rows, at.view(2, num_t, batch * 3)).view(2, 2, batch, 3)
+    gaps = s_at[:, 0::2] - s_at[:, 1:2]  # (B, 2): s[m_t] - s_y, d = s_m - s_y
+    swap_gap, gap = gaps[:, 0], gaps[:, 1]
+    kl = (p[1] * (log_p[1] - log_p[0])).sum(dim=(1, 2))  # (K,): sum over rows of KL(p_T || q_T)
+    ce = -log_p[0, consts.ce_index].gather(1, targets.unsqueeze(1)).sum()
+    teacher = torch.dot(consts.kd_t2, kl)
+    t_top = weighted[1, 0]
+    dp = t_top[:, 0] - t_top[:, 1]  # sum_T T (p_T[m_t] - p_T[y]); 0 where the teacher is right
+    if config.teacher_swap:
+        teacher = teacher + torch.dot(swap_gap, dp)  # T^2 (p[m_t] - p[y]) (s[m_t] - s_y) / T
+    s_top = weighted[0, 0]
+    dq = s_top[:, 2] - s_top[:, 1]  # sum_T T (q_T[m] - q_T[y]); 0 where the student is right
+    pseudo = torch.dot(gap, dq) if pseudo_on else ce * 0.0
+    sums = torch.stack([ce, teacher, pseudo]) / batch
+    if weights is None:
+        return sums, None
+
+    w_ce, w_teacher, w_pseudo = (w / batch for w in weights)
+    dense = torch.cat([w_teacher * consts.kd_t + w_ce * consts.ce_hot, -w_teacher * consts.kd_t])
+    grad = torch.matmul(dense, p.view(2 * num_t, batch * num_classes)).view(batch, num_classes)
+    at_t_top = w_teacher * dp if config.teacher_swap else gap * 0.0
+    at_target = -w_ce - at_t_top
+    at_s_top = gap * 0.0
+    if pseudo_on:
+        at_s_top = w_pseudo * dq  # T (q - swap(q)): T dq at m, -T dq at y
+        at_target = at_target - at_s_top
+        if not config.detach_pseudo_teacher:  # plus the path through swap(s): d (q_m e_m - q_y e_y - dq q)
+            q_at = weighted[0, 1]
+            at_s_top = at_s_top + w_pseudo * gap * q_at[:, 2]
+            at_target = at_target - w_pseudo * gap * q_at[:, 1]
+            row_dq = (at[0, :, :, 2] - at[0, :, :, 1]) * (gap * w_pseudo) * consts.kd_on.unsqueeze(1)
+            grad = grad - (row_dq.unsqueeze(2) * p[0]).sum(dim=0)
+    grad.scatter_add_(1, index, torch.stack([at_t_top, at_target, at_s_top], dim=1))
+    return sums, grad
+
+
 def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
            config: sld_core.SLDConfig, pseudo_on: bool,
            weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``((ce, teacher, pseudo) batch means, gradient or None)`` in the compute dtype (float64 stays
     float64, everything else is float32). ``weights = (w_ce, w_teacher, w_pseudo)`` selects the
-    differentiated combination; None skips the gradient. Nothing here synchronises the device."""
+    differentiated combination; None skips the gradient. Nothing here synchronises the device.
+
+    Per chunk of rows only the ``(rows, C)``-sized work runs (a dozen ops); the per-row algebra runs
+    once per batch: the gradient coefficients depend on the row sums only through ``1 / Z``
+    (:func:`backends._rows.grad_coefficients`), and the losses are reduced after the loop.
+    """
     dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
     s = student.detach().to(dtype)
     t = teacher.detach().to(dtype)
     batch, num_classes = s.shape
+    if batch * num_classes <= SMALL_ELEMENTS:
+        return _fused_small(s, t, targets, config, pseudo_on, weights)
     consts = _constants(config.temperatures, dtype, s.device)
     num_t = consts.temperatures.shape[0]
     budget = CUDA_CHUNK_ELEMENTS if s.is_cuda else CPU_CHUNK_ELEMENTS
     step = max(1, min(batch, budget // (2 * num_t * num_classes)))
     exps_buffer = s.new_empty(step, 2, num_t, num_classes)  # reused by every chunk
+    flags_buffer = s.new_empty(step, 2, num_classes)
+    reversed_positions = _reversed_positions(num_classes, dtype, s.device)
     roots = consts.num_roots
     scale = consts.exp2_scale[:roots].view(1, 1, roots, 1)
-    grad = torch.empty_like(s) if weights is not None else None
-    # Row maxima and gathers once for the whole batch: per chunk they would cost more op launches.
-    # argmax + gather rather than max(dim): on CPU max(dim) goes multi-threaded even for tiny inputs,
-    # and waking threads on a busy machine costs milliseconds.
-    top_index = torch.stack([s.argmax(dim=1), t.argmax(dim=1)], dim=1)  # (B, 2), first index on ties
-    top = torch.stack([s.gather(1, top_index[:, :1]), t.gather(1, top_index[:, 1:])], dim=1)  # (B, 2, 1)
-    s_y = s.gather(1, targets.unsqueeze(1))
+    # amax, not argmax or max(dim): on CPU argmax is ~10x slower than amax, and max(dim) goes
+    # multi-threaded even for tiny inputs (waking threads on a busy machine costs milliseconds). The
+    # first argmax is found per chunk below, from the shifted logits already in cache.
+    top = torch.stack([s.amax(dim=1), t.amax(dim=1)], dim=1).unsqueeze(2)  # (B, 2, 1)
+    y = targets.unsqueeze(1)
+    s_y = s.gather(1, y)
     gap = top[:, 0] - s_y
-    teacher_gap = t.gather(1, targets.unsqueeze(1)) - top[:, 1]
-    swap_gap = s.gather(1, top_index[:, 1:]) - s_y
-    positions = torch.stack([top_index[:, 1], targets, top_index[:, 0]], dim=1)  # m_t, y, m
-    totals = None
+    teacher_gap = t.gather(1, y) - top[:, 1]
+    partition = s.new_empty(batch, 2, num_t)
+    cross = s.new_empty(batch, num_t)
+    last_flag = s.new_empty(batch, 2)  # C - 1 - (first index of the row maximum), student and teacher
+    grad = coefs = recip = None
+    if weights is not None:
+        grad = torch.empty_like(s)
+        recip = s.new_empty(batch, 2 * num_t)
+        coefs = grad_coefficients(gap, teacher_gap, consts, xp=xp_torch, teacher_swap=config.teacher_swap,
+                                  pseudo_on=pseudo_on, detach_pseudo=config.detach_pseudo_teacher,
+                                  weights=weights, batch=batch)
     for start in range(0, batch, step):
         chunk = slice(start, start + step)
         s_c, t_c = s[chunk], t[chunk]
         rows = s_c.shape[0]
         shifted = torch.stack([s_c, t_c], dim=1).sub_(top[chunk])  # (rows, 2, C): u_s, u_t
+        # u == 0 exactly at the maxima (x - max is 0 only for x == max): the first one has the largest
+        # reversed position. eq/mul/amax into a buffer is ~3x faster than argmax.
+        flags = flags_buffer[:rows]
+        torch.eq(shifted, 0, out=flags).mul_(reversed_positions)
+        torch.amax(flags, dim=2, out=last_flag[chunk])
         exps = exps_buffer[:rows]
         torch.mul(shifted.unsqueeze(2), scale, out=exps[:, :, :roots])
         exps[:, :, :roots].exp2_()  # exps[:, 0, k] = exp(u_s / T_k), exps[:, 1, k] = exp(u_t / T_k)
         for dst, src in consts.squares:
             base = exps[:, :, src]
             torch.mul(base, base, out=exps[:, :, dst])
-        partition = exps.sum(dim=3)
+        torch.sum(exps, dim=3, out=partition[chunk])
         diff = shifted[:, 1] - shifted[:, 0]  # u_t - u_s
-        # a row-wise dot; bmm here is a batched GEMV, ~5x slower on CPU
-        cross = torch.linalg.vecdot(exps[:, 1], diff.unsqueeze(1), dim=-1)
-        sums, coefs = row_terms(
-            partition, cross,
-            gap=gap[chunk], teacher_gap=teacher_gap[chunk], swap_gap=swap_gap[chunk],
-            consts=consts, xp=xp_torch, teacher_swap=config.teacher_swap, pseudo_on=pseudo_on,
-            detach_pseudo=config.detach_pseudo_teacher, weights=weights, batch=batch,
-        )
-        part = torch.stack(sums)
-        totals = part if totals is None else totals + part
+        # a row-wise dot with the teacher exponentials; as bmm with the transposed operand: ~2x faster
+        # than vecdot, ~10x faster than bmm/matmul with the vector on the right
+        torch.bmm(diff.unsqueeze(1), exps[:, 1].transpose(1, 2), out=cross[chunk].unsqueeze(1))
         if coefs is not None:
-            coef_s, coef_t, sparse = coefs
-            grad_c = grad[start:start + rows]
-            coef = torch.cat([coef_s, coef_t], dim=1).unsqueeze(1)  # (rows, 1, 2K)
-            torch.bmm(coef, exps.view(rows, 2 * num_t, num_classes), out=grad_c.unsqueeze(1))
-            grad_c.scatter_add_(1, positions[chunk], sparse)
-    return totals / batch, grad
+            r = torch.reciprocal(partition[chunk], out=recip[chunk].view(rows, 2, num_t)).view(rows, -1)
+            if coefs.quad is None:
+                coef = r * coefs.lin
+            else:
+                coef = torch.addcmul(coefs.lin, coefs.quad[chunk], r).mul_(r)
+            grad_c = grad[chunk]
+            torch.bmm(coef.unsqueeze(1), exps.view(rows, 2 * num_t, num_classes), out=grad_c.unsqueeze(1))
+    top_index = (num_classes - 1) - last_flag.long()  # (B, 2): m, m_t
+    swap_gap = s.gather(1, top_index[:, 1:]) - s_y
+    sums = row_losses(partition, cross, gap, teacher_gap, swap_gap, consts, xp=xp_torch,
+                      teacher_swap=config.teacher_swap, pseudo_on=pseudo_on)
+    if coefs is not None:
+        sparse = torch.bmm(recip.unsqueeze(1), coefs.sparse_map).squeeze(1)
+        sparse[:, 1] += coefs.at_target
+        positions = torch.stack([top_index[:, 1], targets, top_index[:, 0]], dim=1)  # m_t, y, m
+        grad.scatter_add_(1, positions, sparse)
+    return torch.stack(sums) / batch, grad
 
 
 class _SLDFunction(torch.autograd.Function):

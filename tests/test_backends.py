@@ -90,15 +90,28 @@ def _rel(a, b) -> float:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Force several row chunks even for small batches, so the chunk loop itself is tested."""
+    monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 0)
     monkeypatch.setattr(torch_sld, "CPU_CHUNK_ELEMENTS", 2 * 7 * 11 * 3)  # 3 rows of 11 classes, K=6(+1)
     monkeypatch.setattr(numpy_sld, "CHUNK_ELEMENTS", 2 * 7 * 11 * 3)
+
+
+@pytest.fixture(params=["small", "chunked"])
+def torch_path(request, monkeypatch):
+    """Run a torch test through each side of the size threshold: the one-shot small-problem path and
+    the chunked path (several chunks, so the chunk loop is covered too)."""
+    if request.param == "small":
+        monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 1 << 62)
+    else:
+        monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 0)
+        monkeypatch.setattr(torch_sld, "CPU_CHUNK_ELEMENTS", 2 * 7 * 11 * 3)
+    return request.param
 
 
 # ---------------------------------------------------------------- torch fused vs core and reference
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=_id)
-def test_torch_fused_float64_matches_core_reference_and_plain(setting, small_chunks):
+def test_torch_fused_float64_matches_core_reference_and_plain(setting, torch_path):
     epoch, swap, pseudo, detach = setting
     cfg = _config(swap, pseudo, detach)
     s, t, y = _logits(10, 11)
@@ -118,7 +131,7 @@ def test_torch_fused_float64_matches_core_reference_and_plain(setting, small_chu
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=_id)
-def test_torch_fused_float32_within_1e5_of_float64(setting):
+def test_torch_fused_float32_within_1e5_of_float64(setting, torch_path):
     epoch, swap, pseudo, detach = setting
     cfg = _config(swap, pseudo, detach)
     s, t, y = _logits(64, 100, seed=1)
@@ -132,7 +145,7 @@ def test_torch_fused_float32_within_1e5_of_float64(setting):
     assert _rel(grad, ref_grad) <= 1e-5
 
 
-def test_loss_and_grad_fused_matches_autograd_path():
+def test_loss_and_grad_fused_matches_autograd_path(torch_path):
     cfg = sld_core.SLDConfig()
     s, t, y = _logits(9, 13, seed=2)
     terms, grad = torch_sld.sld_loss_and_grad_fused(s, t, y, epoch=GAMMA + 1, config=cfg)
@@ -145,7 +158,7 @@ def test_loss_and_grad_fused_matches_autograd_path():
 
 @pytest.mark.parametrize("case", ["ties", "all_correct", "all_wrong"])
 @pytest.mark.parametrize("detach", [False, True])
-def test_torch_fused_edge_batches(case, detach):
+def test_torch_fused_edge_batches(case, detach, torch_path):
     cfg = _config(True, True, detach)
     g = torch.Generator().manual_seed(3)
     s = torch.randint(-2, 3, (24, 6), generator=g).double()  # small integers: many tied maxima
@@ -172,7 +185,33 @@ def test_torch_fused_edge_batches(case, detach):
         assert float(terms.pseudo) == 0.0
 
 
-def test_temperatures_without_one_and_weights():
+@pytest.mark.parametrize("detach", [False, True])
+def test_torch_fused_float32_large_logit_gaps(detach, torch_path):
+    # logits ~30 apart: q and p span ~1e-13 at T=1, the squared exponentials sit far from 1 and the
+    # float32 rounding of s - max is largest; still within 1e-5 of float64
+    cfg = _config(True, True, detach)
+    s, t, y = _logits(48, 37, seed=13)
+    s, t = s * 10, t * 10
+    terms, grad = _fused_autograd(s.float(), t.float(), y, GAMMA + 1, cfg)
+    core_terms, core_grad = sld_core.sld_loss_and_grad(s, t, y, epoch=GAMMA + 1, config=cfg)
+    for name in TERMS:
+        expected = float(getattr(core_terms, name))
+        assert abs(float(getattr(terms, name).detach()) - expected) <= 1e-5 * max(abs(expected), 1e-3), name
+    assert _rel(grad, core_grad) <= 1e-5
+
+
+def test_size_threshold_picks_the_path(monkeypatch):
+    calls = []
+    real = torch_sld._fused_small
+    monkeypatch.setattr(torch_sld, "_fused_small", lambda *a: calls.append(a[0].shape) or real(*a))
+    n = torch_sld.SMALL_ELEMENTS
+    for shape in [(1, n), (n // 64 + 1, 64)]:
+        s, t, y = _logits(*shape, seed=14, dtype=torch.float32)
+        _fused_autograd(s, t, y, GAMMA + 1, sld_core.SLDConfig())
+    assert calls == [torch.Size([1, n])]
+
+
+def test_temperatures_without_one_and_weights(torch_path):
     cfg = sld_core.SLDConfig(temperatures=(2.0, 4.0, 0.5), ce_weight=0.3, kd_weight=1.7, gamma=0)
     s, t, y = _logits(7, 9, seed=4)
     terms, grad = _fused_autograd(s, t, y, 1, cfg)
@@ -182,7 +221,7 @@ def test_temperatures_without_one_and_weights():
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
 
 
-def test_gradcheck_every_term():
+def test_gradcheck_every_term(torch_path):
     # not detached: the analytic gradient is the true derivative (detached it is, by design, not)
     cfg = _config(True, True, False, gamma=0)
     g = torch.Generator().manual_seed(5)
@@ -198,7 +237,7 @@ def test_gradcheck_every_term():
     assert torch.autograd.gradcheck(terms, (s,), eps=1e-6, atol=1e-7)
 
 
-def test_per_term_backward_and_grad_output_scaling():
+def test_per_term_backward_and_grad_output_scaling(torch_path):
     cfg = sld_core.SLDConfig(gamma=0)
     s, t, y = _logits(6, 8, seed=6)
     leaf = s.clone().requires_grad_(True)
@@ -211,7 +250,7 @@ def test_per_term_backward_and_grad_output_scaling():
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_half_precision_and_autocast(half):
+def test_half_precision_and_autocast(half, torch_path):
     cfg = sld_core.SLDConfig(gamma=0)
     g = torch.Generator().manual_seed(7)
     features = torch.randn(32, 16, generator=g)
@@ -234,7 +273,7 @@ def test_half_precision_and_autocast(half):
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
 
 
-def test_teacher_gets_no_gradient_and_module_wrapper():
+def test_teacher_gets_no_gradient_and_module_wrapper(torch_path):
     module = torch_sld.SLDLoss(sld_core.SLDConfig(gamma=0))
     s, t, y = _logits(5, 7, seed=8, dtype=torch.float32)
     s.requires_grad_(True)
@@ -303,10 +342,11 @@ def test_numpy_path_dtypes(dtype):
         assert _rel(grad, ref_grad) <= 1e-5
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["torch_small", "torch_chunked"])
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 9), classes=st.integers(2, 12), seed=st.integers(0, 2**16),
        scale=st.sampled_from([0.1, 3.0, 30.0]))
-def test_fused_paths_agree_with_core_property(batch, classes, seed, scale):
+def test_fused_paths_agree_with_core_property(small, batch, classes, seed, scale):
     rng = np.random.default_rng(seed)
     s = rng.standard_normal((batch, classes)) * scale
     t = rng.standard_normal((batch, classes)) * scale
@@ -314,8 +354,10 @@ def test_fused_paths_agree_with_core_property(batch, classes, seed, scale):
     cfg = sld_core.SLDConfig(gamma=0)
     core_terms, core_grad = sld_core.sld_loss_and_grad(s, t, y, epoch=1, config=cfg)
     np_terms, np_grad = numpy_sld.sld_loss_and_grad_numpy(s, t, y, epoch=1, config=cfg)
-    th_terms, th_grad = torch_sld.sld_loss_and_grad_fused(torch.as_tensor(s), torch.as_tensor(t),
-                                                          torch.as_tensor(y), epoch=1, config=cfg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch_sld, "SMALL_ELEMENTS", (1 << 62) if small else 0)
+        th_terms, th_grad = torch_sld.sld_loss_and_grad_fused(torch.as_tensor(s), torch.as_tensor(t),
+                                                              torch.as_tensor(y), epoch=1, config=cfg)
     np.testing.assert_allclose(np_grad, core_grad, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(th_grad.numpy(), core_grad, rtol=1e-9, atol=1e-12)
     for name in TERMS:

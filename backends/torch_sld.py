@@ -16,6 +16,7 @@ forward pass (the exponentials are at hand) and saved; the backward only scales 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,79 +74,154 @@ def _reversed_positions(num_classes: int, dtype: torch.dtype, device: torch.devi
     return torch.arange(num_classes - 1, -1, -1, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=32)
-def _small_constants(temperatures: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Any:
-    consts = _constants(temperatures, dtype, device)
-    num_t = consts.temperatures.shape[0]
-    return (consts, consts.inv_t.view(1, num_t, 1, 1), consts.exp2_scale.view(1, num_t, 1, 1),
-            torch.stack([consts.kd_t, consts.kd_on]))
+def _col(side: int, position: int, weighting: int) -> int:
+    """Column of the ``(B, 12)`` block of probabilities at the swap positions that :func:`_fused_small`
+    reads: ``side`` 0 student (q), 1 teacher (p); ``position`` 0 ``m_t``, 1 ``y``, 2 ``m``;
+    ``weighting`` 0 ``sum_T T prob``, 1 ``sum_T prob`` (both over the KD temperatures)."""
+    return side * 6 + position * 2 + weighting
+
+
+@dataclass(frozen=True)
+class _SmallMaps:
+    """Constants of :func:`_fused_small` for one config: the per-row algebra of :mod:`backends._rows`
+    written as a few fixed linear maps, so that a call applies each with one op."""
+
+    consts: Any  # RowConstants
+    inv_t: torch.Tensor  # (1, K, 1, 1)
+    exp2_scale: torch.Tensor  # (1, K, 1, 1)
+    kd_cols: torch.Tensor  # (K, 2): T and 1 at the KD temperatures, 0 elsewhere
+    # features -> (total, ce, teacher, pseudo) sums; features are cat(sum_rows sum_c p_T (u_t - u_s) (K),
+    # sum_rows log Z (2K: student, teacher), G (24: [s[m_t] - s_y, d]^T @ block), sum_rows [s[m_t] - s_y, d])
+    loss_map: torch.Tensor
+    # per gradient weight (w_ce, w_teacher, w_pseudo), as (3, ...) stacks:
+    dense: torch.Tensor  # (3, 2K): coefficients of q_T and p_T
+    sparse: torch.Tensor  # (3, 12, 3): block -> values at (m_t, y, m)
+    sparse_gap: torch.Tensor  # (3, 12, 3): d * block -> values at (m_t, y, m)
+    sparse_const: torch.Tensor  # (3, 3)
+    row_q: torch.Tensor | None  # (3, K, 1): d (q_T[m] - q_T[y]) -> coefficient of q_T (pseudo through swap(s))
+
+
+@functools.lru_cache(maxsize=64)
+def _small_maps(config: sld_core.SLDConfig, pseudo_on: bool, dtype: torch.dtype,
+                device: torch.device) -> _SmallMaps:
+    consts = _constants(config.temperatures, dtype, device)
+    kd_t = [float(v) for v in consts.kd_t.cpu()]  # once per config (cached), so the copy never recurs
+    kd_t2 = [float(v) for v in consts.kd_t2.cpu()]
+    kd_on = [float(v) for v in consts.kd_on.cpu()]
+    num_t, ce_i = len(kd_t), consts.ce_index
+    swap, detach = config.teacher_swap, config.detach_pseudo_teacher
+    lz, g, gsum = num_t, 3 * num_t, 3 * num_t + 24  # feature offsets
+    ce = [0.0] * (gsum + 2)
+    ce[lz + ce_i] = ce[gsum + 1] = 1.0  # ce = log Z_s(T=1) + d
+    teacher = [0.0] * (gsum + 2)
+    pseudo = [0.0] * (gsum + 2)
+    for k in range(num_t):  # T^2 KL(p || q) = T sum p (u_t - u_s) + T^2 (log Z_s - log Z_t)
+        teacher[k], teacher[lz + k], teacher[lz + num_t + k] = kd_t[k], kd_t2[k], -kd_t2[k]
+    if swap:  # + T (p[m_t] - p[y]) (s[m_t] - s_y)
+        teacher[g + _col(1, 0, 0)], teacher[g + _col(1, 1, 0)] = 1.0, -1.0
+    if pseudo_on:  # T (q[m] - q[y]) d
+        pseudo[g + 12 + _col(0, 2, 0)], pseudo[g + 12 + _col(0, 1, 0)] = 1.0, -1.0
+    total = [config.ce_weight * c + config.kd_weight * (te + ps) for c, te, ps in zip(ce, teacher, pseudo)]
+
+    dense = [[1.0 if k == ce_i else 0.0 for k in range(num_t)] + [0.0] * num_t,
+             kd_t + [-v for v in kd_t], [0.0] * (2 * num_t)]
+    sparse = [[[0.0] * 3 for _ in range(12)] for _ in range(3)]
+    sparse_gap = [[[0.0] * 3 for _ in range(12)] for _ in range(3)]
+    if swap:  # T (p - swap(p)): +T dp at m_t, -T dp at y
+        for col, sign in ((_col(1, 0, 0), 1.0), (_col(1, 1, 0), -1.0)):
+            sparse[1][col][0], sparse[1][col][1] = sign, -sign
+    if pseudo_on:  # T (q - swap(q)): +T dq at m, -T dq at y
+        for col, sign in ((_col(0, 2, 0), 1.0), (_col(0, 1, 0), -1.0)):
+            sparse[2][col][2], sparse[2][col][1] = sign, -sign
+        if not detach:  # through swap(s): d (q_m e_m - q_y e_y - dq q), summed over T
+            sparse_gap[2][_col(0, 2, 1)][2], sparse_gap[2][_col(0, 1, 1)][1] = 1.0, -1.0
+
+    def arr(values: Any) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return _SmallMaps(
+        consts=consts,
+        inv_t=consts.inv_t.view(1, num_t, 1, 1),
+        exp2_scale=consts.exp2_scale.view(1, num_t, 1, 1),
+        kd_cols=torch.stack([consts.kd_t, consts.kd_on], dim=1),
+        loss_map=arr([total, ce, teacher, pseudo]),
+        dense=arr(dense),
+        sparse=arr(sparse),
+        sparse_gap=arr(sparse_gap),
+        sparse_const=arr([[0.0, -1.0, 0.0], [0.0] * 3, [0.0] * 3]),
+        row_q=arr([[[0.0]] * num_t, [[0.0]] * num_t, [[-v] for v in kd_on]])
+        if pseudo_on and not detach else None,
+    )
+
+
+def _weight_maps(maps: _SmallMaps, weights: tuple[Any, Any, Any], batch: int) -> tuple[torch.Tensor, ...]:
+    """``(dense, sparse, sparse_gap, sparse_const, row_q)`` of :class:`_SmallMaps` contracted with the
+    gradient weights, divided by ``batch``."""
+    w = torch.stack([torch.as_tensor(x, dtype=maps.dense.dtype, device=maps.dense.device) for x in weights])
+    w = w / batch
+    return (w @ maps.dense, torch.tensordot(w, maps.sparse, 1), torch.tensordot(w, maps.sparse_gap, 1),
+            w @ maps.sparse_const, None if maps.row_q is None else torch.tensordot(w, maps.row_q, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_weight_maps(config: sld_core.SLDConfig, pseudo_on: bool, dtype: torch.dtype, device: torch.device,
+                        weights: tuple[float, float, float], batch: int) -> tuple[torch.Tensor, ...]:
+    return _weight_maps(_small_maps(config, pseudo_on, dtype, device), weights, batch)
 
 
 def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config: sld_core.SLDConfig,
                  pseudo_on: bool, weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_fused` for small problems, where each torch op costs more in dispatch (~2-3 us) than in
-    arithmetic: all temperatures of student and teacher go through one ``log_softmax`` on a stacked
-    ``(2, K, B, C)`` tensor, and every per-row quantity the swaps need is read from it with one gather
-    at ``(m_t, y, m)``. About 35 ops in all, a third of the chunked path's. ``s``, ``t`` are already
-    detached and in the compute dtype."""
+    arithmetic: all temperatures of student and teacher go through one softmax on a stacked
+    ``(2, K, B, C)`` tensor, every per-row quantity the swaps need is read from it with one gather at
+    ``(m_t, y, m)``, and the per-row algebra is a few fixed linear maps (:func:`_small_maps`). About
+    30 ops in all. ``s``, ``t`` are already detached and in the compute dtype."""
     batch, num_classes = s.shape
-    consts, inv_t, scale, kd_rows = _small_constants(config.temperatures, s.dtype, s.device)
-    num_t = inv_t.shape[1]
+    maps = _small_maps(config, pseudo_on, s.dtype, s.device)
+    num_t = maps.inv_t.shape[1]
     x = torch.stack([s, t])
-    top = x.amax(dim=2, keepdim=True)
-    u = (x - top).unsqueeze(1)  # (2, 1, B, C): u_s, u_t
+    u = (x - x.amax(dim=2, keepdim=True)).unsqueeze(1)  # (2, 1, B, C): u_s, u_t
     # softmax by hand rather than log_softmax + exp: exp2 is ~4x cheaper than torch's exp on CPU
-    e = torch.exp2(u * scale)
+    e = torch.exp2(u * maps.exp2_scale)
     z = e.sum(dim=3, keepdim=True)
     p = e / z  # [0]: q_T, [1]: p_T
-    log_p = torch.sub(u * inv_t, z.log())
-    # first argmax (see _fused): argmax itself is ~1.5 ns per element here
-    flags = (u[:, 0] == 0) * _reversed_positions(num_classes, s.dtype, s.device)
-    top = (num_classes - 1) - flags.amax(dim=2).long()  # (2, B): m, m_t
+    top = x.argmax(dim=2)  # (2, B): m, m_t, first index on ties (one op beats _fused's eq/amax here)
     index = torch.stack([top[1], targets, top[0]], dim=1)  # (B, 3): m_t, y, m
     s_at = s.gather(1, index)
-    at = p.gather(3, index.expand(2, num_t, batch, 3))  # probabilities at m_t, y, m
-    # sums over T of T * prob (kd_rows[0]) and of prob (kd_rows[1], T in the KD sum), at m_t, y, m
-    weighted = torch.matmul(kd_rows, at.view(2, num_t, batch * 3)).view(2, 2, batch, 3)
+    at = p.gather(3, index.expand(2, num_t, batch, 3))  # (2, K, B, 3): probabilities at m_t, y, m
+    block = torch.matmul(at.permute(2, 0, 3, 1), maps.kd_cols).reshape(batch, 12)  # see _col
     gaps = s_at[:, 0::2] - s_at[:, 1:2]  # (B, 2): s[m_t] - s_y, d = s_m - s_y
-    swap_gap, gap = gaps[:, 0], gaps[:, 1]
-    kl = (p[1] * (log_p[1] - log_p[0])).sum(dim=(1, 2))  # (K,): sum over rows of KL(p_T || q_T)
-    ce = -log_p[0, consts.ce_index].gather(1, targets.unsqueeze(1)).sum()
-    teacher = torch.dot(consts.kd_t2, kl)
-    t_top = weighted[1, 0]
-    dp = t_top[:, 0] - t_top[:, 1]  # sum_T T (p_T[m_t] - p_T[y]); 0 where the teacher is right
-    if config.teacher_swap:
-        teacher = teacher + torch.dot(swap_gap, dp)  # T^2 (p[m_t] - p[y]) (s[m_t] - s_y) / T
-    s_top = weighted[0, 0]
-    dq = s_top[:, 2] - s_top[:, 1]  # sum_T T (q_T[m] - q_T[y]); 0 where the student is right
-    pseudo = torch.dot(gap, dq) if pseudo_on else ce * 0.0
-    sums = torch.stack([ce, teacher, pseudo]) / batch
+    features = torch.cat([
+        (p[1] * (u[1] - u[0])).sum(dim=(1, 2)),
+        z.log().sum(dim=(2, 3)).flatten(),
+        (gaps.T @ block).flatten(),
+        gaps.sum(dim=0),
+    ])
+    losses = torch.mv(maps.loss_map, features) / batch  # total, ce, teacher, pseudo
     if weights is None:
-        return sums, None
+        return losses, None
 
-    w_ce, w_teacher, w_pseudo = (w / batch for w in weights)
-    dense = torch.cat([w_teacher * consts.kd_t + w_ce * consts.ce_hot, -w_teacher * consts.kd_t])
+    if all(isinstance(w, float) for w in weights):
+        dense, sparse, sparse_gap, sparse_const, row_q = _cached_weight_maps(
+            config, pseudo_on, s.dtype, s.device, weights, batch)
+    else:  # tensor weights from a per-term backward
+        dense, sparse, sparse_gap, sparse_const, row_q = _weight_maps(maps, weights, batch)
     grad = torch.matmul(dense, p.view(2 * num_t, batch * num_classes)).view(batch, num_classes)
-    at_t_top = w_teacher * dp if config.teacher_swap else gap * 0.0
-    at_target = -w_ce - at_t_top
-    at_s_top = gap * 0.0
-    if pseudo_on:
-        at_s_top = w_pseudo * dq  # T (q - swap(q)): T dq at m, -T dq at y
-        at_target = at_target - at_s_top
-        if not config.detach_pseudo_teacher:  # plus the path through swap(s): d (q_m e_m - q_y e_y - dq q)
-            q_at = weighted[0, 1]
-            at_s_top = at_s_top + w_pseudo * gap * q_at[:, 2]
-            at_target = at_target - w_pseudo * gap * q_at[:, 1]
-            row_dq = (at[0, :, :, 2] - at[0, :, :, 1]) * (gap * w_pseudo) * consts.kd_on.unsqueeze(1)
-            grad = grad - (row_dq.unsqueeze(2) * p[0]).sum(dim=0)
-    grad.scatter_add_(1, index, torch.stack([at_t_top, at_target, at_s_top], dim=1))
-    return sums, grad
+    gap = gaps[:, 1:]
+    if row_q is not None:  # plus a per-row coefficient of q_T (baddbmm would loop over rows here)
+        coef = (at[0, :, :, 2] - at[0, :, :, 1]) * (row_q * gap.T)  # (K, B)
+        grad = grad + (coef.unsqueeze(2) * p[0]).sum(dim=0)
+    values = torch.addmm(sparse_const, block, sparse)
+    if config.pseudo_teacher and pseudo_on and not config.detach_pseudo_teacher:
+        values = torch.addcmul(values, gap, block @ sparse_gap)
+    grad.scatter_add_(1, index, values)
+    return losses, grad
 
 
 def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
            config: sld_core.SLDConfig, pseudo_on: bool,
            weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``((ce, teacher, pseudo) batch means, gradient or None)`` in the compute dtype (float64 stays
+    """``((total, ce, teacher, pseudo) batch means, gradient or None)`` in the compute dtype (float64 stays
     float64, everything else is float32). ``weights = (w_ce, w_teacher, w_pseudo)`` selects the
     differentiated combination; None skips the gradient. Nothing here synchronises the device.
 
@@ -224,7 +300,15 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
         sparse[:, 1] += coefs.at_target
         positions = torch.stack([top_index[:, 1], targets, top_index[:, 0]], dim=1)  # m_t, y, m
         grad.scatter_add_(1, positions, sparse)
-    return torch.stack(sums) / batch, grad
+    return torch.mv(_total_map(config, dtype, s.device), torch.stack(sums)) / batch, grad
+
+
+@functools.lru_cache(maxsize=32)
+def _total_map(config: sld_core.SLDConfig, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(ce, teacher, pseudo) -> (total, ce, teacher, pseudo)."""
+    w_ce, w_kd = config.ce_weight, config.kd_weight
+    return torch.tensor([[w_ce, w_kd, w_kd], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                        dtype=dtype, device=device)
 
 
 class _SLDFunction(torch.autograd.Function):
@@ -240,10 +324,9 @@ class _SLDFunction(torch.autograd.Function):
         w_kd = config.kd_weight
         # autocast must not recast the internals (bmm would go to bf16/fp16 and lose the tail mass)
         with torch.autocast(student.device.type, enabled=False):
-            means, grad = _fused(student, teacher, targets, config, pseudo_on,
-                                 (config.ce_weight, w_kd, w_kd) if want_grad else None)
-        ce, teacher_term, pseudo = means.unbind()
-        total = config.ce_weight * ce + w_kd * (teacher_term + pseudo)
+            losses, grad = _fused(student, teacher, targets, config, pseudo_on,
+                                  (config.ce_weight, w_kd, w_kd) if want_grad else None)
+        total, ce, teacher_term, pseudo = losses.unbind()
         ctx.config, ctx.pseudo_on, ctx.input_dtype = config, pseudo_on, student.dtype
         if want_grad:
             # student/teacher saved for the rare per-term backward; saving inputs copies nothing
@@ -322,10 +405,9 @@ def sld_loss_and_grad_fused(student_logits: torch.Tensor, teacher_logits: torch.
     sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
     pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
     with torch.no_grad(), torch.autocast(student_logits.device.type, enabled=False):
-        means, grad = _fused(student_logits, teacher_logits, targets, config, pseudo_on,
-                             (config.ce_weight, config.kd_weight, config.kd_weight))
-    ce, teacher, pseudo = means.unbind()
-    total = config.ce_weight * ce + config.kd_weight * (teacher + pseudo)
+        losses, grad = _fused(student_logits, teacher_logits, targets, config, pseudo_on,
+                              (config.ce_weight, config.kd_weight, config.kd_weight))
+    total, ce, teacher, pseudo = losses.unbind()
     terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
     return terms, grad.to(student_logits.dtype)
 

@@ -329,19 +329,28 @@ class _SLDFunction(torch.autograd.Function):
         total, ce, teacher_term, pseudo = losses.unbind()
         ctx.config, ctx.pseudo_on, ctx.input_dtype = config, pseudo_on, student.dtype
         if want_grad:
-            # student/teacher saved for the rare per-term backward; saving inputs copies nothing
-            ctx.save_for_backward(grad, student, teacher, targets)
+            # student/teacher saved for the rare per-term backward; saving inputs copies nothing.
+            # The gradient (an intermediate, not an input or output) is kept as an attribute so the
+            # backward can hand it over and drop the reference: see backward.
+            ctx.save_for_backward(student, teacher, targets)
+            ctx.grad = grad
         return total, ce, teacher_term, pseudo
 
     @staticmethod
     def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        grad, student, teacher, targets = ctx.saved_tensors
-        if d_ce is None and d_teacher is None and d_pseudo is None:
+        student, teacher, targets = ctx.saved_tensors
+        grad, ctx.grad = ctx.grad, None  # a second backward (retain_graph) recomputes below
+        if grad is not None and d_ce is None and d_teacher is None and d_pseudo is None:
             if d_total is None:
                 return None, None, None, None, None
-            return (grad * d_total).to(ctx.input_dtype), None, None, None, None
+            # total.backward() seeds 1: then the tensor itself is the gradient, and with no other
+            # reference left autograd stores it as .grad without a copy (a multiply would write a
+            # new (B, C) tensor). Checked only on CPU, where reading the value costs no sync.
+            if not (d_total.device.type == "cpu" and d_total.dim() == 0 and float(d_total) == 1.0):
+                grad = grad.mul_(d_total)
+            return grad.to(ctx.input_dtype), None, None, None, None
         config = ctx.config
 
         def scalar(x: torch.Tensor | None) -> Any:

@@ -249,6 +249,20 @@ def test_per_term_backward_and_grad_output_scaling(torch_path):
     torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-12, atol=1e-14)
 
 
+def test_scaled_and_repeated_backward(torch_path):
+    # a seed other than 1 scales the saved gradient; a second backward (retain_graph) recomputes it
+    cfg = sld_core.SLDConfig(gamma=0)
+    s, t, y = _logits(6, 8, seed=15)
+    _, ref_grad = reference_sld_loss_and_grad(s, t, y, epoch=1, config=cfg)
+    leaf = s.clone().requires_grad_(True)
+    out = torch_sld.sld_loss_fused(leaf, t, y, epoch=1, config=cfg)
+    (2.5 * out.total).backward(retain_graph=True)
+    torch.testing.assert_close(leaf.grad, 2.5 * ref_grad, rtol=1e-12, atol=1e-14)
+    out.total.backward(retain_graph=True)
+    out.total.backward()
+    torch.testing.assert_close(leaf.grad, 4.5 * ref_grad, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_and_autocast(half, torch_path):
     cfg = sld_core.SLDConfig(gamma=0)

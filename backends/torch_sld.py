@@ -241,6 +241,7 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     step = max(1, min(batch, budget // (2 * num_t * num_classes)))
     exps_buffer = s.new_empty(step, 2, num_t, num_classes)  # reused by every chunk
     flags_buffer = s.new_empty(step, 2, num_classes)
+    shifted_buffer = s.new_empty(step, 2, num_classes)
     reversed_positions = _reversed_positions(num_classes, dtype, s.device)
     roots = consts.num_roots
     scale = consts.exp2_scale[:roots].view(1, 1, roots, 1)
@@ -266,7 +267,9 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
         chunk = slice(start, start + step)
         s_c, t_c = s[chunk], t[chunk]
         rows = s_c.shape[0]
-        shifted = torch.stack([s_c, t_c], dim=1).sub_(top[chunk])  # (rows, 2, C): u_s, u_t
+        shifted = shifted_buffer[:rows]  # (rows, 2, C): u_s, u_t
+        torch.sub(s_c, top[chunk, 0], out=shifted[:, 0])
+        torch.sub(t_c, top[chunk, 1], out=shifted[:, 1])
         # u == 0 exactly at the maxima (x - max is 0 only for x == max): the first one has the largest
         # reversed position. eq/mul/amax into a buffer is ~3x faster than argmax.
         flags = flags_buffer[:rows]

@@ -32,8 +32,9 @@ __all__ = ["SLDLoss", "sld_loss_fused", "sld_loss_and_grad_fused"]
 # the L2/L3 of the CPU measured in benchmarks/RESULTS.md; on CUDA one chunk covers any usual batch.
 CPU_CHUNK_ELEMENTS = 1 << 20
 CUDA_CHUNK_ELEMENTS = 1 << 28
-# Problems of at most this many logits (B * C) take _fused_small (measured: benchmarks/RESULTS.md).
-SMALL_ELEMENTS = 1 << 14
+# Problems of at most this many logits (B * C) take _fused_small: it wins up to ~2**17 on the CPU of
+# benchmarks/RESULTS.md (one and two threads; e.g. 128x1000: 1.96 vs 2.14 ms, 256x1000: 8.3 vs 7.5 ms).
+SMALL_ELEMENTS = 1 << 17
 
 
 class _TorchOps:
@@ -117,7 +118,7 @@ class _SmallMaps:
     sparse: torch.Tensor  # (3, 12, 3): block -> values at (m_t, y, m)
     sparse_gap: torch.Tensor  # (3, 12, 3): d * block -> values at (m_t, y, m)
     sparse_const: torch.Tensor  # (3, 3)
-    row_q: torch.Tensor | None  # (3, K, 1): d (q_T[m] - q_T[y]) -> coefficient of q_T (pseudo through swap(s))
+    row_q: torch.Tensor | None  # (3, 2K): d (prob[m] - prob[y]) -> coefficient of prob (pseudo via swap(s))
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,7 +169,7 @@ def _small_maps(config: sld_core.SLDConfig, pseudo_on: bool, dtype: torch.dtype,
         sparse=arr(sparse),
         sparse_gap=arr(sparse_gap),
         sparse_const=arr([[0.0, -1.0, 0.0], [0.0] * 3, [0.0] * 3]),
-        row_q=arr([[[0.0]] * num_t, [[0.0]] * num_t, [[-v] for v in kd_on]])
+        row_q=arr([[0.0] * 2 * num_t] * 2 + [[-v for v in kd_on] + [0.0] * num_t])
         if pseudo_on and not detach else None,
     )
 
@@ -192,27 +193,29 @@ def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
                  pseudo_on: bool, weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_fused` for small problems, where each torch op costs more in dispatch (~2-3 us) than in
     arithmetic: all temperatures of student and teacher go through one softmax on a stacked
-    ``(2, K, B, C)`` tensor, every per-row quantity the swaps need is read from it with one gather at
+    ``(B, 2, K, C)`` tensor, every per-row quantity the swaps need is read from it with one gather at
     ``(m_t, y, m)``, and the per-row algebra is a few fixed linear maps (:func:`_small_maps`). About
-    30 ops in all. ``s``, ``t`` are already detached and in the compute dtype."""
+    30 ops and one large temporary (fresh large allocations page-fault on every call).
+    ``s``, ``t`` are already detached and in the compute dtype."""
     batch, num_classes = s.shape
     maps = _small_maps(config, pseudo_on, s.dtype, s.device)
     num_t = maps.inv_t.shape[1]
-    x = torch.stack([s, t])
-    u = (x - x.amax(dim=2, keepdim=True)).unsqueeze(1)  # (2, 1, B, C): u_s, u_t
+    x = torch.stack([s, t], dim=1)  # (B, 2, C)
+    u = (x - x.amax(dim=2, keepdim=True)).unsqueeze(2)  # (B, 2, 1, C): u_s, u_t
     # softmax by hand rather than log_softmax + exp: exp2 is ~4x cheaper than torch's exp on CPU
-    e = torch.exp2(u * maps.exp2_scale)
-    z = e.sum(dim=3, keepdim=True)
-    p = e / z  # [0]: q_T, [1]: p_T
-    top = x.argmax(dim=2)  # (2, B): m, m_t, first index on ties (one op beats _fused's eq/amax here)
-    index = torch.stack([top[1], targets, top[0]], dim=1)  # (B, 3): m_t, y, m
+    p = torch.mul(u, maps.exp2_scale.view(1, 1, num_t, 1)).exp2_()
+    z = p.sum(dim=3, keepdim=True)
+    p = p.div_(z)  # [:, 0]: q_T, [:, 1]: p_T
+    top = x.argmax(dim=2)  # (B, 2): m, m_t, first index on ties (one op beats _fused's eq/amax here)
+    index = torch.stack([top[:, 1], targets, top[:, 0]], dim=1)  # (B, 3): m_t, y, m
     s_at = s.gather(1, index)
-    at = p.gather(3, index.expand(2, num_t, batch, 3))  # (2, K, B, 3): probabilities at m_t, y, m
-    block = torch.matmul(at.permute(2, 0, 3, 1), maps.kd_cols).reshape(batch, 12)  # see _col
+    at = p.gather(3, index.view(batch, 1, 1, 3).expand(batch, 2, num_t, 3))  # probabilities at m_t, y, m
+    block = torch.matmul(at.transpose(2, 3), maps.kd_cols).view(batch, 12)  # see _col
     gaps = s_at[:, 0::2] - s_at[:, 1:2]  # (B, 2): s[m_t] - s_y, d = s_m - s_y
+    diff = u[:, 1] - u[:, 0]  # (B, 1, C)
     features = torch.cat([
-        (p[1] * (u[1] - u[0])).sum(dim=(1, 2)),
-        z.log().sum(dim=(2, 3)).flatten(),
+        torch.bmm(diff, p[:, 1].transpose(1, 2)).sum(dim=(0, 1)),  # sum_c p_T (u_t - u_s), summed over rows
+        z.log().sum(dim=(0, 3)).flatten(),
         (gaps.T @ block).flatten(),
         gaps.sum(dim=0),
     ])
@@ -225,13 +228,14 @@ def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
             config, pseudo_on, s.dtype, s.device, weights, batch)
     else:  # tensor weights from a per-term backward
         dense, sparse, sparse_gap, sparse_const, row_q = _weight_maps(maps, weights, batch)
-    grad = torch.matmul(dense, p.view(2 * num_t, batch * num_classes)).view(batch, num_classes)
     gap = gaps[:, 1:]
-    if row_q is not None:  # plus a per-row coefficient of q_T (baddbmm would loop over rows here)
-        coef = (at[0, :, :, 2] - at[0, :, :, 1]) * (row_q * gap.T)  # (K, B)
-        grad = grad + (coef.unsqueeze(2) * p[0]).sum(dim=0)
+    coef = dense
+    if row_q is not None:  # plus a per-row coefficient of q_T: d (q_T[m] - q_T[y]) row_q
+        coef = torch.addcmul(dense, (at[..., 2] - at[..., 1]).view(batch, 2 * num_t), gap * row_q)
+        coef = coef.unsqueeze(1)
+    grad = torch.matmul(coef, p.view(batch, 2 * num_t, num_classes)).view(batch, num_classes)
     values = torch.addmm(sparse_const, block, sparse)
-    if config.pseudo_teacher and pseudo_on and not config.detach_pseudo_teacher:
+    if row_q is not None:
         values = torch.addcmul(values, gap, block @ sparse_gap)
     grad.scatter_add_(1, index, values)
     return losses, grad

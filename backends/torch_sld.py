@@ -5,12 +5,15 @@ Why it is fast (numbers in ``benchmarks/RESULTS.md``): the naive formulation clo
 logit tensors and runs a log-softmax, a softmax and a KL per temperature and term, each a full pass
 over ``(B, C)`` memory, then autograd replays all of it backwards. Here the swaps never materialise
 (the algebra is in :mod:`backends._rows`), all temperatures are stacked on one axis, and the only
-``(B, C)``-sized work is: one argmax, ``2K`` exponentials (half of them as squares of the others,
-see :func:`backends._rows.row_constants`; via ``exp2``, ~4x cheaper than ``exp`` on CPU) with their
-row sums, one row-wise dot product for the teacher KL, and one small matrix product for the
-gradient. Rows go through in cache-sized chunks so the ``(rows, 2, K, C)`` exponentials are reused
-from cache rather than allocated (and page-faulted) at full size. The gradient is computed in the
-forward pass (the exponentials are at hand) and saved; the backward only scales it.
+``(B, C)``-sized work is: the row maxima and first argmax, ``2K`` exponentials (half of them as
+squares of the others, see :func:`backends._rows.row_constants`; via ``exp2``, ~4x cheaper than
+``exp`` on CPU) with their row sums, one row-wise dot product for the teacher KL, and one small
+matrix product for the gradient. Rows go through in cache-sized chunks so the ``(rows, 2, K, C)``
+exponentials are reused from cache rather than allocated (and page-faulted) at full size; the
+per-row algebra runs once per batch, not per chunk. Small problems (``B * C <= SMALL_ELEMENTS``),
+where per-op dispatch dominates, take :func:`_fused_small`: the same mathematics in ~30 ops. The
+gradient is computed in the forward pass (the exponentials are at hand) and saved; the backward
+hands it over (or scales it).
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ CUDA_CHUNK_ELEMENTS = 1 << 28
 # Problems of at most this many logits (B * C) take _fused_small: it wins up to ~2**17 on the CPU of
 # benchmarks/RESULTS.md (one and two threads; e.g. 128x1000: 1.96 vs 2.14 ms, 256x1000: 8.3 vs 7.5 ms).
 SMALL_ELEMENTS = 1 << 17
+# On CUDA every op is a kernel launch (~10 us on the H100 box measured), so the few-op small path wins
+# up to 4096x1000 (1.04 vs 1.49 ms before this path existed; ~350 MB peak); at 16384x1000 (1.3 GB)
+# the chunked path is ahead again.
+CUDA_SMALL_ELEMENTS = 1 << 22
 
 
 class _TorchOps:
@@ -262,14 +266,14 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     if s.dtype != dtype or t.dtype != dtype:
         s, t = s.to(dtype), t.to(dtype)
     batch, num_classes = s.shape
-    if batch * num_classes <= SMALL_ELEMENTS:
+    if batch * num_classes <= (CUDA_SMALL_ELEMENTS if s.is_cuda else SMALL_ELEMENTS):
         return _fused_small(s, t, targets, config, pseudo_on, weights)
     consts = _constants(config.temperatures, dtype, s.device)
     num_t = consts.temperatures.shape[0]
     budget = CUDA_CHUNK_ELEMENTS if s.is_cuda else CPU_CHUNK_ELEMENTS
     step = max(1, min(batch, budget // (2 * num_t * num_classes)))
     exps_buffer = s.new_empty(step, 2, num_t, num_classes)  # reused by every chunk
-    flags_buffer = s.new_empty(step, 2, num_classes)
+    flags_buffer = None if s.is_cuda else s.new_empty(step, 2, num_classes)
     shifted_buffer = s.new_empty(step, 2, num_classes)
     reversed_positions = _reversed_positions(num_classes, dtype, s.device)
     roots = consts.num_roots
@@ -284,7 +288,8 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     teacher_gap = t.gather(1, y) - top[:, 1]
     partition = s.new_empty(batch, 2, num_t)
     cross = s.new_empty(batch, num_t)
-    last_flag = s.new_empty(batch, 2)  # C - 1 - (first index of the row maximum), student and teacher
+    # CPU: first argmax from flags in the chunk loop; CUDA: one argmax kernel each is cheaper
+    last_flag = None if s.is_cuda else s.new_empty(batch, 2)  # C - 1 - (first index of the maximum)
     grad = coefs = recip = None
     if weights is not None:
         grad = torch.empty_like(s)
@@ -310,9 +315,10 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
         torch.sub(t_c, top_t[chunk], out=shifted_t[head])
         # u == 0 exactly at the maxima (x - max is 0 only for x == max): the first one has the largest
         # reversed position. eq/mul/amax into a buffer is ~3x faster than argmax.
-        flags = flags_buffer[head]
-        torch.eq(shifted, 0, out=flags).mul_(reversed_positions)
-        torch.amax(flags, dim=2, out=last_flag[chunk])
+        if last_flag is not None:
+            flags = flags_buffer[head]
+            torch.eq(shifted, 0, out=flags).mul_(reversed_positions)
+            torch.amax(flags, dim=2, out=last_flag[chunk])
         roots_c = exps_roots[head]
         torch.mul(shifted.unsqueeze(2), scale, out=roots_c)
         roots_c.exp2_()  # exps[:, 0, k] = exp(u_s / T_k), exps[:, 1, k] = exp(u_t / T_k)
@@ -331,7 +337,10 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
             else:
                 coef = torch.addcmul(coefs.lin, coefs.quad[chunk], r).mul_(r)
             torch.bmm(coef.unsqueeze(1), exps_flat[head], out=grad[chunk].unsqueeze(1))
-    top_index = (num_classes - 1) - last_flag.long()  # (B, 2): m, m_t
+    if last_flag is not None:
+        top_index = (num_classes - 1) - last_flag.long()  # (B, 2): m, m_t
+    else:
+        top_index = torch.stack([s.argmax(dim=1), t.argmax(dim=1)], dim=1)
     swap_gap = s.gather(1, top_index[:, 1:]) - s_y
     sums = row_losses(partition, cross, gap, teacher_gap, swap_gap, consts, xp=xp_torch,
                       teacher_swap=config.teacher_swap, pseudo_on=pseudo_on)

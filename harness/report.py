@@ -26,7 +26,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.train.config import ConfigError, OptimConfig, TrainConfig, config_to_dict, load_config
+from harness.train.config import (
+    RESUMABLE_FIELDS,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    flat_config,
+    load_config,
+)
 
 __all__ = [
     "ACCURACY_KEYS",
@@ -53,17 +60,9 @@ ACCURACY_KEYS = ("test_top1", "test_top5", "train_top1")
 SWAP_KEYS = ("teacher_swap_rate", "student_swap_rate")
 # Per-epoch bookkeeping that is neither a loss term, an accuracy nor a swap rate.
 _OTHER_KEYS = {"epoch", "lr", "best_test_top1", "epoch_time_s", "images_per_s"}
-# Config fields that do not change what a run computes: runs differing only here form one group.
-_SAME_EXPERIMENT = {
-    "seed",
-    "out_dir",
-    "log_every",
-    "compile",
-    "teacher_checkpoint",  # the same teacher may sit at another path (copied runs, another runs dir)
-    "data.data_dir",
-    "data.download",
-    "data.eval_batch_size",
-}
+# Config fields that do not change what a run computes (beyond its seed): runs differing only here
+# form one group. The same teacher may sit at another path (copied runs, another runs dir).
+_SAME_EXPERIMENT = RESUMABLE_FIELDS | {"seed", "teacher_checkpoint"}
 # Published number per trainer method; "ce" is the student trained alone.
 _PUBLISHED_FIELD = {"ce": "student_top1", "kd": "kd", "dkd": "dkd", "sld": "sld"}
 _METHOD_ORDER = ("ce", "kd", "dkd", "sld")
@@ -196,21 +195,6 @@ def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[RunRecord]:
     """:func:`load_run` of every run directory :func:`find_run_dirs` finds."""
     return [load_run(d) for d in find_run_dirs(paths)]
-
-
-def flat_config(config: TrainConfig) -> dict[str, Any]:
-    """The config as ``{"optim.epochs": 240, "loss.gamma": 150, ...}``; lists become tuples (hashable)."""
-
-    def flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in d.items():
-            if isinstance(value, dict):
-                out.update(flatten(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-        return out
-
-    return flatten(config_to_dict(config), "")
 
 
 def loss_keys(runs: Iterable[RunRecord]) -> list[str]:

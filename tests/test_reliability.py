@@ -21,16 +21,15 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from typer.testing import CliRunner  # noqa: E402
 
 import harness.train.checkpoint as checkpoint_module  # noqa: E402
-from harness.cli import app  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.train.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint  # noqa: E402
 
 from .train_helpers import (  # noqa: E402
     assert_same_state,
     final_state,
+    invoke,
     one_torch_thread,
     read_metrics,
     run_process,
@@ -73,10 +72,6 @@ def train_args(data: Path, out: Path) -> list[str]:
 def one_thread() -> Iterator[None]:
     with one_torch_thread():  # the in-process runs (CliRunner) too
         yield
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

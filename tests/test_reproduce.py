@@ -15,13 +15,9 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from typer.testing import CliRunner  # noqa: E402
 
 import harness.reproduce  # noqa: E402
 import harness.train.loop  # noqa: E402
-from harness.cli import app  # noqa: E402
-from harness.data.cifar import load_cifar100  # noqa: E402
-from harness.data.synthetic import write_cifar100_archive  # noqa: E402
 from harness.report import ReportError, load_runs, read_metrics, summarize  # noqa: E402
 from harness.reproduce import RunState, ensure_teacher, grid_configs, run_state, teacher_trainer  # noqa: E402
 from harness.train.config import (  # noqa: E402
@@ -35,6 +31,8 @@ from harness.train.config import (  # noqa: E402
     teacher_config,
     with_overrides,
 )
+
+from .train_helpers import invoke, write_tiny_cifar  # noqa: E402
 
 PAIR = "resnet56-resnet20"  # published KD 70.66, SLD none, teacher 72.34
 TINY = ["--epochs", "2", "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu"]
@@ -64,10 +62,6 @@ class Grid:
     second_calls: list[tuple[str, bool]]
     mtimes_after_first: dict[str, int]  # last.pt of the runs the first invocation finished
     interrupted_metrics: list[dict]
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def spy_train(monkeypatch: pytest.MonkeyPatch, calls: list, interrupt: str | None = None) -> None:
@@ -109,10 +103,7 @@ def reproduce_args(grid_out: Path, runs: Path, data: Path, *extra: str) -> list:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    md5 = write_cifar100_archive(root / "cifar-100-python.tar.gz", n_train=64, n_test=32, seed=2)
-    load_cifar100(root, download=False, md5=md5)
-    return root
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), n_train=64, n_test=32, seed=2)
 
 
 @pytest.fixture(scope="module")

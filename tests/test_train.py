@@ -14,9 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.data.cifar import DatasetError, load_cifar100  # noqa: E402
-from harness.data.synthetic import write_cifar100_archive  # noqa: E402
-from harness.models import CheckpointError, build_model  # noqa: E402
+from harness.data.cifar import DatasetError  # noqa: E402
+from harness.models import CheckpointError  # noqa: E402
 from harness.train import methods  # noqa: E402
 from harness.train.checkpoint import (  # noqa: E402
     capture_rng,
@@ -45,6 +44,8 @@ from harness.train.config import (  # noqa: E402
 from harness.train.errors import NonFiniteLossError  # noqa: E402
 from harness.train.loop import train  # noqa: E402
 
+from .train_helpers import read_metrics, without_timing, write_tiny_cifar, write_untrained_teacher  # noqa: E402
+
 CPU = torch.device("cpu")
 
 
@@ -54,19 +55,13 @@ class _Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    md5 = write_cifar100_archive(root / "cifar-100-python.tar.gz", n_train=64, n_test=32, seed=0)
-    load_cifar100(root, download=False, md5=md5)  # extracts: later loads use the pickles, no checksum
-    return root
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), n_train=64, n_test=32, seed=0)
 
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet8 teacher in mdistiller's file layout ({"model": state_dict}); untrained is enough here."""
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"
-    torch.save({"model": build_model("resnet8").state_dict(), "epoch": 240}, path)
-    return path
+    return write_untrained_teacher(tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth", seed=123)
 
 
 def tiny(
@@ -97,10 +92,6 @@ def tiny(
         log_every=1,
         **top,
     )
-
-
-def read_metrics(out_dir: str | Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -413,9 +404,7 @@ def test_resume_after_interruption_is_bit_identical(
     final_parts = load_checkpoint(Path(parts.out_dir) / "last.pt")
     for key, value in final_whole["model"].items():
         assert torch.equal(value, final_parts["model"][key]), key
-    timing = {"epoch_time_s", "images_per_s"}
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(read_metrics(whole.out_dir)) == strip(read_metrics(parts.out_dir))
+    assert without_timing(read_metrics(whole.out_dir)) == without_timing(read_metrics(parts.out_dir))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(

@@ -8,25 +8,15 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from typer.testing import CliRunner  # noqa: E402
 
-from harness.cli import app  # noqa: E402
-from harness.data.cifar import load_cifar100  # noqa: E402
-from harness.data.synthetic import write_cifar100_archive  # noqa: E402
+from .train_helpers import invoke, read_metrics, without_timing, write_tiny_cifar  # noqa: E402
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    md5 = write_cifar100_archive(root / "cifar-100-python.tar.gz", n_train=64, n_test=32, seed=1)
-    load_cifar100(root, download=False, md5=md5)
-    return root
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return write_tiny_cifar(tmp_path_factory.mktemp("cifar"), n_train=64, n_test=32, seed=1)
 
 
 def test_unknown_pair_lists_the_valid_ones_without_traceback() -> None:
@@ -155,10 +145,8 @@ def test_config_file_repeats_a_run(tmp_path: Path, data_dir: Path) -> None:
     one, two = (json.loads((d / "config.json").read_text()) for d in (first, again))
     assert one.pop("out_dir") == str(first) and two.pop("out_dir") == str(again)
     assert one == two and one["seed"] == 3 and one["optim"]["lr"] == 0.02
-    metrics = [json.loads((d / "metrics.jsonl").read_text()) for d in (first, again)]
-    for record in metrics:
-        del record["epoch_time_s"], record["images_per_s"]
-    assert metrics[0] == metrics[1]  # same config, same seed: the same run
+    metrics = [without_timing(read_metrics(d)) for d in (first, again)]
+    assert len(metrics[0]) == 1 and metrics[0] == metrics[1]  # same config, same seed: the same run
 
     refused = invoke("train", "--config", first / "config.json", "--method", "kd")
     assert refused.exit_code == 1 and "--method kd conflicts with" in refused.output

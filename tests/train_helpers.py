@@ -1,7 +1,8 @@
-"""Helpers shared by the trainer's process-level tests (test_ddp.py, test_reliability.py): a tiny
-synthetic CIFAR-100, an untrained teacher file, metric/weight comparisons, and ``sld`` run as a real
-subprocess with a timeout that kills the whole process tree (torchrun starts its workers in sessions
-of their own, so killing the launcher alone would orphan them)."""
+"""Helpers shared by the trainer's tests (test_train*.py, test_reproduce.py, test_ddp.py,
+test_reliability.py): a tiny synthetic CIFAR-100, an untrained teacher file, metric/weight
+comparisons, ``sld`` in this process (:func:`invoke`) or as a real subprocess with a timeout that kills
+the whole process tree (torchrun starts its workers in sessions of their own, so killing the launcher
+alone would orphan them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
+from harness.cli import app
 from harness.data.cifar import load_cifar100
 from harness.data.synthetic import write_cifar100_archive
 from harness.models import build_model
@@ -114,6 +117,11 @@ def run_process(
             kill_tree(proc.pid)
             proc.wait()
     return subprocess.CompletedProcess(list(command), proc.returncode, output)
+
+
+def invoke(*args: str | Path) -> Result:
+    """``sld ARGS`` in this process (Typer's test runner): exit code and output, no subprocess."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def run_sld(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -12,47 +12,37 @@ seeds) next to the published number. Run it again after an interruption: it cont
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from harness.commands.train import (
-    AmpOpt,
-    BatchSizeOpt,
-    ChannelsLastOpt,
-    CompileOpt,
-    DataDirOpt,
-    DeviceOpt,
-    EpochsOpt,
-    LimitTestOpt,
-    LimitTrainOpt,
-    MilestonesOpt,
-    RunsDirOpt,
-    common_overrides,
-    user_errors,
-)
+from harness.commands.train import common_overrides, shared_options, user_errors
 from harness.train.config import METHOD_CONFIGS, ConfigError, OptimConfig
 from harness.train.paths import DEFAULT_RUNS_DIR
 
 DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
 
 
+@shared_options(
+    "epochs",
+    "data_dir",
+    "device",
+    "runs_dir",
+    "batch_size",
+    "lr_milestones",
+    "amp",
+    "channels_last",
+    "compile",
+    "limit_train",
+    "limit_test",
+)
 def reproduce(
     pairs: Annotated[str, typer.Option("--pairs", help="Comma-separated pairs (see `sld pairs`), or 'all'.")],
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: ce, kd, dkd, sld.")] = "kd,sld",
     seeds: Annotated[int, typer.Option("--seeds", help="Runs per pair and method (seeds 0..N-1).")] = 3,
-    epochs: EpochsOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Root of the grid; REPORT.md goes here.")] = DEFAULT_OUT,
-    data_dir: DataDirOpt = None,
-    device: DeviceOpt = None,
-    runs_dir: RunsDirOpt = Path(DEFAULT_RUNS_DIR),
-    batch_size: BatchSizeOpt = None,
-    lr_milestones: MilestonesOpt = None,
-    amp: AmpOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile: CompileOpt = None,
-    limit_train: LimitTrainOpt = None,
-    limit_test: LimitTestOpt = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Train every pair x method x seed (resuming or skipping finished runs), then report vs the paper."""
     with user_errors():
@@ -70,27 +60,18 @@ def reproduce(
         for method in method_names:
             if method not in METHOD_CONFIGS:
                 raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
-        shared = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr_milestones": lr_milestones,
-            "amp": amp,
-            "channels_last": channels_last,
-            "compile": compile,
-            "data_dir": data_dir,
-            "limit_train": limit_train,
-            "limit_test": limit_test,
-        }
-        overrides = common_overrides(**shared, lr=None, seed=None, out=None, views=None)
+        overrides = common_overrides(options)  # every grid run and teacher: where and how it trains
         configs = grid_configs(pair_names, method_names, seeds, out, overrides)
-        torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_device = torch.device(options["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
         console = Console(soft_wrap=True)
 
         # sld train-teacher's recipe with this command's options: same place, same training settings.
+        runs_dir = options["runs_dir"]
         train_teacher = teacher_trainer(runs_dir, torch_device, overrides=overrides, console=console)
+        min_epochs = options["epochs"] or OptimConfig.epochs
 
         def teacher_for(model: str) -> Path:
-            return ensure_teacher(model, runs_dir, train_teacher, min_epochs=epochs or OptimConfig.epochs)
+            return ensure_teacher(model, runs_dir, train_teacher, min_epochs=min_epochs)
 
         run_dirs = run_grid(configs, torch_device, teacher_for=teacher_for, console=console)
         write_report([load_run(d) for d in run_dirs], out, console)

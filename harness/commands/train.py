@@ -18,9 +18,11 @@ epoch. Exit codes: 1 for an error, 130/143 for SIGINT/SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,6 +102,60 @@ StopAfterOpt = Annotated[
     ),
 ]
 
+# The options `sld train` shares with `sld train-teacher` (all) and `sld reproduce` (some), declared once:
+# name -> (annotation, default). `shared_options` adds them to a command.
+SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "epochs": (EpochsOpt, None),
+    "batch_size": (BatchSizeOpt, None),
+    "lr": (LrOpt, None),
+    "lr_milestones": (MilestonesOpt, None),
+    "seed": (SeedOpt, None),
+    "amp": (AmpOpt, None),
+    "channels_last": (ChannelsLastOpt, None),
+    "compile": (CompileOpt, None),
+    "device": (DeviceOpt, None),
+    "out": (OutOpt, None),
+    "resume": (ResumeOpt, False),
+    "config": (ConfigOpt, None),
+    "data_dir": (DataDirOpt, None),
+    "runs_dir": (RunsDirOpt, Path(DEFAULT_RUNS_DIR)),
+    "views": (ViewsOpt, None),
+    "limit_train": (LimitTrainOpt, None),
+    "limit_test": (LimitTestOpt, None),
+    "nproc": (NprocOpt, None),
+    "sync_bn": (SyncBnOpt, False),
+    "stop_after": (StopAfterOpt, None),
+}
+
+
+def shared_options(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a Typer command the :data:`SHARED_OPTIONS` ``names`` after its own options; the command
+    takes their values as one keyword argument, ``options`` (a dict by name), e.g. for
+    :func:`common_overrides`.
+
+    Typer reads a command's parameters from its signature, so the wrapper's signature is the
+    command's own (minus ``options``) plus these."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.name != "options"]
+        params += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, (annotation, default) in ((n, SHARED_OPTIONS[n]) for n in names)
+        ]
+
+        @functools.wraps(command)
+        def with_options(**kwargs: Any) -> None:
+            options = {name: kwargs.pop(name, SHARED_OPTIONS[name][1]) for name in names}
+            command(**kwargs, options=options)
+
+        with_options.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return with_options
+
+    return decorate
+
+
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
 _LOSS_FLAGS = {
     "loss.teacher_swap": "--no-teacher-swap",
@@ -111,6 +167,7 @@ _LOSS_FLAGS = {
 }
 
 
+@shared_options(*SHARED_OPTIONS)
 def train(
     pair: Annotated[
         str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")
@@ -129,21 +186,6 @@ def train(
     teacher_model: Annotated[
         str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")
     ] = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    lr_milestones: MilestonesOpt = None,
-    seed: SeedOpt = None,
-    amp: AmpOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile: CompileOpt = None,
-    device: DeviceOpt = None,
-    out: OutOpt = None,
-    resume: ResumeOpt = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = Path(DEFAULT_RUNS_DIR),
-    views: ViewsOpt = None,
     no_teacher_swap: Annotated[
         bool, typer.Option("--no-teacher-swap", help="SLD ablation: teacher logits unswapped.")
     ] = False,
@@ -163,11 +205,8 @@ def train(
     swap_teacher: Annotated[
         bool, typer.Option("--swap-teacher", help="kd/dkd: swap the teacher's logits first.")
     ] = False,
-    limit_train: LimitTrainOpt = None,
-    limit_test: LimitTestOpt = None,
-    nproc: NprocOpt = None,
-    sync_bn: SyncBnOpt = False,
-    stop_after: StopAfterOpt = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Distill a student on CIFAR-100 and log every epoch to OUT/metrics.jsonl."""
     with user_errors():
@@ -178,26 +217,11 @@ def train(
             method=method,
             student=student,
             teacher_model=teacher_model,
-            config=config,
-            out=out,
-            resume=resume,
+            config=options["config"],
+            out=options["out"],
+            resume=options["resume"],
         )
-        overrides = common_overrides(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            lr_milestones=lr_milestones,
-            seed=seed,
-            amp=amp,
-            channels_last=channels_last,
-            compile=compile,
-            out=out,
-            data_dir=data_dir,
-            views=views,
-            limit_train=limit_train,
-            limit_test=limit_test,
-            sync_bn=sync_bn,
-        )
+        overrides = common_overrides(options)
         overrides.update(
             {
                 "teacher_checkpoint": str(teacher) if teacher is not None else None,
@@ -213,8 +237,9 @@ def train(
         )
         cfg = _apply(base, overrides)
         if cfg.method != "ce" and cfg.teacher_checkpoint is None:
-            cfg = with_overrides(cfg, {"teacher_checkpoint": str(find_teacher(cfg.teacher, runs_dir))})
-        run(cfg, device, resume=resume, command="train", nproc=nproc, stop_after=stop_after)
+            teacher_path = find_teacher(cfg.teacher, options["runs_dir"])
+            cfg = with_overrides(cfg, {"teacher_checkpoint": str(teacher_path)})
+        run(cfg, command="train", options=options)
 
 
 def _base_config(
@@ -266,43 +291,35 @@ def _base_config(
     )
 
 
-def common_overrides(
-    *,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    lr_milestones: str | None,
-    seed: int | None,
-    amp: str | None,
-    channels_last: bool | None,
-    compile: bool | None,
-    out: Path | None,
-    data_dir: Path | None,
-    views: int | None,
-    limit_train: int | None,
-    limit_test: int | None,
-    sync_bn: bool = False,
-) -> dict[str, Any]:
-    """The config fields the options shared by ``train`` and ``train-teacher`` set."""
+def common_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The config fields (dotted, for :func:`with_overrides`) that the :data:`SHARED_OPTIONS` among
+    ``options`` set; options left out (``None``, or a flag not given) set nothing."""
+    amp = options.get("amp")
     if amp is not None and amp not in AMP_MODES:
         raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}; got {amp!r}")
-    milestones = tuple(int(e) for e in _floats(lr_milestones, "--lr-milestones")) if lr_milestones else None
-    return {
-        "optim.epochs": epochs,
-        "optim.batch_size": batch_size,
-        "optim.lr": lr,
-        "optim.lr_milestones": milestones,
-        "seed": seed,
-        "amp": amp,
-        "channels_last": channels_last,
-        "compile": compile,
-        "out_dir": str(out) if out is not None else None,
-        "data.data_dir": str(data_dir) if data_dir is not None else None,
-        "data.views": views,
-        "data.limit_train": limit_train,
-        "data.limit_test": limit_test,
-        "sync_bn": True if sync_bn else None,  # a flag left out keeps the config's (e.g. a resumed run's)
+    milestones = options.get("lr_milestones")
+    as_str = {"out": "out_dir", "data_dir": "data.data_dir"}
+    as_is = {
+        "epochs": "optim.epochs",
+        "batch_size": "optim.batch_size",
+        "lr": "optim.lr",
+        "seed": "seed",
+        "amp": "amp",
+        "channels_last": "channels_last",
+        "compile": "compile",
+        "views": "data.views",
+        "limit_train": "data.limit_train",
+        "limit_test": "data.limit_test",
     }
+    overrides: dict[str, Any] = {field: options.get(name) for name, field in as_is.items()}
+    overrides.update(
+        {field: str(options[name]) for name, field in as_str.items() if options.get(name) is not None}
+    )
+    if milestones:
+        overrides["optim.lr_milestones"] = tuple(int(e) for e in _floats(milestones, "--lr-milestones"))
+    if options.get("sync_bn"):  # a flag left out keeps the config's (e.g. a resumed run's)
+        overrides["sync_bn"] = True
+    return overrides
 
 
 def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -317,20 +334,14 @@ def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return with_overrides(base, overrides)
 
 
-def run(
-    cfg: TrainConfig,
-    device: str | None,
-    *,
-    resume: bool,
-    command: str = "train",
-    nproc: int | None = None,
-    stop_after: int | None = None,
-) -> None:
-    """Check the model names, then train: here, or (``nproc > 1``) by re-running ``sld COMMAND ...``
-    under ``torch.distributed.run``; under torchrun each process joins the group first."""
+def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
+    """Check the model names, then train ``cfg`` on ``options["device"]`` (resuming, stopping early as
+    the options say): here, or (``--nproc`` > 1) by re-running ``sld COMMAND ...`` under
+    ``torch.distributed.run``; under torchrun each process joins the group first."""
     _check_model_names(cfg.student, cfg.teacher)
     from harness.train import distributed
 
+    nproc = options.get("nproc")
     if nproc is not None and nproc > 1:
         if distributed.torchrun_env() is not None:
             raise ConfigError("--nproc is for the sld command line; under torchrun leave it out")
@@ -342,9 +353,9 @@ def run(
 
     from harness.train.loop import train as train_loop
 
-    torch_device, joined = distributed.setup(device)
+    torch_device, joined = distributed.setup(options.get("device"))
     try:
-        train_loop(cfg, torch_device, resume=resume, stop_after=stop_after)
+        train_loop(cfg, torch_device, resume=options["resume"], stop_after=options.get("stop_after"))
     finally:
         if joined:
             distributed.teardown()

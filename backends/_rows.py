@@ -130,7 +130,7 @@ class GradCoefficients:
     All terms are already divided by the batch size."""
 
     lin: Any  # (2K,): w_teacher T + w_ce [T=1] (student), -w_teacher T (teacher)
-    quad: Any  # (rows, 2K) or None: -w_pseudo d (1 - exp(-d/T)) on the student half (pseudo path through swap(s))
+    quad: Any  # (rows, 2K) or None: -w_pseudo d (1 - exp(-d/T)), student half (pseudo path via swap(s))
     sparse_map: Any  # (rows, 2K, 3): r -> values at (m_t, y, m)
     at_target: Any  # -w_ce at y (0-d or float)
 

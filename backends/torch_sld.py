@@ -198,7 +198,8 @@ def _cached_weight_maps(config: sld_core.SLDConfig, pseudo_on: bool, dtype: torc
 
 
 def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config: sld_core.SLDConfig,
-                 pseudo_on: bool, weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 pseudo_on: bool,
+                 weights: tuple[Any, Any, Any] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_fused` for small problems, where each torch op costs more in dispatch (~2-3 us) than in
     arithmetic: all temperatures of student and teacher go through one softmax on a stacked
     ``(B, 2, K, C)`` tensor, every per-row quantity the swaps need is read from it with one gather at
@@ -231,7 +232,7 @@ def _fused_small(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
     if weights is None:
         return losses, None
 
-    if all(isinstance(w, float) for w in weights):
+    if all(isinstance(w, (int, float)) for w in weights):
         dense, sparse, sparse_gap, sparse_const, row_q = _cached_weight_maps(
             config, pseudo_on, s.dtype, s.device, weights, batch)
     else:  # tensor weights from a per-term backward
@@ -301,7 +302,8 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     # last chunk takes their first rows.
     shifted_s, shifted_t = shifted_buffer[:, 0], shifted_buffer[:, 1]
     exps_roots = exps_buffer[:, :, :roots]
-    squares = [(exps_buffer[:, :, dst], exps_buffer[:, :, src]) for dst, src in _square_groups(consts.squares)]
+    squares = [(exps_buffer[:, :, dst], exps_buffer[:, :, src])
+               for dst, src in _square_groups(consts.squares)]
     exps_teacher_t = exps_buffer[:, 1].transpose(1, 2)
     exps_flat = exps_buffer.view(step, 2 * num_t, num_classes)
     top_s, top_t = top[:, 0], top[:, 1]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,7 @@ from harness.train.loop import train  # noqa: E402
 from .train_helpers import (  # noqa: E402
     assert_same_state,
     final_state,
-    one_torch_thread,
+    one_thread,  # noqa: F401 (autouse: the in-process runs on one torch thread, like the subprocesses)
     read_metrics,
     run_sld,
     without_timing,
@@ -98,12 +97,6 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("ddp")
     data = write_tiny_cifar(root / "data", n_train=75, n_test=40)
@@ -148,7 +141,7 @@ def two_processes(setup: Setup) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def emulated(setup: Setup, one_thread: None) -> Path:
+def emulated(setup: Setup) -> Path:
     in_process(setup.at("emulated"), per_rank_bn=True)
     return setup.root / "emulated"
 
@@ -188,7 +181,7 @@ def test_two_processes_match_one_process_with_per_rank_batchnorm(
 
 
 def test_plain_single_process_differs_so_the_comparison_can_fail(
-    setup: Setup, two_processes: tuple[Path, str], one_thread: None
+    setup: Setup, two_processes: tuple[Path, str]
 ) -> None:
     in_process(setup.at("plain"), per_rank_bn=False)
     ddp, _ = two_processes
@@ -201,7 +194,7 @@ def test_plain_single_process_differs_so_the_comparison_can_fail(
 # ------------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_across_world_sizes_2_1_2(setup: Setup, one_thread: None) -> None:
+def test_resume_across_world_sizes_2_1_2(setup: Setup) -> None:
     """Epoch 1 on two processes, epoch 2 on one, epoch 3 on two again, against one process doing the
     same three epochs with per-rank BatchNorm emulated where two ranks trained."""
     output = sld_nproc(setup, "chain", "--stop-after", "1")

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from .train_helpers import (  # noqa: E402
     assert_same_state,
     final_state,
     invoke,
-    one_torch_thread,
+    one_thread,  # noqa: F401 (autouse: the in-process runs (CliRunner) on one torch thread too)
     read_metrics,
     run_process,
     run_sld,
@@ -66,12 +65,6 @@ def train_args(data: Path, out: Path) -> list[str]:
         "--device",
         "cpu",
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with one_torch_thread():  # the in-process runs (CliRunner) too
-        yield
 
 
 @pytest.fixture(scope="module")

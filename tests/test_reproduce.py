@@ -32,7 +32,11 @@ from harness.train.config import (  # noqa: E402
     with_overrides,
 )
 
-from .train_helpers import invoke, write_tiny_cifar  # noqa: E402
+from .train_helpers import (  # noqa: E402
+    invoke,
+    one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
+    write_tiny_cifar,
+)
 
 PAIR = "resnet56-resnet20"  # published KD 70.66, SLD none, teacher 72.34
 TINY = ["--epochs", "2", "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu"]

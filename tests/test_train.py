@@ -44,7 +44,13 @@ from harness.train.config import (  # noqa: E402
 from harness.train.errors import NonFiniteLossError  # noqa: E402
 from harness.train.loop import train  # noqa: E402
 
-from .train_helpers import read_metrics, without_timing, write_tiny_cifar, write_untrained_teacher  # noqa: E402
+from .train_helpers import (  # noqa: E402
+    one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
+    read_metrics,
+    without_timing,
+    write_tiny_cifar,
+    write_untrained_teacher,
+)
 
 CPU = torch.device("cpu")
 

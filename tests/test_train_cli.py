@@ -9,7 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from .train_helpers import invoke, read_metrics, without_timing, write_tiny_cifar  # noqa: E402
+from .train_helpers import (  # noqa: E402
+    invoke,
+    one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
+    read_metrics,
+    without_timing,
+    write_tiny_cifar,
+)
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu"]
 

@@ -42,6 +42,14 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """:func:`one_torch_thread` around a whole test module: importing this fixture into a module applies
+    it to every test there (autouse)."""
+    with one_torch_thread():
+        yield
+
+
 def write_tiny_cifar(root: Path, *, n_train: int, n_test: int, seed: int = 0) -> Path:
     """A synthetic CIFAR-100 archive in ``root``, already extracted (later loads skip the checksum)."""
     md5 = write_cifar100_archive(root / "cifar-100-python.tar.gz", n_train=n_train, n_test=n_test, seed=seed)

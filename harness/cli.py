@@ -45,3 +45,7 @@ app.command("train-teacher")(train_teacher_cmd.train_teacher)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m harness.cli (e.g. where the package is not installed)
+    main()

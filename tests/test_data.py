@@ -722,3 +722,14 @@ def test_bad_batches_are_one_clear_error(view, bad, error, match) -> None:
 def test_generator_on_another_device_is_refused() -> None:
     with pytest.raises(ValueError, match="generator is on cpu but the batch is on cuda"):
         weak_view(_images("cuda"), torch.Generator())
+
+
+def test_generator_on_bare_cuda_matches_a_cuda0_batch(monkeypatch):
+    """torch.Generator(device="cuda") reports `cuda`, the batch `cuda:0`: the same device (this check
+    once refused every CUDA training step; seen on an H100)."""
+    from harness.data import augment
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert augment._resolved(torch.device("cuda")) == torch.device("cuda", 0)
+    assert augment._resolved(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert augment._resolved(torch.device("cpu")) == torch.device("cpu")

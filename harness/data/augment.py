@@ -429,6 +429,14 @@ def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.devic
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+def _resolved(device: torch.device) -> torch.device:
+    """``cuda`` with its index filled in: ``torch.Generator(device="cuda")`` reports ``cuda`` while the
+    tensors it serves report ``cuda:0``, and the two are the same device."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _check_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
@@ -436,7 +444,7 @@ def _check_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> N
         raise TypeError(f"expected a uint8 batch in [0, 255], got dtype {x.dtype}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected an NCHW batch of shape (B, 3, H, W), got {tuple(x.shape)}")
-    if generator is not None and generator.device != x.device:
+    if generator is not None and _resolved(generator.device) != _resolved(x.device):
         raise ValueError(
             f"generator is on {generator.device} but the batch is on {x.device}; create it with "
             f"torch.Generator(device=x.device)"

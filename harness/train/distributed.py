@@ -99,19 +99,18 @@ class DistContext:
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (a new tensor; ``values`` is left alone)."""
-        if not self.active:
-            return values
-        total = values.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return self._all_reduce(values, dist.ReduceOp.SUM)
 
     def all_reduce_min(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise minimum over ranks (a new tensor)."""
+        return self._all_reduce(values, dist.ReduceOp.MIN)
+
+    def _all_reduce(self, values: torch.Tensor, op: Any) -> torch.Tensor:
         if not self.active:
             return values
-        smallest = values.clone()
-        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
-        return smallest
+        reduced = values.clone()  # all_reduce writes in place; the caller's tensor stays as it was
+        dist.all_reduce(reduced, op=op)
+        return reduced
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (a host sync; call it at the same place on every rank)."""

@@ -56,9 +56,11 @@ WORLD = 2
 # Float tolerance between 1 and 2 processes: the gradient is summed in another order (per shard, then
 # averaged by DDP) and the convolutions see 16-row batches instead of 32-row ones. Measured: weights
 # differ by <= 4e-5 after 9 steps (as much as one process with 1 vs 2 threads), metrics by <= 2e-6
-# relative; a plain single-process run (global BatchNorm statistics) is off by 7e-2 and 2e-4.
+# relative in the plain 1-vs-2 run and by up to 2.6e-5 in the 2 -> 1 -> 2 resume chain (kl_teacher,
+# epoch 3, since the fused small-problem path rounds differently); a plain single-process run (global
+# BatchNorm statistics) is off by 7e-2 and >= 2e-4, which these tolerances still reject.
 WEIGHTS_RTOL, WEIGHTS_ATOL = 1e-3, 2e-4
-METRICS_RTOL, METRICS_ATOL = 2e-5, 1e-7
+METRICS_RTOL, METRICS_ATOL = 1e-4, 1e-7
 
 
 class PerRankBatchNorm(torch.nn.BatchNorm2d):

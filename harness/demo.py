@@ -204,11 +204,12 @@ def _digits_student(hidden: int) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    # Models this small spend longer synchronizing intra-op threads than computing: on a busy 2-core
-    # machine a teacher step took ~20x longer with 2 threads than with 1 (measured).
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` intra-op threads inside the block, restored after. Models this small spend
+    longer synchronizing threads than computing: on a busy 2-core machine a teacher step took ~20x
+    longer with 2 threads than with 1 (measured); the tests use it for the same reason."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -280,7 +281,7 @@ def run_digits_demo(config: DemoConfig | None = None, *, console: Console | None
     )
     data = _load_digits(config.test_fraction)
     seeds = tuple(range(config.seeds))
-    with _single_thread():
+    with torch_threads(1):
         torch.manual_seed(0)  # one teacher for every seed, as with a published checkpoint
         teacher = _fit(_digits_teacher(), "ce", CEConfig(), data, None, teacher_optim, seed=0)
         with torch.no_grad():

@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 from harness.cli import app
 from harness.data.cifar import load_cifar100
 from harness.data.synthetic import write_cifar100_archive
+from harness.demo import torch_threads
 from harness.models import build_model
 
 SLD = str(Path(sys.executable).with_name("sld"))  # the console script of this environment
@@ -34,12 +35,8 @@ def one_torch_thread() -> Iterator[None]:
     """torch on one thread inside the block: on a busy two-core machine a tiny model trains several
     times faster so (1.6 s instead of 11.6 s for the runs here), and runs in other processes that also
     use one thread do the same arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -38,8 +38,9 @@ except ImportError as exc:
 PY
 } 2>&1 | tee "$OUT_DIR/environment.txt"
 
-# SKIP_TESTS=1 / SKIP_BENCH=1 leave out steps 1 / 2 (a rerun of the rest on a short device budget).
-test_status=skipped bench_status=skipped
+# SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_COMPILE=1 / SKIP_TRAIN=1 leave out steps 1 / 2 / 2b / 3 (a rerun of
+# the rest on a short device budget).
+test_status=skipped bench_status=skipped train_status=skipped
 
 # 1. tests: -rs lists every skip with its reason (e.g. NVRTC missing -> CuPy kernel tests skip)
 [ "${SKIP_TESTS:-0}" = 1 ] || { timeout 150 python3 -m pytest tests/test_core.py tests/test_backends.py -q -rs -p no:cacheprovider \
@@ -55,7 +56,12 @@ test_status=${PIPESTATUS[0]}
 bench_status=${PIPESTATUS[0]}
 [ "$bench_status" -ne 0 ] && status=1; }
 
+# 2b. does torch.compile pay on cuda? (eager fused vs the generic core compiled, default and CUDA graphs)
+[ "${SKIP_COMPILE:-0}" = 1 ] || timeout 240 python3 -m benchmarks.compile_check --device cuda 2>&1 \
+  | tee "$OUT_DIR/compile_cuda.txt"
+
 # 3. one training step, KD vs SLD, interleaved (the paper quotes ~12 ms per batch for SLD on its GPU)
+if [ "${SKIP_TRAIN:-0}" != 1 ]; then
 timeout 90 python3 -m harness.train.step_bench --device cuda --repeats 30 2>&1 | tee "$OUT_DIR/step_cuda.txt"
 
 # 3b. the trainer end to end on cuda: a tiny synthetic CIFAR-format archive, a 1-epoch teacher, then a
@@ -80,6 +86,7 @@ PY
 } 2>&1 | tee "$OUT_DIR/train_cuda.txt"
 train_status=${PIPESTATUS[0]}
 [ "$train_status" -ne 0 ] && status=1
+fi
 
 # 4. markdown summary
 python3 - "$OUT_DIR" "$test_status" "$bench_status" "$train_status" <<'PY'
@@ -89,6 +96,9 @@ from pathlib import Path
 out, test_status, bench_status, train_status = Path(sys.argv[1]), *sys.argv[2:5]
 lines = ["# GPU check", "", f"- tests (core + backends) exit status: {test_status}",
          f"- sld bench exit status: {bench_status}", f"- tiny cuda training run exit status: {train_status}", ""]
+compiled = out / "compile_cuda.txt"
+if compiled.exists():
+    lines += ["torch.compile check (loss + gradient, cuda):", "", compiled.read_text().strip(), ""]
 step = out / "step_cuda.txt"
 if step.exists():
     lines += ["Training step resnet32x4 -> resnet8x4, batch 64, 2 views, cuda:", "```", step.read_text().strip(), "```", ""]

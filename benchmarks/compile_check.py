@@ -16,6 +16,7 @@ import torch
 import sld_core
 from backends.torch_sld import sld_loss_and_grad_fused
 from benchmarks.reference import reference_sld_loss_and_grad
+from harness.commands.bench import time_interleaved
 
 EPOCH = 200  # pseudo-teacher on: every term
 
@@ -23,19 +24,6 @@ EPOCH = 200  # pseudo-teacher on: every term
 def _generic(s, t, y):
     terms, grad = sld_core.sld_loss_and_grad(s, t, y, epoch=EPOCH, check_targets=False)
     return terms.total, grad
-
-
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def _time_shape(shape: str, device: torch.device, modes: list[str], repeats: int) -> None:
@@ -59,9 +47,10 @@ def _time_shape(shape: str, device: torch.device, modes: list[str], repeats: int
         seconds = time.perf_counter() - start
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)  # same gradient, else no timing
         cases[f"generic core, torch.compile {mode}"] = (seconds, lambda c=compiled: c(s, t, y))
-    for _, fn in cases.values():  # warm-up
-        fn()
-    timings = {name: (sec, _median_ms(fn, device, repeats)) for name, (sec, fn) in cases.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # round-robin: a change in machine load hits every implementation alike
+    times = time_interleaved([(fn, sync) for _, fn in cases.values()], repeats=repeats, warmup=1)
+    timings = {name: (sec, 1000 * statistics.median(t)) for (name, (sec, _)), t in zip(cases.items(), times)}
     reference_ms = timings["reference (eager, autograd)"][1]
     for name, (sec, ms) in timings.items():
         print(f"| {shape} | {name} | {sec:.1f} | {ms:.3f} | {reference_ms / ms:.1f}x |")

@@ -182,17 +182,7 @@ def build_case(case: Case, config: Any = None) -> tuple[Callable[[], Any], Calla
 def time_call(fn: Callable[[], Any], sync: Callable[[], None], *, repeats: int, warmup: int) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; the device is
     synchronised before each clock starts and before it stops."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
+    return time_interleaved([(fn, sync)], repeats=repeats, warmup=warmup)[0]
 
 
 def time_interleaved(calls: list[tuple[Callable[[], Any], Callable[[], None]]], *, repeats: int,

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
+from harness.commands.bench import time_interleaved
 from harness.models import build_model
 from harness.train.config import DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
 from harness.train.loop import train_step
@@ -117,22 +117,15 @@ def measure_step_times(
 
         runners[method] = step
 
-    def timed(step) -> float:
+    def sync() -> None:
         _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        return time.perf_counter() - start
 
-    for _ in range(warmup):
-        for step in runners.values():
-            step()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, step in runners.items():
-            samples[name].append(timed(step))
+    # KD and SLD round-robin, so a change in machine load hits both alike (sld bench's timing core)
+    kd_times, sld_times = time_interleaved(
+        [(runners["kd"], sync), (runners["sld"], sync)], repeats=repeats, warmup=warmup
+    )
     return StepTimes(
-        kd_s=statistics.median(samples["kd"]), sld_s=statistics.median(samples["sld"]), batch_size=batch_size
+        kd_s=statistics.median(kd_times), sld_s=statistics.median(sld_times), batch_size=batch_size
     )
 
 

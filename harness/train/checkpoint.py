@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from harness.models import CheckpointError, load_weights
-from harness.models.checkpoint import read_checkpoint
+from harness.models.weights import read_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",

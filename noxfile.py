@@ -18,7 +18,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, and the import-layer contracts of pyproject.toml (ARCHITECTURE.md)."""
     session.run("ruff", "check", "sld_core", "backends", "harness", "tests", "benchmarks", "examples")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -49,7 +49,7 @@ test_status=${PIPESTATUS[0]}
 [ "$test_status" -ne 0 ] && status=1; }
 
 # 2. the bench grid on cuda (float32 and bfloat16); the reference runs in the same call for speedups
-[ "${SKIP_BENCH:-0}" = 1 ] || { timeout 180 python3 -c "from harness.cli import app; app()" bench \
+[ "${SKIP_BENCH:-0}" = 1 ] || { timeout 180 python3 -m harness bench \
   --backend torch,cupy,jax --device cuda --batch-sizes 64,1024,4096 --classes 100,1000 \
   --dtype float32,bfloat16 --impl fused,generic,reference --repeats 20 --warmup 3 \
   --json "$OUT_DIR/bench_cuda.json" --plot "$OUT_DIR/bench_cuda.png" 2>&1 | tee "$OUT_DIR/bench_cuda.txt"
@@ -57,12 +57,12 @@ bench_status=${PIPESTATUS[0]}
 [ "$bench_status" -ne 0 ] && status=1; }
 
 # 2b. does torch.compile pay on cuda? (eager fused vs the generic core compiled, default and CUDA graphs)
-[ "${SKIP_COMPILE:-0}" = 1 ] || timeout 240 python3 -m benchmarks.compile_check --device cuda 2>&1 \
+[ "${SKIP_COMPILE:-0}" = 1 ] || timeout 240 python3 -m harness.bench.compile_check --device cuda 2>&1 \
   | tee "$OUT_DIR/compile_cuda.txt"
 
 # 3. one training step, KD vs SLD, interleaved (the paper quotes ~12 ms per batch for SLD on its GPU)
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-timeout 90 python3 -m harness.train.step_bench --device cuda --repeats 30 2>&1 | tee "$OUT_DIR/step_cuda.txt"
+timeout 90 python3 -m harness.bench.step --device cuda --repeats 30 2>&1 | tee "$OUT_DIR/step_cuda.txt"
 
 # 3b. the trainer end to end on cuda: a tiny synthetic CIFAR-format archive, a 1-epoch teacher, then a
 #     2-epoch SLD student with bf16 autocast and channels-last, then sld eval of its checkpoint
@@ -76,12 +76,12 @@ from harness.data.synthetic import write_cifar100_archive
 root = Path(sys.argv[1])  # extracted once with the synthetic md5; later loads skip the checksum
 load_cifar100(root, download=False, md5=write_cifar100_archive(root / "cifar-100-python.tar.gz", 512, 256))
 PY
-  timeout 120 python3 -m harness.cli train-teacher --model resnet14 --epochs 1 --data-dir "$work/data" \
+  timeout 120 python3 -m harness train-teacher --model resnet14 --epochs 1 --data-dir "$work/data" \
     --runs-dir "$work/runs" --device cuda &&
-  timeout 120 python3 -m harness.cli train --student resnet8 --teacher-model resnet14 --method sld --epochs 2 \
+  timeout 120 python3 -m harness train --student resnet8 --teacher-model resnet14 --method sld --epochs 2 \
     --gamma 1 --amp bf16 --channels-last --data-dir "$work/data" --runs-dir "$work/runs" --out "$work/sld" \
     --device cuda &&
-  timeout 60 python3 -m harness.cli eval "$work/sld/last.pt" --data-dir "$work/data" --device cuda &&
+  timeout 60 python3 -m harness eval "$work/sld/last.pt" --data-dir "$work/data" --device cuda &&
   cp "$work/sld/metrics.jsonl" "$OUT_DIR/train_cuda_metrics.jsonl"
 } 2>&1 | tee "$OUT_DIR/train_cuda.txt"
 train_status=${PIPESTATUS[0]}

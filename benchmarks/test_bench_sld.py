@@ -15,7 +15,7 @@ import itertools
 
 import pytest
 
-from harness.commands.bench import BACKENDS, Case, Skip, build_case
+from harness.bench.grid import BACKENDS, Case, Skip, build_case
 
 BATCH_SIZES = (64, 256, 1024, 4096)
 CLASSES = (100, 1000)

@@ -1,5 +1,6 @@
-"""The ``sld`` command line. Each command lives in ``harness/commands/<name>.py`` and imports torch
-lazily, inside the command, so ``sld --help`` stays fast."""
+"""The ``sld`` command line. Each command lives in ``harness/commands/<name>.py`` (they share
+``harness/commands/_common.py`` and never import each other) and imports torch lazily, inside the
+command, so ``sld --help`` stays fast. ``python -m harness`` runs the same (``harness/__main__.py``)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,3 @@ app.command("train-teacher")(train_teacher_cmd.train_teacher)
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":  # python -m harness.cli (e.g. where the package is not installed)
-    main()

@@ -34,9 +34,10 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from harness.train.config import CEConfig, DataConfig, KDConfig, OptimConfig, TrainConfig, pair_config
-from harness.train.loop import epoch_batches
-from harness.train.methods import METHODS
+from harness.config import CEConfig, DataConfig, KDConfig, OptimConfig, TrainConfig
+from harness.data.resident import epoch_batches
+from harness.recipes import pair_config
+from harness.train.methods import METHODS, StepLogits
 from sld_core import SLDConfig, swap_mask
 
 __all__ = [
@@ -241,8 +242,9 @@ def _fit(
     for epoch in range(1, optim.epochs + 1):  # the methods count epochs from 1
         for index in epoch_batches(len(data.train_y), optim.batch_size, generator):
             logits = model(data.train_x[index])
-            teacher = None if teacher_logits is None else teacher_logits[index]
-            terms = loss_fn(logits, teacher, data.train_y[index], epoch=epoch, config=loss_config)
+            teacher = None if teacher_logits is None else (teacher_logits[index],)
+            step = StepLogits((logits,), teacher, data.train_y[index])
+            terms = loss_fn(step, epoch=epoch, config=loss_config)
             loss = sum(value for name, value in terms.items() if name.startswith("loss"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

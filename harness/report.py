@@ -1,22 +1,20 @@
 """Reproduction reports: read finished runs, aggregate them over seeds, and write a table and plots.
 
-A run directory (written by :func:`harness.train.loop.train`) holds ``config.json`` and
-``metrics.jsonl`` (one JSON record per epoch, accuracies as fractions); ``teacher.json``, written when
-a distillation run starts, adds the teacher's test accuracy (runs from before it existed have it in
-``summary.json`` only). This module only reads them: no torch, so ``sld report`` is quick.
+Runs are read through :mod:`harness.runs` (the run-directory format: ``config.json``, ``metrics.jsonl``
+with one record per epoch and accuracies as fractions, ``teacher.json`` with the teacher's accuracy).
+No torch here, so ``sld report`` is quick.
 
 Runs are grouped by pair and method, and split further when their configs differ in anything but the
 seed and where/how fast they ran (so a 2-epoch smoke test is never averaged with a 240-epoch run).
 :func:`summarize` is the one place that aggregates; ``sld reproduce`` and ``sld report`` both use it.
 
-    >>> runs = load_runs(["runs/reproduce"])  # doctest: +SKIP
+    >>> runs = harness.runs.load_runs(["runs/reproduce"])  # doctest: +SKIP
     >>> for group in summarize(runs):  # doctest: +SKIP
     ...     print(group.label, group.best.mean, group.delta)
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -26,28 +24,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.train.config import (
-    RESUMABLE_FIELDS,
-    ConfigError,
-    OptimConfig,
-    TrainConfig,
-    flat_config,
-    load_config,
+from harness.config import RESUMABLE_FIELDS, OptimConfig, TrainConfig, flat_config
+from harness.runs import (
+    ACCURACY_KEYS,
+    BOOKKEEPING_KEYS,
+    SWAP_KEYS,
+    Run,
+    RunDirError,
 )
 
 __all__ = [
-    "ACCURACY_KEYS",
     "GroupSummary",
     "MeanStd",
-    "ReportError",
-    "RunRecord",
-    "SWAP_KEYS",
-    "find_run_dirs",
-    "flat_config",
-    "load_run",
-    "load_runs",
     "loss_keys",
-    "read_metrics",
     "render_table",
     "summarize",
     "write_markdown",
@@ -56,10 +45,6 @@ __all__ = [
 ]
 
 PAPER_EPOCHS = OptimConfig.epochs  # every published CIFAR-100 number here comes from 240-epoch runs
-ACCURACY_KEYS = ("test_top1", "test_top5", "train_top1")
-SWAP_KEYS = ("teacher_swap_rate", "student_swap_rate")
-# Per-epoch bookkeeping that is neither a loss term, an accuracy nor a swap rate.
-_OTHER_KEYS = {"epoch", "lr", "best_test_top1", "epoch_time_s", "images_per_s"}
 # Config fields that do not change what a run computes (beyond its seed): runs differing only here
 # form one group. The same teacher may sit at another path (copied runs, another runs dir).
 _SAME_EXPERIMENT = RESUMABLE_FIELDS | {"seed", "teacher_checkpoint"}
@@ -69,142 +54,14 @@ _METHOD_ORDER = ("ce", "kd", "dkd", "sld")
 _MISSING = "–"
 
 
-class ReportError(ValueError):
-    """A run directory or metrics file that cannot be read; the message names the file (and line)."""
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run as read from disk. Accuracies are fractions, as in ``metrics.jsonl``."""
-
-    run_dir: Path
-    config: TrainConfig
-    records: tuple[dict[str, Any], ...]  # one per epoch, in epoch order
-    teacher_top1: float | None = None  # from teacher.json (or an older run's summary.json); None for "ce"
-
-    @property
-    def epochs_done(self) -> int:
-        return int(self.records[-1]["epoch"]) if self.records else 0
-
-    @property
-    def finished(self) -> bool:
-        return self.epochs_done >= self.config.optim.epochs
-
-    @property
-    def best_top1(self) -> float:
-        """Best-epoch test top-1: the community protocol behind the published numbers."""
-        return max(float(r["test_top1"]) for r in self.records)
-
-    @property
-    def last_top1(self) -> float:
-        return float(self.records[-1]["test_top1"])
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, checked: JSON objects with an ``epoch`` and a numeric
-    ``test_top1``, epochs 1, 2, 3, ... in order.
-
-    Raises
-    ------
-    ReportError
-        The file is missing, or a line is not such a record; the message names the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"{path}: no such metrics file (is {path.parent} a finished run directory?)")
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{where}: not valid JSON ({exc.msg}): {line[:80]!r}") from None
-        if not isinstance(record, dict):
-            raise ReportError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        for key in ("epoch", "test_top1"):
-            value = record.get(key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ReportError(f"{where}: {key!r} must be a number; got {value!r}")
-        if record["epoch"] != len(records) + 1:
-            raise ReportError(f"{where}: expected epoch {len(records) + 1}, got {record['epoch']!r}")
-        records.append(record)
-    return records
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
-    """Read ``config.json``, ``metrics.jsonl`` and (if present) ``teacher.json`` of one run.
-
-    Raises
-    ------
-    ReportError
-        A file is missing or unreadable, or no epoch was recorded; the message names the file.
-    """
-    run_dir = Path(run_dir)
-    try:
-        config = load_config(run_dir / "config.json")
-    except ConfigError as exc:
-        raise ReportError(str(exc)) from None
-    metrics = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics)
-    if not records:
-        raise ReportError(f"{metrics}: no epoch recorded yet")
-    return RunRecord(run_dir, config, tuple(records), _teacher_top1(run_dir))
-
-
-def _teacher_top1(run_dir: Path) -> float | None:
-    """``teacher_top1`` of ``teacher.json``, else of ``summary.json`` (runs written before
-    teacher.json existed); None when neither file has it."""
-    for path in (run_dir / "teacher.json", run_dir / "summary.json"):
-        if path.is_file():
-            try:
-                value = json.loads(path.read_text()).get("teacher_top1")
-            except (json.JSONDecodeError, AttributeError):
-                raise ReportError(f"{path}: not a JSON object (a run's {path.name})") from None
-            return float(value) if isinstance(value, (int, float)) else None
-    return None
-
-
-def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Run directories named by ``paths``: each path is a run (it holds ``config.json`` or
-    ``metrics.jsonl``) or a folder searched recursively for runs. Order is kept, duplicates dropped.
-
-    Raises
-    ------
-    ReportError
-        A path does not exist, or neither is nor contains a run.
-    """
-    found: dict[Path, None] = {}
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise ReportError(f"{path}: no such directory")
-        if (path / "config.json").is_file() or (path / "metrics.jsonl").is_file():
-            found[path] = None
-            continue
-        below = sorted({p.parent for p in path.rglob("metrics.jsonl")})
-        if not below:
-            raise ReportError(f"{path}: not a run directory (no metrics.jsonl) and no run directory below it")
-        found.update(dict.fromkeys(below))
-    return list(found)
-
-
-def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[RunRecord]:
-    """:func:`load_run` of every run directory :func:`find_run_dirs` finds."""
-    return [load_run(d) for d in find_run_dirs(paths)]
-
-
-def loss_keys(runs: Iterable[RunRecord]) -> list[str]:
+def loss_keys(runs: Iterable[Run]) -> list[str]:
     """Every loss term recorded by any of ``runs`` (numeric keys that are not accuracies, swap rates
     or bookkeeping), ``loss`` (the total) first."""
     keys: dict[str, None] = {}
     for run in runs:
         for record in run.records:
             for key, value in record.items():
-                if key in _OTHER_KEYS or key in ACCURACY_KEYS or key in SWAP_KEYS:
+                if key in BOOKKEEPING_KEYS or key in ACCURACY_KEYS or key in SWAP_KEYS:
                     continue
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     keys[key] = None
@@ -242,7 +99,7 @@ class GroupSummary:
     pair: str | None
     method: str
     variant: str  # config fields that set this group apart from others of the same pair/method; "" if none
-    runs: tuple[RunRecord, ...]
+    runs: tuple[Run, ...]
     best: MeanStd  # best-epoch test top-1 (%)
     last: MeanStd  # last-epoch test top-1 (%)
     published: float | None  # harness.paper_results: this pair's number for this method
@@ -290,7 +147,7 @@ class GroupSummary:
         return flags
 
 
-def summarize(runs: Iterable[RunRecord]) -> list[GroupSummary]:
+def summarize(runs: Iterable[Run]) -> list[GroupSummary]:
     """Group ``runs`` by pair, method and config (seeds and output paths aside) and aggregate each
     group over its seeds: mean and sample std of best-epoch and last-epoch test top-1, the published
     number and the delta. The one aggregation used by ``sld reproduce`` and ``sld report``.
@@ -302,7 +159,7 @@ def summarize(runs: Iterable[RunRecord]) -> list[GroupSummary]:
     """
     from harness.pairs import PAIRS
 
-    groups: dict[tuple[str, str, tuple[Any, ...]], list[RunRecord]] = {}
+    groups: dict[tuple[str, str, tuple[Any, ...]], list[Run]] = {}
     for run in runs:
         fingerprint = tuple(
             sorted((k, v) for k, v in flat_config(run.config).items() if k not in _SAME_EXPERIMENT)
@@ -517,7 +374,7 @@ def write_plots(summaries: Sequence[GroupSummary], out_dir: str | os.PathLike[st
     return written
 
 
-def _recorded(runs: Sequence[RunRecord], key: str) -> bool:
+def _recorded(runs: Sequence[Run], key: str) -> bool:
     return any(key in rec for r in runs for rec in r.records)
 
 
@@ -564,7 +421,7 @@ def _plot_panels(
     fig.savefig(path, dpi=100)
 
 
-def _curve(runs: Sequence[RunRecord], key: str) -> tuple[list[int], list[float], list[float | None]]:
+def _curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[float | None]]:
     """Per epoch, the mean and sample std of ``key`` over the runs that recorded it that epoch."""
     by_epoch: dict[int, list[float]] = {}
     for run in runs:
@@ -577,14 +434,14 @@ def _curve(runs: Sequence[RunRecord], key: str) -> tuple[list[int], list[float],
 
 
 def write_report(
-    runs: Sequence[RunRecord], out_dir: str | os.PathLike[str], console: Any = None
+    runs: Sequence[Run], out_dir: str | os.PathLike[str], console: Any = None
 ) -> list[GroupSummary]:
     """Summarize ``runs``, write ``out_dir/REPORT.md`` and the plots, and print the table on
     ``console`` (a Rich console; a new one on stdout by default). Returns the summaries."""
     from rich.console import Console
 
     if not runs:
-        raise ReportError("no runs to report")
+        raise RunDirError("no runs to report")
     out_dir = Path(out_dir)
     summaries = summarize(runs)
     plots = write_plots(summaries, out_dir)

@@ -1,7 +1,8 @@
 """Run the paper's grid (pair x method x seed) to completion, resumably.
 
-Each run lives in ``OUT/<pair>/<method>/seed<k>/``. Calling :func:`run_grid` again is cheap: a run
-whose ``metrics.jsonl`` holds all its epochs is skipped, an interrupted one (``last.pt`` short of the
+Each run lives in ``OUT/<pair>/<method>/seed<k>/`` (:func:`harness.runs.grid_run_dir`). Calling
+:func:`run_grid` again is cheap: a run whose ``metrics.jsonl`` holds all its epochs is skipped
+(:meth:`harness.runs.RunDir.state`), an interrupted one (``last.pt`` short of the
 last epoch) continues with the trainer's bit-exact resume, and only missing runs start from scratch.
 Teachers the remaining runs need are made ready first (:func:`ensure_teacher`; missing ones are
 trained with ``sld train-teacher``'s recipe by :func:`teacher_trainer`), so a long grid never stops
@@ -17,48 +18,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.report import read_metrics
-from harness.train.config import (
-    ConfigError,
-    TrainConfig,
-    load_config,
-    pair_config,
-    resume_conflicts,
-    teacher_config,
-    with_overrides,
-)
-from harness.train.paths import find_teacher, teacher_run_dir
+from harness.config import ConfigError, TrainConfig, resume_conflicts, with_overrides
+from harness.recipes import pair_config, teacher_config
+from harness.runs import RunDir, RunState, find_teacher, grid_run_dir, teacher_run_dir
 
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-__all__ = [
-    "RunState",
-    "ensure_teacher",
-    "grid_configs",
-    "run_dir",
-    "run_grid",
-    "run_state",
-    "teacher_trainer",
-]
-
-
-class RunState(str, Enum):
-    """Where a run directory stands."""
-
-    NEW = "new"  # no checkpoint: train from scratch
-    PARTIAL = "partial"  # a last.pt short of the last epoch: resume it
-    DONE = "done"  # every epoch recorded in metrics.jsonl: skip it
-
-
-def run_dir(out_dir: str | os.PathLike[str], pair: str, method: str, seed: int) -> Path:
-    """``OUT/<pair>/<method>/seed<k>``: where one grid run lives."""
-    return Path(out_dir) / pair / method / f"seed{seed}"
+__all__ = ["ensure_teacher", "grid_configs", "run_grid", "teacher_trainer"]
 
 
 def grid_configs(
@@ -69,8 +40,8 @@ def grid_configs(
     overrides: dict[str, Any] | None = None,
 ) -> list[TrainConfig]:
     """One config per pair x method x seed (seeds 0..seeds-1): the pair's official recipe
-    (:func:`harness.train.config.pair_config`) with ``overrides`` (dotted fields, ``None`` skipped, as in
-    :func:`~harness.train.config.with_overrides`), the seed and its :func:`run_dir`. The teacher
+    (:func:`harness.recipes.pair_config`) with ``overrides`` (dotted fields, ``None`` skipped, as in
+    :func:`~harness.config.with_overrides`), the seed and its :func:`~harness.runs.grid_run_dir`. The teacher
     checkpoint is left unset: :func:`run_grid` finds or trains it only for runs that still train."""
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1; got {seeds!r}")
@@ -81,25 +52,9 @@ def grid_configs(
         for method in methods:
             base = with_overrides(pair_config(pair, method), overrides or {})
             for seed in range(seeds):
-                where = run_dir(out_dir, base.pair or pair, method, seed)
+                where = grid_run_dir(out_dir, base.pair or pair, method, seed)
                 configs.append(with_overrides(base, {"seed": seed, "out_dir": str(where)}))
     return configs
-
-
-def run_state(directory: str | os.PathLike[str]) -> RunState:
-    """:class:`RunState` of a run directory, from its ``last.pt``, ``config.json`` and ``metrics.jsonl``.
-
-    Raises
-    ------
-    harness.report.ReportError, ConfigError
-        The config or metrics of an existing run cannot be read (the message names the file and line).
-    """
-    directory = Path(directory)
-    if not (directory / "last.pt").is_file():
-        return RunState.NEW
-    epochs = load_config(directory / "config.json").optim.epochs
-    done = len(read_metrics(directory / "metrics.jsonl")) if (directory / "metrics.jsonl").is_file() else 0
-    return RunState.DONE if done >= epochs else RunState.PARTIAL
 
 
 def ensure_teacher(
@@ -110,7 +65,7 @@ def ensure_teacher(
     min_epochs: int | None = None,
 ) -> Path:
     """A checkpoint for teacher ``model``: our own finished teacher run in ``RUNS/teachers/<model>``,
-    else mdistiller's file (:func:`harness.train.paths.find_teacher`), else a new one trained by
+    else mdistiller's file (:func:`harness.runs.find_teacher`), else a new one trained by
     ``train_teacher(model, resume)``; an interrupted teacher run is resumed (``resume=True``) first.
 
     Raises
@@ -119,8 +74,8 @@ def ensure_teacher(
         Our own teacher run was trained for fewer than ``min_epochs`` epochs: a 1-epoch smoke-test
         teacher must not silently teach a full reproduction.
     """
-    own = teacher_run_dir(model, runs_dir)
-    state = run_state(own)
+    own = RunDir(teacher_run_dir(model, runs_dir))
+    state = own.state()
     if state is RunState.PARTIAL:
         train_teacher(model, True)
     elif state is RunState.NEW:
@@ -128,11 +83,11 @@ def ensure_teacher(
             return find_teacher(model, runs_dir)
         except FileNotFoundError:
             train_teacher(model, False)
-    if min_epochs is not None and (own / "config.json").is_file():
-        trained = load_config(own / "config.json").optim.epochs
+    if min_epochs is not None and own.config.is_file():
+        trained = own.read_config().optim.epochs
         if trained < min_epochs:
             raise ConfigError(
-                f"teacher run {own} was trained for {trained} epochs, fewer than the {min_epochs} this "
+                f"teacher run {own.path} was trained for {trained} epochs, fewer than the {min_epochs} this "
                 "reproduction runs; move it away (it is retrained) or pass another --runs-dir"
             )
     return find_teacher(model, runs_dir)
@@ -147,7 +102,7 @@ def teacher_trainer(
 ) -> Callable[[str, bool], None]:
     """The ``train_teacher(model, resume)`` for :func:`ensure_teacher` that does what
     ``sld train-teacher --model MODEL [--resume]`` does, in this process: a new run trains
-    :func:`~harness.train.config.teacher_config` with ``overrides`` (dotted fields, ``None`` skipped); an
+    :func:`~harness.recipes.teacher_config` with ``overrides`` (dotted fields, ``None`` skipped); an
     interrupted one continues from its own ``config.json`` with ``overrides`` on top. Training goes
     through :func:`harness.train.loop.train`, whose errors (``ConfigError``, ``TrainingInterrupted``,
     ...) propagate as they are."""
@@ -157,8 +112,8 @@ def teacher_trainer(
 
         from harness.train.loop import train
 
-        run = teacher_run_dir(model, runs_dir)
-        base = load_config(run / "config.json") if resume else teacher_config(model, runs_dir)
+        run = RunDir(teacher_run_dir(model, runs_dir))
+        base = run.read_config() if resume else teacher_config(model, runs_dir)
         config = with_overrides(base, overrides or {})
         out = console or Console(soft_wrap=True)
         out.rule(f"[bold]{'resuming' if resume else 'training'} teacher {model}: {config.out_dir}")
@@ -192,9 +147,9 @@ def run_grid(
     console = console or Console(soft_wrap=True)
     todo: list[tuple[TrainConfig, RunState]] = []
     for config in configs:
-        state = run_state(config.out_dir)
+        state = RunDir(config.out_dir).state()
         if state is RunState.DONE:
-            stored = load_config(Path(config.out_dir) / "config.json")
+            stored = RunDir(config.out_dir).read_config()
             # The trainer's own resume rule; the teacher's path is not known yet and may move.
             diffs = resume_conflicts(stored, config, ignore={"teacher_checkpoint"})
             if diffs:

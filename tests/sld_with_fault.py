@@ -24,6 +24,7 @@ def main() -> None:
     import torch
 
     import harness.train.loop as loop
+    import harness.train.step as step_module
 
     count = 0
 
@@ -34,13 +35,13 @@ def main() -> None:
             os.kill(os.getpid(), sig)
 
     if where == "step":
-        real_step = loop.train_step
+        real_step = step_module.train_step
 
         def step(*a: Any, **k: Any) -> Any:
             count_and_fire()
             return real_step(*a, **k)
 
-        loop.train_step = step
+        step_module.train_step = step
     elif where == "epoch-end":
         real_write = loop._write_epoch
 

@@ -1,5 +1,5 @@
 """The per-backend fast paths against the generic core, the naive autograd reference
-(``benchmarks/reference.py``) and a float64 loss written plainly below."""
+(``harness/bench/reference.py``) and a float64 loss written plainly below."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import backends
 import sld_core
 from backends import numpy_sld, torch_sld
 from backends.cupy_sld import kernel_source
-from benchmarks.reference import reference_sld_loss, reference_sld_loss_and_grad
+from harness.bench.reference import reference_sld_loss, reference_sld_loss_and_grad
 
 TERMS = ("total", "ce", "teacher", "pseudo")
 GAMMA = 150

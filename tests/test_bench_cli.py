@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from harness.bench import grid, timing
 from harness.cli import app
-from harness.commands import bench as bench_cmd
 
 
 def test_bench_small_grid_writes_json_and_png(tmp_path):
@@ -59,20 +59,20 @@ def test_bench_rejects_unknown_grid_values():
 
 def test_bench_jax_has_no_fused_path_but_runs_generic():
     pytest.importorskip("jax")
-    with pytest.raises(bench_cmd.Skip, match="no fused JAX path"):
-        bench_cmd.build_case(bench_cmd.Case("jax", "fused", "cpu", "float32", 4, 5))
-    fn, sync = bench_cmd.build_case(bench_cmd.Case("jax", "generic", "cpu", "float32", 4, 5))
-    times = bench_cmd.time_call(fn, sync, repeats=2, warmup=1)
+    with pytest.raises(grid.Skip, match="no fused JAX path"):
+        grid.build_case(grid.Case("jax", "fused", "cpu", "float32", 4, 5))
+    fn, sync = grid.build_case(grid.Case("jax", "generic", "cpu", "float32", 4, 5))
+    times = timing.time_call(fn, sync, repeats=2, warmup=1)
     assert len(times) == 2 and min(times) > 0
 
 
 def test_timing_core_summary_and_speedups():
-    case = bench_cmd.Case("torch", "fused", "cpu", "float32", 10, 100)
+    case = grid.Case("torch", "fused", "cpu", "float32", 10, 100)
     assert case.bytes_moved == 3 * 10 * 100 * 4 + 8 * 10
-    row = bench_cmd.summarize(case, [0.001, 0.002, 0.003, 0.004], copy_gbs=10.0)
+    row = grid.summarize(case, [0.001, 0.002, 0.003, 0.004], copy_gbs=10.0)
     assert row["median_ms"] == pytest.approx(2.5) and row["iqr_ms"] == pytest.approx(1.5)
     assert row["rows_per_s"] == pytest.approx(10 / 0.0025)
-    ref = bench_cmd.summarize(bench_cmd.Case("torch", "reference", "cpu", "float32", 10, 100), [0.01], 10.0)
+    ref = grid.summarize(grid.Case("torch", "reference", "cpu", "float32", 10, 100), [0.01], 10.0)
     rows = [row, ref]
-    bench_cmd.add_speedups(rows)
+    grid.add_speedups(rows)
     assert row["speedup_vs_reference"] == pytest.approx(4.0) and ref["speedup_vs_reference"] == 1.0

@@ -410,9 +410,9 @@ def _batch_kind(kind: str):
 @pytest.mark.parametrize("kind", ["mixed", "ties", "all-correct", "all-wrong"])
 def test_parity_with_official_formulation(kind, detach):
     """Against the clone + index-swap + F.kl_div formulation of the official code, differentiated by
-    torch autograd (benchmarks/reference.py), in float64."""
+    torch autograd (harness/bench/reference.py), in float64."""
     torch = pytest.importorskip("torch")
-    from benchmarks.reference import reference_sld_loss_and_grad
+    from harness.bench.reference import reference_sld_loss_and_grad
 
     s, t, y = _batch_kind(kind)
     config = SLDConfig(detach_pseudo_teacher=detach)

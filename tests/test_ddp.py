@@ -30,14 +30,10 @@ from typer.testing import CliRunner  # noqa: E402
 
 import harness.train.loop as loop  # noqa: E402
 from harness.cli import app  # noqa: E402
+from harness.commands._common import launch_command, strip_option  # noqa: E402
+from harness.config import DataConfig, OptimConfig, SLDConfig, TrainConfig, save_config  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.train.config import DataConfig, OptimConfig, SLDConfig, TrainConfig, save_config  # noqa: E402
-from harness.train.distributed import (  # noqa: E402
-    DistContext,
-    check_global_batch,
-    launch_command,
-    strip_option,
-)
+from harness.train.distributed import DistContext, check_global_batch  # noqa: E402
 from harness.train.loop import train  # noqa: E402
 
 from .train_helpers import (  # noqa: E402
@@ -270,6 +266,6 @@ def test_launch_command_reruns_the_same_arguments() -> None:
         "--nproc_per_node",
         "4",
         "-m",
-        "harness.train.distributed",
+        "harness",
         *args,
     ]

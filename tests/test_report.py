@@ -12,17 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.report import (
-    ReportError,
-    find_run_dirs,
-    load_run,
-    load_runs,
-    loss_keys,
-    read_metrics,
-    summarize,
-    write_report,
-)
-from harness.train.config import pair_config, save_config, with_overrides
+from harness.config import save_config, with_overrides
+from harness.recipes import pair_config
+from harness.report import loss_keys, summarize, write_report
+from harness.runs import RunDir, find_run_dirs, load_runs, read_metrics
+from harness.runs import RunDirError as ReportError
 
 PAIR = "resnet56-resnet20"  # published: KD 70.66, teacher 72.34, student alone 69.06
 
@@ -104,12 +98,12 @@ def test_aggregation_matches_hand_computed_mean_and_std(three_seeds: Path) -> No
 def test_teacher_accuracy_of_runs_from_before_teacher_json(tmp_path: Path) -> None:
     old = make_run(tmp_path, "old", [0.1, 0.2])
     (old / "summary.json").write_text(json.dumps({"teacher_top1": 0.7, "best_top1": 0.2}))
-    assert load_run(old).teacher_top1 == 0.7
+    assert RunDir(old).load().teacher_top1 == 0.7
     (old / "teacher.json").write_text(json.dumps({"teacher_top1": 0.6}))  # teacher.json wins
-    assert load_run(old).teacher_top1 == 0.6
+    assert RunDir(old).load().teacher_top1 == 0.6
     (old / "teacher.json").write_text("[0.6]")
     with pytest.raises(ReportError, match=rf"{re.escape(str(old / 'teacher.json'))}: not a JSON object"):
-        load_run(old)
+        RunDir(old).load()
 
 
 def test_single_seed_has_no_std_and_ce_compares_with_the_student_alone(tmp_path: Path) -> None:
@@ -213,13 +207,13 @@ def test_run_without_metrics_or_config(tmp_path: Path) -> None:
     run = make_run(tmp_path, "r", [0.1])
     (run / "metrics.jsonl").unlink()
     with pytest.raises(ReportError, match=rf"{re.escape(str(run / 'metrics.jsonl'))}: no such metrics file"):
-        load_run(run)
+        RunDir(run).load()
     (run / "metrics.jsonl").write_text("\n")
     with pytest.raises(ReportError, match="no epoch recorded yet"):
-        load_run(run)
+        RunDir(run).load()
     (run / "config.json").unlink()
     with pytest.raises(ReportError, match=rf"{re.escape(str(run / 'config.json'))}: no such config file"):
-        load_run(run)
+        RunDir(run).load()
 
 
 def test_paths_that_hold_no_run(tmp_path: Path) -> None:

@@ -18,19 +18,20 @@ torch = pytest.importorskip("torch")
 
 import harness.reproduce  # noqa: E402
 import harness.train.loop  # noqa: E402
-from harness.report import ReportError, load_runs, read_metrics, summarize  # noqa: E402
-from harness.reproduce import RunState, ensure_teacher, grid_configs, run_state, teacher_trainer  # noqa: E402
-from harness.train.config import (  # noqa: E402
+from harness.config import (  # noqa: E402
     CEConfig,
     ConfigError,
     OptimConfig,
     TrainConfig,
     load_config,
-    pair_config,
     save_config,
-    teacher_config,
     with_overrides,
 )
+from harness.recipes import pair_config, teacher_config  # noqa: E402
+from harness.report import summarize  # noqa: E402
+from harness.reproduce import ensure_teacher, grid_configs, teacher_trainer  # noqa: E402
+from harness.runs import RunDir, RunState, load_runs, read_metrics  # noqa: E402
+from harness.runs import RunDirError as ReportError  # noqa: E402
 
 from .train_helpers import (  # noqa: E402
     invoke,
@@ -256,15 +257,15 @@ def fake_run(directory: Path, epochs: int, recorded: int, *, checkpoint: bool = 
 
 
 def test_run_state(tmp_path: Path) -> None:
-    assert run_state(tmp_path / "absent") is RunState.NEW
-    assert run_state(fake_run(tmp_path / "a", 3, 1, checkpoint=False)) is RunState.NEW
-    assert run_state(fake_run(tmp_path / "b", 3, 2)) is RunState.PARTIAL
-    assert run_state(fake_run(tmp_path / "c", 3, 3)) is RunState.DONE
+    assert RunDir(tmp_path / "absent").state() is RunState.NEW
+    assert RunDir(fake_run(tmp_path / "a", 3, 1, checkpoint=False)).state() is RunState.NEW
+    assert RunDir(fake_run(tmp_path / "b", 3, 2)).state() is RunState.PARTIAL
+    assert RunDir(fake_run(tmp_path / "c", 3, 3)).state() is RunState.DONE
     (tmp_path / "c" / "metrics.jsonl").write_text('{"epoch": 1, "test_top1": 0.1}\nnot json\n')
     with pytest.raises(
         ReportError, match=re.escape(f"{tmp_path / 'c' / 'metrics.jsonl'} line 2: not valid JSON")
     ):
-        run_state(tmp_path / "c")
+        RunDir(tmp_path / "c").state()
 
 
 @pytest.mark.parametrize(

@@ -14,17 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.data.cifar import DatasetError  # noqa: E402
-from harness.models import CheckpointError  # noqa: E402
-from harness.train import methods  # noqa: E402
-from harness.train.checkpoint import (  # noqa: E402
-    capture_rng,
-    checkpoint_model_name,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from harness.train.config import (  # noqa: E402
+from harness.config import (  # noqa: E402
     CEConfig,
     ConfigError,
     DataConfig,
@@ -33,13 +23,23 @@ from harness.train.config import (  # noqa: E402
     OptimConfig,
     SLDConfig,
     TrainConfig,
-    config_from_dict,
-    config_to_dict,
     load_config,
-    pair_config,
     resume_conflicts,
     save_config,
     with_overrides,
+)
+from harness.config import train_config_from_dict as config_from_dict  # noqa: E402
+from harness.config import train_config_to_dict as config_to_dict  # noqa: E402
+from harness.data.cifar import DatasetError  # noqa: E402
+from harness.models import CheckpointError  # noqa: E402
+from harness.recipes import pair_config  # noqa: E402
+from harness.train import methods  # noqa: E402
+from harness.train.checkpoint import (  # noqa: E402
+    capture_rng,
+    checkpoint_model_name,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
 )
 from harness.train.errors import NonFiniteLossError  # noqa: E402
 from harness.train.loop import train  # noqa: E402
@@ -263,7 +263,7 @@ def test_methods_return_differentiable_loss_terms(logits) -> None:
         ("sld", SLDConfig(gamma=0)),
     ):
         student = s.clone().requires_grad_(True)
-        terms = methods.METHODS[name](student, t, y, epoch=1, config=config)
+        terms = methods.METHODS[name](methods.StepLogits((student,), (t,), y), epoch=1, config=config)
         loss = sum(v for k, v in terms.items() if k.startswith("loss"))
         loss.backward()
         assert student.grad is not None and torch.isfinite(student.grad).all(), name
@@ -416,8 +416,10 @@ def test_resume_after_interruption_is_bit_identical(
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     tmp_path: Path, data_dir: Path, teacher_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def nan_in_epoch_2(student_logits, teacher_logits, targets, *, epoch, config):
-        terms = methods.ce(student_logits, teacher_logits, targets, epoch=epoch, config=config)
+    real_ce = methods.METHODS["ce"]
+
+    def nan_in_epoch_2(logits, *, epoch, config):
+        terms = real_ce(logits, epoch=epoch, config=config)
         return {"loss_ce": terms["loss_ce"] * (float("nan") if epoch == 2 else 1.0)}
 
     monkeypatch.setitem(methods.METHODS, "ce", nan_in_epoch_2)

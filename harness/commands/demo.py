@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from harness.commands.train import DeviceOpt, user_errors
+from harness.commands._common import DeviceOpt, resolve_device, user_errors
 
 _CIFAR_EPOCHS = 10  # --cifar without --epochs: minutes per method on one GPU
 
@@ -71,8 +71,6 @@ def demo(
             config = DemoConfig(seeds=seeds, **{k: v for k, v in overrides.items() if v is not None})
             result = run_digits_demo(config, console=console)
         else:
-            import torch
-
             from harness.data.cifar import DatasetError
             from harness.demo import run_cifar_demo
 
@@ -83,7 +81,7 @@ def demo(
                 teacher_epochs=epochs if teacher_epochs is None else teacher_epochs,
                 **({} if pair is None else {"cifar_pair": pair}),
             )
-            torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            torch_device = resolve_device(device)
             if torch_device.type == "cpu":
                 console.print("[yellow]note:[/yellow] CIFAR-100 on the CPU takes hours; a GPU takes minutes")
             try:

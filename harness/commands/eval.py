@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from harness.commands.train import AmpOpt, DataDirOpt, DeviceOpt, LimitTestOpt, user_errors
-from harness.train.config import ConfigError, DataConfig
+from harness.commands._common import AmpOpt, DataDirOpt, DeviceOpt, LimitTestOpt, resolve_device, user_errors
+from harness.config import ConfigError, DataConfig
 
 
 def eval(
@@ -30,12 +30,12 @@ def eval(
 ) -> None:
     """Print the CIFAR-100 test top-1 and top-5 accuracy of CHECKPOINT."""
     with user_errors():
-        import torch
         from rich.console import Console
 
         from harness.models import MODELS, build_model, load_weights
         from harness.train.checkpoint import checkpoint_model_name
-        from harness.train.loop import evaluate, load_data
+        from harness.train.data import load_data
+        from harness.train.evaluate import evaluate
 
         name = model or checkpoint_model_name(checkpoint)
         if name is None:
@@ -45,14 +45,14 @@ def eval(
             )
         if name not in MODELS:
             raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-        torch_device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_device = resolve_device(device)
         data = load_data(
             DataConfig(data_dir=str(data_dir) if data_dir else None, limit_train=2, limit_test=limit_test),
             torch_device,
         )
         net = load_weights(build_model(name, num_classes=data.num_classes), checkpoint).to(torch_device)
-        top1, top5 = evaluate(net, data.test_x, data.test_y, batch_size=batch_size, amp=amp or "off")
+        top1, top5 = evaluate(net, data, "test", batch_size=batch_size, amp=amp or "off")
         Console().print(
             f"{checkpoint} ({name}): test top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% "
-            f"on {data.test_x.shape[0]} images"
+            f"on {data.num_images('test')} images"
         )

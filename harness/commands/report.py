@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from harness.commands.train import user_errors
+from harness.commands._common import user_errors
 
 
 def report(
@@ -35,7 +35,8 @@ def report(
 ) -> None:
     """Tabulate finished runs against the published numbers and plot their training curves."""
     with user_errors():
-        from harness.report import load_runs, write_report
+        from harness.report import write_report
+        from harness.runs import load_runs
 
         runs = load_runs(run_dirs)
         target = out or Path(os.path.commonpath([p.resolve() for p in run_dirs]))

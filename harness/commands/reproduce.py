@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.commands.train import common_overrides, shared_options, user_errors
-from harness.train.config import METHOD_CONFIGS, ConfigError, OptimConfig
-from harness.train.paths import DEFAULT_RUNS_DIR
+from harness.commands._common import common_overrides, resolve_device, shared_options, user_errors
+from harness.config import METHOD_CONFIGS, ConfigError, OptimConfig
+from harness.runs import DEFAULT_RUNS_DIR
 
 DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
 
@@ -46,12 +46,12 @@ def reproduce(
 ) -> None:
     """Train every pair x method x seed (resuming or skipping finished runs), then report vs the paper."""
     with user_errors():
-        import torch
         from rich.console import Console
 
         from harness.pairs import PAIRS, get_pair
-        from harness.report import load_run, write_report
+        from harness.report import write_report
         from harness.reproduce import ensure_teacher, grid_configs, run_grid, teacher_trainer
+        from harness.runs import RunDir
 
         pair_names = (
             list(PAIRS) if pairs.strip().lower() == "all" else [get_pair(p).name for p in _split(pairs)]
@@ -62,7 +62,7 @@ def reproduce(
                 raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
         overrides = common_overrides(options)  # every grid run and teacher: where and how it trains
         configs = grid_configs(pair_names, method_names, seeds, out, overrides)
-        torch_device = torch.device(options["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_device = resolve_device(options["device"])
         console = Console(soft_wrap=True)
 
         # sld train-teacher's recipe with this command's options: same place, same training settings.
@@ -74,7 +74,7 @@ def reproduce(
             return ensure_teacher(model, runs_dir, train_teacher, min_epochs=min_epochs)
 
         run_dirs = run_grid(configs, torch_device, teacher_for=teacher_for, console=console)
-        write_report([load_run(d) for d in run_dirs], out, console)
+        write_report([RunDir(d).load() for d in run_dirs], out, console)
 
 
 def _split(text: str) -> list[str]:

@@ -1,7 +1,7 @@
 """``sld train-teacher``: train a CIFAR-100 teacher with cross-entropy, where ``sld train`` finds it.
 
 The recipe is the one behind the community teachers (CRD / mdistiller ``*_vanilla``):
-:func:`harness.train.config.teacher_config`. The run goes to ``RUNS/teachers/<model>/``; its
+:func:`harness.recipes.teacher_config`. The run goes to ``RUNS/teachers/<model>/``; its
 ``best.pt`` is what ``sld train`` uses.
 """
 
@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.commands.train import SHARED_OPTIONS, common_overrides, run, shared_options, user_errors
-from harness.train.config import ConfigError, load_config, teacher_config, with_overrides
-from harness.train.paths import teacher_run_dir
+from harness.commands._common import SHARED_OPTIONS, common_overrides, run, shared_options, user_errors
+from harness.config import ConfigError, load_config, with_overrides
+from harness.recipes import teacher_config
+from harness.runs import RunDir, teacher_run_dir
 
 
 @shared_options(*SHARED_OPTIONS)
@@ -28,7 +29,7 @@ def train_teacher(
         if config is None and options["resume"]:
             if out is None and model is None:
                 raise ConfigError("--resume needs --model (or --out DIR) to find the run")
-            config = (out or teacher_run_dir(model, options["runs_dir"])) / "config.json"
+            config = RunDir(out or teacher_run_dir(model, options["runs_dir"])).config
         if config is not None:
             base = load_config(config)
             if base.method != "ce":

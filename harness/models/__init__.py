@@ -17,11 +17,11 @@ from functools import partial
 
 from torch import nn
 
-from harness.models.weights import CheckpointError, count_parameters, load_weights
 from harness.models.mobilenetv2 import MobileNetV2
 from harness.models.resnet import cifar_resnet, resnet18, resnet50
 from harness.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from harness.models.vgg import VGG
+from harness.models.weights import CheckpointError, count_parameters, load_weights
 from harness.models.wrn import WideResNet
 
 __all__ = ["MODELS", "CheckpointError", "build_model", "count_parameters", "load_weights"]

@@ -1,6 +1,8 @@
-"""CIFAR-100 training: configuration (``config``, no torch), loss methods (``methods``), checkpoints
-(``checkpoint``) and the loop (``loop.train``). Import the torch-using modules directly::
+"""Training: the loop (``loop.train``), one step's methods (``methods``), the dataset the config names
+(``data``), evaluation (``evaluate``), checkpoints (``checkpoint``), console output (``console``), the
+process group (``distributed``) and how a run stops early (``interrupt``, ``errors``, torch-free). The
+configuration a run is trained from is :mod:`harness.config`. Import the modules directly::
 
-    from harness.train.config import TrainConfig
+    from harness.config import TrainConfig
     from harness.train.loop import train
 """

@@ -1,10 +1,12 @@
-"""Training checkpoints: atomic writes, ``weights_only`` loads, every RNG state, clear errors.
+"""Training checkpoints: one :class:`TrainState` per epoch, atomic writes, ``weights_only`` loads,
+every RNG state, clear errors.
 
 A checkpoint is a dict of tensors and plain Python values only, so ``torch.load(weights_only=True)``
-reads it without unpickling arbitrary objects::
+reads it without unpickling arbitrary objects (:meth:`TrainState.to_payload`)::
 
     {"format": "sld-train", "version": 1, "model": state_dict, "optimizer": ..., "scheduler": ...,
-     "scaler": ..., "epoch": int, "best_acc": float, "config": dict, "rng": dict}
+     "scaler": ..., "epoch": int, "best_acc": float, "best_epoch": int, "config": dict, "rng": dict,
+     "world_size": int}
 
 The ``"model"`` key is the one mdistiller's community teacher files use, so a teacher trained here
 loads through ``harness.models.load_weights`` exactly like a downloaded one.
@@ -15,23 +17,28 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from harness.config import ConfigError, TrainConfig, resume_conflicts, train_config_from_dict
 from harness.models import CheckpointError, load_weights
 from harness.models.weights import read_checkpoint
+from harness.runs import RunDir
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "CheckpointWriteError",
+    "TrainState",
     "capture_rng",
     "checkpoint_model_name",
     "load_checkpoint",
     "load_model_state",
+    "load_resume_state",
     "remove_partial_writes",
     "restore_rng",
     "save_checkpoint",
@@ -41,6 +48,39 @@ CHECKPOINT_FORMAT = "sld-train"
 _VERSION = 1
 _REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "config", "rng")
 _TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Everything a run needs to continue after an epoch: the checkpoint's contents, typed.
+
+    ``model`` is the unwrapped module's state_dict (never DDP's or torch.compile's), so any world size
+    loads any other's; ``world_size`` is informational."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    epoch: int  # the last complete epoch
+    best_acc: float  # best test top-1 so far (fraction; -1 before the first evaluation)
+    best_epoch: int
+    config: dict[str, Any]  # harness.config.train_config_to_dict of the run's config
+    rng: dict[str, Any]  # capture_rng(...)
+    world_size: int = 1
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict :func:`save_checkpoint` writes (the format tag is added there)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> TrainState:
+        """Inverse of :meth:`to_payload`, for a dict :func:`load_checkpoint` checked; checkpoints from
+        before ``best_epoch``/``world_size`` were recorded read as 0 and 1."""
+        return cls(
+            **{name: data[name] for name in _REQUIRED},
+            best_epoch=data.get("best_epoch", 0),
+            world_size=data.get("world_size", 1),
+        )
 
 
 class CheckpointWriteError(OSError):
@@ -202,3 +242,35 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         # The run may resume on fewer GPUs than it was saved on (a smaller world size).
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
+
+
+def load_resume_state(run: RunDir, config: TrainConfig) -> TrainState:
+    """The :class:`TrainState` in ``run.last`` that ``config`` may continue.
+
+    Raises
+    ------
+    ConfigError
+        No ``last.pt``; its stored config is invalid or differs from ``config`` in a field outside
+        :data:`harness.config.RESUMABLE_FIELDS` (the message lists them); or it already finished.
+    CheckpointError
+        The file is not a readable training checkpoint.
+    """
+    if not run.last.exists():
+        raise ConfigError(
+            f"cannot resume: {run.last} does not exist (the run stopped before its first epoch "
+            "ended, or this is not a run directory); start it again without --resume"
+        )
+    state = TrainState.from_payload(load_checkpoint(run.last))
+    try:
+        saved = train_config_from_dict(state.config)
+    except ConfigError as exc:
+        raise ConfigError(f"{run.last}: its stored config is invalid: {exc}") from None
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume {run.last}: the config differs from the run's ({', '.join(conflicts)}); "
+            f"resume with --config {run.config} or start a new --out directory"
+        )
+    if state.epoch >= config.optim.epochs:
+        raise ConfigError(f"{run.last} already finished all {config.optim.epochs} epochs; nothing to resume")
+    return state

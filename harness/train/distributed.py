@@ -1,10 +1,11 @@
 """Data-parallel training with PyTorch's own engine: ``torchrun`` + ``DistributedDataParallel``.
 
 ``sld train`` / ``sld train-teacher`` run unchanged under ``torchrun`` (or ``--nproc N``, which
-re-executes the command under ``python -m torch.distributed.run --standalone``). Each process reads
-``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, joins the process group (NCCL on CUDA, gloo on the CPU) and
-trains on ``cuda:LOCAL_RANK`` (or the CPU). :func:`harness.train.loop.train` needs no extra argument:
-it asks :func:`context` whether a process group is up.
+re-executes the command under ``python -m torch.distributed.run``: ``harness.commands._common``). Each
+process reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, joins the process group (NCCL on CUDA, gloo on
+the CPU) and trains on ``cuda:LOCAL_RANK`` (or the CPU). :func:`harness.train.loop.train` needs no extra
+argument: it asks :func:`context` whether a process group is up. This module holds the process group
+and :class:`DistContext` only.
 
 How the work is split (the loop does it; this module holds the pieces):
 
@@ -40,14 +41,15 @@ What does and does not depend on the world size (tests/test_ddp.py checks it wit
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
-from .config import ConfigError
+from harness.config import ConfigError
+from harness.data.base import shard_slice
+
 from .interrupt import DistributedAbort
 
 __all__ = [
@@ -55,10 +57,7 @@ __all__ = [
     "DistributedAbort",
     "check_global_batch",
     "context",
-    "launch_command",
-    "relaunch",
     "setup",
-    "strip_option",
     "teardown",
     "torchrun_env",
 ]
@@ -91,25 +90,21 @@ class DistContext:
 
     def shard_slice(self, num_rows: int) -> slice:
         """The rows :meth:`shard` keeps of a length-``num_rows`` tensor, as a slice."""
-        if not self.active:
-            return slice(None)
-        base, extra = divmod(num_rows, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
+        return shard_slice(num_rows, self.rank, self.world_size)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (a new tensor; ``values`` is left alone)."""
-        return self._all_reduce(values, dist.ReduceOp.SUM)
+        return self._all_reduce(values, tdist.ReduceOp.SUM)
 
     def all_reduce_min(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise minimum over ranks (a new tensor)."""
-        return self._all_reduce(values, dist.ReduceOp.MIN)
+        return self._all_reduce(values, tdist.ReduceOp.MIN)
 
     def _all_reduce(self, values: torch.Tensor, op: Any) -> torch.Tensor:
         if not self.active:
             return values
         reduced = values.clone()  # all_reduce writes in place; the caller's tensor stays as it was
-        dist.all_reduce(reduced, op=op)
+        tdist.all_reduce(reduced, op=op)
         return reduced
 
     def any(self, flag: bool) -> bool:
@@ -117,7 +112,7 @@ class DistContext:
         if not self.active:
             return flag
         value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
         return bool(value.item())
 
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
@@ -125,7 +120,7 @@ class DistContext:
         any rank sees the model rank 0 checkpoints."""
         if self.active:
             for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+                tdist.broadcast(buffer, src=0)
 
     def on_main(self, write: Any) -> Any:
         """Run ``write()`` on rank 0 only, while the others wait; every rank learns whether it failed.
@@ -152,9 +147,9 @@ def context(device: torch.device) -> DistContext:
 
     ``device`` is the training device; under NCCL the collective tensors must live on it.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (tdist.is_available() and tdist.is_initialized()):
         return DistContext(device=device)
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+    return DistContext(rank=tdist.get_rank(), world_size=tdist.get_world_size(), device=device)
 
 
 def torchrun_env() -> tuple[int, int, int] | None:
@@ -204,19 +199,19 @@ def setup(device: str | None) -> tuple[torch.device, bool]:
             )
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    if dist.is_initialized():  # e.g. a teacher trained from inside an already distributed run
+    if tdist.is_initialized():  # e.g. a teacher trained from inside an already distributed run
         return chosen, False
     if chosen.type == "cuda":
-        dist.init_process_group("nccl", device_id=chosen)  # device_id: NCCL connects eagerly, no guess
+        tdist.init_process_group("nccl", device_id=chosen)  # device_id: NCCL connects eagerly, no guess
     else:
-        dist.init_process_group("gloo")
+        tdist.init_process_group("gloo")
     return chosen, True
 
 
 def teardown() -> None:
     """Leave the process group, if one was joined."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def check_global_batch(batch_size: int, world_size: int) -> int:
@@ -233,74 +228,3 @@ def check_global_batch(batch_size: int, world_size: int) -> int:
             "row per process; BatchNorm needs at least 2"
         )
     return batch_size // world_size
-
-
-def launch_command(args: list[str], nproc: int, *, executable: str = sys.executable) -> list[str]:
-    """The ``torch.distributed.run`` command line that runs ``sld ARGS`` in ``nproc`` processes on
-    this machine (``--standalone``: a local rendezvous on a free port)."""
-    return [
-        executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        "-m",
-        "harness.train.distributed",  # its __main__ is the sld command line
-        *args,
-    ]
-
-
-def relaunch(args: list[str], nproc: int) -> None:
-    """Replace this process by ``torch.distributed.run`` running ``sld ARGS`` in ``nproc`` processes.
-
-    ``os.execv`` rather than a child: Ctrl-C and ``kill`` then reach torchrun directly, which passes
-    them on to every worker. Each worker gets ``cpu_count // nproc`` threads unless OMP_NUM_THREADS
-    says otherwise (torchrun's own default is 1, with a warning).
-    """
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = launch_command(args, nproc)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(command[0], command)
-
-
-def strip_option(args: list[str], name: str) -> list[str]:
-    """``args`` without ``NAME VALUE`` / ``NAME=VALUE`` (how ``--nproc`` is dropped before relaunching)."""
-    out: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True
-        elif not arg.startswith(f"{name}="):
-            out.append(arg)
-    return out
-
-
-def _worker_main() -> None:
-    """What each torchrun worker runs: the sld command line itself, then a hard exit.
-
-    The hard exit skips C++ static destructors: after the process group is destroyed, gloo's threads
-    can still abort the interpreter's shutdown ("terminate called without an active exception", seen
-    in about 1 of 7 two-process CPU runs here), which torchrun reports as a failed worker although
-    every epoch, checkpoint and log line was already written and flushed."""
-    from harness.cli import main
-
-    sys.argv[0] = "sld"
-    try:
-        main()
-        code: object = 0
-    except SystemExit as exc:
-        code = exc.code
-    if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
-
-
-if __name__ == "__main__":
-    _worker_main()

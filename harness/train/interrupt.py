@@ -14,7 +14,9 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-__all__ = ["DistributedAbort", "StopSignals", "TrainingInterrupted"]
+from harness.runs import RunDir
+
+__all__ = ["DistributedAbort", "StopSignals", "TrainingInterrupted", "interrupted"]
 
 _EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, what shells report for a killed job
 
@@ -76,3 +78,29 @@ class StopSignals:
         if self.received == "SIGINT" and name == "SIGINT":
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
         self.received = self.received or name
+
+
+def interrupted(
+    signal_name: str | None, run: RunDir, epoch: int, epochs: int, *, between_epochs: bool
+) -> TrainingInterrupted:
+    """The error for a stop on a signal at ``epoch`` of ``epochs`` (``between_epochs``: after its
+    checkpoint; else during it); ``signal_name`` is None when another rank received it."""
+    kept = epoch if between_epochs else epoch - 1
+    where = f"after epoch {epoch}/{epochs}" if between_epochs else f"during epoch {epoch}/{epochs}"
+    holds = (
+        f"{run.last} holds epoch {kept}"
+        if kept >= 1
+        else f"no epoch had finished, so nothing was saved in {run.path}"
+    )
+    resume = (
+        f"continue with: sld train --out {run.path} --resume"
+        if kept >= 1
+        else "start it again without --resume"
+    )
+    return TrainingInterrupted(
+        f"interrupted by {signal_name or 'a signal to another process'} {where}: stopped cleanly, "
+        f"nothing half-written; {holds}; {resume}",
+        signal_name=signal_name or "SIGTERM",
+        out_dir=str(run.path),
+        last_epoch=kept,
+    )

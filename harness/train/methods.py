@@ -1,10 +1,16 @@
 """Distillation methods as free functions of logits (the mdistiller pattern), in a plain dict registry.
 
-Every method has the signature ``method(student_logits, teacher_logits, targets, *, epoch, config)``
-and returns ``dict[str, Tensor]`` of 0-d tensors. Entries whose key starts with ``"loss"`` are the
-differentiable terms: the trainer sums them and calls ``backward`` on the sum. Every other entry is a
-detached diagnostic (a KL term before weighting, say) that the trainer only logs. SLD and KD report
-their parts as diagnostics because the fused backend path differentiates ``total`` only.
+A method sees one training step whole: ``method(logits, *, epoch, config)`` with ``logits`` a
+:class:`StepLogits` (every view's student and teacher logits and the labels), so a method that needs
+several views at once (MLKD masks with the weak view's teacher confidence) has its place. It returns
+``dict[str, Tensor]`` of 0-d tensors. Entries whose key starts with ``"loss"`` are the differentiable
+terms: the trainer sums them and calls ``backward`` on the sum. Every other entry is a detached
+diagnostic (a KL term before weighting, say) that the trainer only logs. SLD and KD report their parts
+as diagnostics because the fused backend path differentiates ``total`` only.
+
+Most methods are a loss of one view summed over the views: ``ce``, ``kd``, ``dkd`` and ``sld`` below
+are those view losses, ``view_loss(student_logits, teacher_logits, targets, *, epoch, config)``, and
+:func:`over_views` makes a method of one.
 
 The SLD math lives in ``sld_core`` and its fast paths in ``backends``; KD is routed through the same
 ``backends.sld_loss`` (one temperature, no pseudo-teacher), so the temperature-scaled KL exists once in
@@ -15,18 +21,46 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import backends
+from harness.config import CEConfig, DKDConfig, KDConfig
 from sld_core import SLDConfig, linear_warmup, swap_logits
 
-from .config import CEConfig, DKDConfig, KDConfig
+__all__ = ["METHODS", "Method", "StepLogits", "ce", "dkd", "dkd_terms", "kd", "over_views", "sld"]
 
-__all__ = ["METHODS", "Method", "ce", "dkd", "dkd_terms", "kd", "sld"]
+
+@dataclass(frozen=True)
+class StepLogits:
+    """Every view of one training step: weak view first, then the strong one (if any)."""
+
+    student: tuple[torch.Tensor, ...]  # (B, C) per view, differentiable
+    teacher: tuple[torch.Tensor, ...] | None  # (B, C) per view, no grad; None without a teacher
+    targets: torch.Tensor  # int64 (B,)
+
 
 Method = Callable[..., dict[str, torch.Tensor]]
+
+
+def over_views(view_loss: Callable[..., dict[str, torch.Tensor]]) -> Method:
+    """The method that sums ``view_loss`` (a loss of one view's logits) over a step's views, entry by
+    entry: the official SLD/MLKD CIFAR code sums every loss over the weak and the strong view."""
+
+    @functools.wraps(view_loss)
+    def method(logits: StepLogits, *, epoch: int, config: Any) -> dict[str, torch.Tensor]:
+        total: dict[str, torch.Tensor] = {}
+        teachers = logits.teacher or (None,) * len(logits.student)
+        for student, teacher in zip(logits.student, teachers):
+            terms = view_loss(student, teacher, logits.targets, epoch=epoch, config=config)
+            for name, value in terms.items():
+                total[name] = total[name] + value if name in total else value
+        return total
+
+    return method
 
 
 def ce(
@@ -156,4 +190,10 @@ def dkd(
     }
 
 
-METHODS: dict[str, Method] = {"ce": ce, "kd": kd, "dkd": dkd, "sld": sld}
+# name -> method (each a view loss summed over the views); config.method selects one.
+METHODS: dict[str, Method] = {
+    "ce": over_views(ce),
+    "kd": over_views(kd),
+    "dkd": over_views(dkd),
+    "sld": over_views(sld),
+}

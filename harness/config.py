@@ -19,13 +19,10 @@ from typing import Any
 
 from sld_core import SLDConfig
 
-from .paths import DEFAULT_RUNS_DIR, teacher_run_dir
-
 __all__ = [
     "AMP_MODES",
     "METHOD_CONFIGS",
     "CEConfig",
-    "DKD_BETA_BY_PAIR",
     "ConfigError",
     "DKDConfig",
     "DataConfig",
@@ -35,14 +32,12 @@ __all__ = [
     "OptimConfig",
     "SLDConfig",
     "TrainConfig",
-    "config_from_dict",
-    "config_to_dict",
     "flat_config",
     "load_config",
-    "pair_config",
     "resume_conflicts",
     "save_config",
-    "teacher_config",
+    "train_config_from_dict",
+    "train_config_to_dict",
     "with_overrides",
 ]
 
@@ -215,84 +210,6 @@ class TrainConfig:
         )
 
 
-# mdistiller's configs/cifar100/dkd/*.yaml set DKD.BETA per pair; pairs without a DKD config keep 8.
-DKD_BETA_BY_PAIR = {
-    "resnet56-resnet20": 2.0,
-    "resnet110-resnet32": 2.0,
-    "wrn40_2-wrn16_2": 6.0,
-    "wrn40_2-wrn40_1": 6.0,
-    "vgg13-vgg8": 6.0,
-    "vgg13-mobilenetv2": 6.0,
-}
-
-
-def pair_config(pair_name: str, method: str = "sld", *, out_dir: str | None = None) -> TrainConfig:
-    """The official recipe of a pair (``harness.pairs``) as a :class:`TrainConfig`.
-
-    ``sld`` gets the pair's SLD lr, loss settings and both views (the official SLD code); ``kd``,
-    ``dkd`` and ``ce`` get mdistiller's baseline lr and one weak view, the protocol behind the published
-    KD/DKD numbers (pass ``views=2`` via :func:`with_overrides` to give them SLD's augmentation).
-    """
-    from harness.pairs import get_pair
-
-    if method not in METHOD_CONFIGS:
-        raise ConfigError(f"method must be one of {sorted(METHOD_CONFIGS)}; got {method!r}")
-    pair = get_pair(pair_name)
-    recipe = pair.recipe
-    losses = {
-        "ce": CEConfig(),
-        "kd": KDConfig(),
-        "sld": recipe.sld_config(),
-        "dkd": DKDConfig(beta=DKD_BETA_BY_PAIR.get(pair.name, DKDConfig.beta)),
-    }
-    optim = OptimConfig(
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr if method == "sld" else recipe.baseline_lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        lr_milestones=tuple(recipe.lr_decay_epochs),
-        lr_decay=recipe.lr_decay_rate,
-    )
-    data = DataConfig(views=recipe.num_views if method == "sld" else 1)
-    return TrainConfig(
-        student=pair.student,
-        teacher=pair.teacher,
-        pair=pair.name,
-        method=method,
-        loss=losses[method],
-        optim=optim,
-        data=data,
-        out_dir=out_dir or f"runs/{pair.name}/{method}",
-    )
-
-
-_SMALL_MODEL_LR = 0.01  # CRD/mdistiller train MobileNet and ShuffleNet at 0.01, everything else at 0.05
-
-
-def teacher_config(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> TrainConfig:
-    """The recipe behind the community teachers (CRD / mdistiller ``*_vanilla``) for ``model``, writing
-    to ``RUNS/teachers/<model>/`` (:func:`harness.train.paths.teacher_run_dir`), where ``sld train``
-    and ``sld reproduce`` look for a teacher.
-
-    Cross-entropy alone, the weak view only, 240 epochs of batch 64, SGD lr 0.05 (0.01 for MobileNet
-    and ShuffleNet) x0.1 at 150/180/210, weight decay 5e-4. ``sld train-teacher`` and
-    ``harness.reproduce`` build teachers from it (flags via :func:`with_overrides`).
-
-    >>> teacher_config("MobileNetV2", "runs").optim.lr, teacher_config("wrn_40_2", "runs").out_dir
-    (0.01, 'runs/teachers/wrn_40_2')
-    """
-    small = model.startswith(("MobileNet", "Shuffle"))
-    return TrainConfig(
-        student=model,
-        method="ce",
-        loss=CEConfig(),
-        optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
-        data=DataConfig(views=1),
-        out_dir=str(teacher_run_dir(model, runs_dir)),
-    )
-
-
 def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """``config`` with dotted fields replaced, e.g. ``{"optim.lr": 0.1, "loss.gamma": 5}``; ``None``
     values are skipped (an option that was not given). Every dataclass re-validates itself."""
@@ -315,13 +232,13 @@ def _replace_path(obj: Any, parts: list[str], value: Any, path: str) -> Any:
         raise ConfigError(str(exc)) from None
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+def train_config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """Plain JSON types (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`config_to_dict`; unknown or missing keys raise :class:`ConfigError`."""
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`train_config_to_dict`; unknown or missing keys raise :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"a training config must be a JSON object; got {type(data).__name__}")
     data = dict(data)
@@ -347,7 +264,7 @@ def flat_config(config: TrainConfig) -> dict[str, Any]:
                 out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
         return out
 
-    return flatten(config_to_dict(config), "")
+    return flatten(train_config_to_dict(config), "")
 
 
 def resume_conflicts(
@@ -373,7 +290,7 @@ def resume_conflicts(
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write ``config`` as indented JSON."""
-    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    Path(path).write_text(json.dumps(train_config_to_dict(config), indent=2) + "\n")
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -388,7 +305,7 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     try:
-        return config_from_dict(data)
+        return train_config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

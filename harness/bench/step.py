@@ -1,30 +1,33 @@
 """Time one training step of KD against one of SLD, side by side: what SLD costs over KD per step.
 
-The step is the trainer's own (:func:`harness.train.loop.train_step`: augmentation of every view,
-student forward and backward, teacher forward, the loss, the SGD update), so the ratio is what a run
+The step is the trainer's own: the dataset's augmentation of every view
+(:class:`harness.data.resident.DeviceResidentData`), then :func:`harness.train.step.train_step`
+(student forward and backward, teacher forward, the loss, the SGD update), so the ratio is what a run
 sees, not the loss alone. The two methods alternate inside each repeat (KD, SLD, KD, SLD, ...) so that
 a machine that speeds up or slows down during the measurement affects both alike; the median of the
 repeats is reported. On a GPU every clock reading is preceded by a synchronize.
 
-    python -m harness.train.step_bench               # resnet32x4 -> resnet8x4, batch 64, CPU
-    python -m harness.train.step_bench --device cuda --repeats 50
+    python -m harness.bench.step               # resnet32x4 -> resnet8x4, batch 64, CPU
+    python -m harness.bench.step --device cuda --repeats 50
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from harness.commands.bench import time_interleaved
+from harness.bench.timing import time_interleaved
+from harness.config import DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
+from harness.data.resident import DeviceResidentData
 from harness.models import build_model
-from harness.train.config import DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
-from harness.train.loop import train_step
+from harness.train.step import StepParts, train_step
 from harness.train.methods import METHODS
 
-__all__ = ["StepTimes", "measure_step_times"]
+__all__ = ["StepTimes", "measure_step_times", "training_step"]
 
 
 @dataclass(frozen=True)
@@ -84,38 +87,11 @@ def measure_step_times(
     device = torch.device(device)
     torch.manual_seed(seed)
     teacher_net = build_model(teacher).to(device).eval().requires_grad_(False)
-    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 100, (batch_size,), device=device)
-    runners = {}
-    for method, loss in (("kd", KDConfig()), ("sld", SLDConfig())):
-        config = TrainConfig(
-            student=student,
-            teacher=teacher,
-            method=method,
-            loss=loss,
-            optim=OptimConfig(batch_size=batch_size),
-            data=DataConfig(views=views),
-        )
-        net = build_model(student).to(device).train()
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
-        generator = torch.Generator(device=device).manual_seed(seed)
-
-        def step(net=net, optimizer=optimizer, scaler=scaler, config=config, generator=generator) -> None:
-            train_step(
-                net,
-                teacher_net,
-                METHODS[config.method],
-                optimizer,
-                scaler,
-                images,
-                labels,
-                config=config,
-                epoch=epoch,
-                generator=generator,
-            )
-
-        runners[method] = step
+    runners = {
+        method: training_step(method, teacher_net, teacher=teacher, student=student, batch_size=batch_size,
+                              views=views, epoch=epoch, device=device, seed=seed)
+        for method in ("kd", "sld")
+    }
 
     def sync() -> None:
         _sync(device)
@@ -127,6 +103,48 @@ def measure_step_times(
     return StepTimes(
         kd_s=statistics.median(kd_times), sld_s=statistics.median(sld_times), batch_size=batch_size
     )
+
+
+def training_step(
+    method: str,
+    teacher_net: torch.nn.Module,
+    *,
+    teacher: str,
+    student: str,
+    batch_size: int = 64,
+    views: int = 2,
+    epoch: int = 151,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> Callable[[], None]:
+    """A function that runs one training step of a fresh ``student`` taught by ``teacher_net`` (the
+    model named ``teacher``) with ``method`` ("kd" or "sld", default recipes) on one fixed random
+    ``uint8`` batch: the views are augmented anew each call, as in training."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=generator,
+                           device=device)
+    labels = torch.randint(0, 100, (batch_size,), generator=generator, device=device)
+    data = DeviceResidentData(images.cpu().numpy(), labels.cpu().numpy(), images[:2].cpu().numpy(),
+                              labels[:2].cpu().numpy(), num_classes=100, device=device)
+    config = TrainConfig(
+        student=student,
+        teacher=teacher,
+        method=method,
+        loss=KDConfig() if method == "kd" else SLDConfig(),
+        optim=OptimConfig(batch_size=batch_size),
+        data=DataConfig(views=views),
+    )
+    net = build_model(student).to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    parts = StepParts(net, teacher_net, METHODS[method], optimizer, scaler, config)
+
+    def step() -> None:
+        batch = next(data.train_batches(batch_size=batch_size, views=views, generator=generator))
+        train_step(parts, batch, epoch=epoch)
+
+    return step
 
 
 def _sync(device: torch.device) -> None:

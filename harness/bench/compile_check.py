@@ -2,7 +2,7 @@
 the eager fused path (``backends.torch_sld``), the generic core compiled by inductor (``default`` and,
 on CUDA, ``reduce-overhead``, i.e. CUDA graphs), and the naive reference; with each compile's time.
 
-    python -m benchmarks.compile_check --device cuda
+    python -m harness.bench.compile_check --device cuda
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 import sld_core
 from backends.torch_sld import sld_loss_and_grad_fused
-from benchmarks.reference import reference_sld_loss_and_grad
-from harness.commands.bench import time_interleaved
+from harness.bench.reference import reference_sld_loss_and_grad
+from harness.bench.timing import time_interleaved
 
 EPOCH = 200  # pseudo-teacher on: every term
 

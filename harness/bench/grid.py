@@ -1,0 +1,267 @@
+"""The grid ``sld bench`` times: SLD loss + gradient per backend, implementation, device, dtype, batch
+size and class count (:class:`Case`), each as a ready ``(fn, sync)`` pair (:func:`build_case`), and
+one result row per case (:func:`summarize`, :func:`add_speedups`). Plain Python, no Rich or Typer, so
+the pytest-benchmark suites in ``benchmarks/`` reuse it. Frameworks are imported only for the backends
+asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .timing import Skip
+
+__all__ = [
+    "BACKENDS",
+    "BENCH_EPOCH",
+    "DEVICES",
+    "DTYPES",
+    "IMPLS",
+    "Case",
+    "Skip",
+    "add_speedups",
+    "build_case",
+    "environment",
+    "plot_times",
+    "summarize",
+]
+
+BACKENDS = ("numpy", "torch", "cupy", "jax")
+IMPLS = ("fused", "generic", "reference")
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
+BENCH_EPOCH = 200  # after gamma=150: the pseudo-teacher is on, so every term is timed
+
+
+@dataclass(frozen=True)
+class Case:
+    """One grid point."""
+
+    backend: str
+    impl: str
+    device: str
+    dtype: str
+    batch: int
+    classes: int
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes that must move at the least: both logits read once, the gradient written once (the
+        labels are int64)."""
+        itemsize = 4 if self.dtype == "float32" else 2
+        return 3 * self.batch * self.classes * itemsize + 8 * self.batch
+
+
+def _numpy_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # logit scale ~3: a realistic mix of right and wrong rows, so the swaps do happen
+    student = rng.standard_normal((case.batch, case.classes), dtype=np.float32) * 3
+    teacher = rng.standard_normal((case.batch, case.classes), dtype=np.float32) * 3
+    targets = rng.integers(0, case.classes, case.batch)
+    return student, teacher, targets
+
+
+def _torch_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+    import torch
+
+    if case.device == "cuda" and not torch.cuda.is_available():
+        raise Skip("torch.cuda.is_available() is False")
+    s_np, t_np, y_np = _numpy_inputs(case)
+    dtype = getattr(torch, case.dtype)
+    s = torch.as_tensor(s_np, device=case.device).to(dtype)
+    t = torch.as_tensor(t_np, device=case.device).to(dtype)
+    y = torch.as_tensor(y_np, device=case.device)
+    if case.impl == "fused":
+        from backends.torch_sld import sld_loss_fused
+
+        def fn() -> Any:  # what a training step runs: forward, then backward of the total
+            leaf = s.detach().requires_grad_(True)
+            sld_loss_fused(leaf, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False).total.backward()
+            return leaf.grad
+    elif case.impl == "generic":
+        import sld_core
+
+        def fn() -> Any:
+            return sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+    else:
+        from .reference import reference_sld_loss_and_grad
+
+        def fn() -> Any:
+            return reference_sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config)
+    sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
+    return fn, sync
+
+
+def _numpy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.device != "cpu":
+        raise Skip("NumPy runs on the CPU only")
+    if case.dtype == "bfloat16":
+        raise Skip("NumPy has no bfloat16")
+    s, t, y = (a.astype(case.dtype) if a.dtype.kind == "f" else a for a in _numpy_inputs(case))
+    if case.impl == "fused":
+        from backends.numpy_sld import sld_loss_and_grad_numpy as loss_and_grad
+    else:
+        from sld_core import sld_loss_and_grad as loss_and_grad
+
+    def fn() -> Any:
+        return loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+
+    return fn, lambda: None
+
+
+def _cupy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.device != "cuda":
+        raise Skip("CuPy runs on CUDA only")
+    try:
+        import cupy
+    except ImportError as exc:
+        raise Skip(f"cupy is not installed ({exc})") from exc
+    if not cupy.cuda.is_available():
+        raise Skip("cupy.cuda.is_available() is False (no CUDA device)")
+    if case.impl == "fused":
+        from backends.cupy_sld import kernel_available
+
+        ok, reason = kernel_available()
+        if not ok:
+            raise Skip(reason)
+    if case.dtype == "bfloat16":
+        raise Skip("CuPy has no bfloat16")
+    s, t, y = (cupy.asarray(a.astype(case.dtype) if a.dtype.kind == "f" else a) for a in _numpy_inputs(case))
+    if case.impl == "fused":
+        from backends.cupy_sld import sld_loss_and_grad_cupy as loss_and_grad
+    else:
+        from sld_core import sld_loss_and_grad as loss_and_grad
+
+    def fn() -> Any:
+        return loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+
+    return fn, cupy.cuda.get_current_stream().synchronize
+
+
+def _jax_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.impl == "fused":
+        raise Skip("no fused JAX path (the generic core runs on JAX arrays)")
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:
+        raise Skip(f"jax is not installed ({exc})") from exc
+    try:
+        device = jax.devices("gpu" if case.device == "cuda" else "cpu")[0]
+    except RuntimeError as exc:
+        raise Skip(f"jax has no {case.device} device") from exc
+    s, t, y = (jax.device_put(jnp.asarray(a, dtype=case.dtype) if a.dtype.kind == "f" else jnp.asarray(a),
+                              device) for a in _numpy_inputs(case))
+    import sld_core
+
+    def fn() -> Any:
+        out = sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+        return jax.block_until_ready(out)  # JAX dispatches asynchronously: wait inside the clock
+
+    return fn, lambda: None
+
+
+def build_case(case: Case, config: Any = None) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """``(fn, sync)`` for one grid point: ``fn()`` computes the loss terms and the gradient w.r.t. the
+    student logits; ``sync()`` waits for the device. Raises :class:`Skip` with the reason when the
+    point cannot run here (library missing, no GPU, unsupported dtype or combination)."""
+    if case.impl == "reference" and case.backend != "torch":
+        raise Skip("the reference formulation is PyTorch only")
+    if case.backend == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise Skip(f"torch is not installed ({exc})") from exc
+    builders = {"torch": _torch_case, "numpy": _numpy_case, "cupy": _cupy_case, "jax": _jax_case}
+    return builders[case.backend](case, config)
+
+
+def summarize(case: Case, times: list[float], copy_gbs: float | None) -> dict[str, Any]:
+    """One result row: median and IQR (ms), rows/s, effective GB/s and its fraction of ``copy_gbs``."""
+    q25, median, q75 = np.percentile(times, [25, 50, 75])
+    gbs = case.bytes_moved / median / 1e9
+    return {
+        **asdict(case),
+        "median_ms": median * 1e3,
+        "iqr_ms": (q75 - q25) * 1e3,
+        "repeats": len(times),
+        "rows_per_s": case.batch / median,
+        "gb_per_s": gbs,
+        "fraction_of_copy": gbs / copy_gbs if copy_gbs else None,
+        "speedup_vs_reference": None,
+    }
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Fill ``speedup_vs_reference`` from the torch reference row of the same device, dtype and shape
+    (the reference must be in the same run)."""
+    reference = {
+        (r["device"], r["dtype"], r["batch"], r["classes"]): r["median_ms"]
+        for r in rows if r["impl"] == "reference"
+    }
+    for r in rows:
+        ref = reference.get((r["device"], r["dtype"], r["batch"], r["classes"]))
+        r["speedup_vs_reference"] = ref / r["median_ms"] if ref else None
+
+
+def environment(threads: int | None) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("numpy", "torch", "cupy-cuda12x", "jax"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    torch_threads = None
+    if "torch" in sys.modules:
+        torch_threads = sys.modules["torch"].get_num_threads()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch_threads,
+            "threads_option": threads, "platform": platform.platform(), "versions": versions,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+
+
+def plot_times(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    classes = sorted({r["classes"] for r in rows})
+    fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 4.5), squeeze=False)
+    for ax, num_classes in zip(axes[0], classes):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r["classes"] == num_classes:
+                label = f"{r['backend']}/{r['impl']} ({r['device']}, {r['dtype']})"
+                series.setdefault(label, []).append((r["batch"], r["median_ms"]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("median time per loss + gradient (ms)")
+        ax.set_title(f"SLD loss + gradient, {num_classes} classes")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,173 @@
+"""One epoch and one optimizer step of training (:func:`train_epoch`, :func:`train_step`), and what
+every step uses (:class:`StepParts`). Nothing here waits for the device except every ``log_every``
+steps (progress, the non-finite check, under DDP the stop agreement)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+
+from harness.config import TrainConfig
+from harness.data.base import Batch, TrainData
+from harness.runs import RunDir
+from sld_core import swap_mask
+
+from .console import progress
+from .distributed import DistContext
+from .errors import NonFiniteLossError
+from .evaluate import autocast
+from .interrupt import StopSignals, interrupted
+from .methods import Method, StepLogits
+
+__all__ = ["StepParts", "train_epoch", "train_step"]
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """What every training step uses, built once per run."""
+
+    student: torch.nn.Module  # what runs forward: the module, or its DDP / torch.compile wrapper
+    teacher: torch.nn.Module | None  # eval mode, no grad
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    config: TrainConfig
+    dist: DistContext = field(default_factory=DistContext)
+
+
+def train_epoch(
+    parts: StepParts,
+    data: TrainData,
+    epoch: int,
+    generator: torch.Generator,
+    console: Console,
+    run: RunDir,
+    stop: StopSignals,
+) -> dict[str, float]:
+    """One pass over the training set. Running sums stay on the device; the host reads them only
+    every ``config.log_every`` steps (progress and the non-finite check) and at the end.
+
+    Under DDP every rank walks the same global batches and trains on its share of each; a stop
+    signal is agreed on every ``log_every`` steps (a collective), so all ranks stop at the same step.
+    """
+    config, dist = parts.config, parts.dist
+    parts.student.train()
+    sums: dict[str, torch.Tensor] = {}
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=generator.device)
+    steps = data.steps_per_epoch(config.optim.batch_size, dist.world_size)
+    rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
+    batches = data.train_batches(
+        batch_size=config.optim.batch_size,
+        views=config.data.views,
+        generator=generator,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    with progress(console) as bar:
+        task = bar.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
+        for step, batch in enumerate(batches):
+            loss, stats = train_step(parts, batch, epoch=epoch)
+            for name, value in stats.items():
+                sums[name] = sums[name] + value if name in sums else value
+            rows += batch.global_rows
+            local_rows += batch.labels.shape[0]
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+            at_log_step = (step + 1) % config.log_every == 0
+            if at_log_step:
+                _check_finite(first_bad_step, epoch, steps, run, dist)  # a sync: every log_every steps
+                bar.update(task, completed=step + 1, loss=float(sums["loss"]) / local_rows)
+            # One process polls its flag every step for free; ranks must agree, at the log steps.
+            if dist.active:
+                stopping = at_log_step and dist.any(stop.received is not None)
+            else:
+                stopping = stop.received is not None
+            if stopping:
+                raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=False)
+    _check_finite(first_bad_step, epoch, steps, run, dist)
+    return {**_reduce_sums(sums, dist), "rows": rows}
+
+
+def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on this rank's rows of one global batch: the student's and the teacher's
+    logits of every view, the method's loss terms, one backward. Nothing here waits for the device.
+
+    Under DDP the loss is weighted by ``world_size * rows / global_rows``: DDP averages gradients over
+    ranks, and this makes that the global batch mean (exactly 1 when the shards are equal, i.e. every
+    batch but maybe the last).
+
+    Returns
+    -------
+    (loss, stats)
+        This rank's detached total loss (0-d, before the DDP weight) and this step's device-side sums
+        for the epoch record: every term times the rows trained on, swap counts and correct weak-view
+        predictions.
+    """
+    config, labels = parts.config, batch.labels
+    rows = labels.shape[0]
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    parts.optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
+    students, teachers = [], []
+    for view in batch.views:
+        x = view.contiguous(memory_format=memory_format)
+        with autocast(config.amp, x.device):
+            students.append(parts.student(x))
+            if parts.teacher is not None:
+                with torch.no_grad():
+                    teachers.append(parts.teacher(x))
+    logits = StepLogits(tuple(students), tuple(teachers) if parts.teacher is not None else None, labels)
+    terms = parts.method(logits, epoch=epoch, config=config.loss)
+    loss = torch.zeros((), device=labels.device)
+    stats: dict[str, torch.Tensor] = {}
+    for name, value in terms.items():
+        if name.startswith("loss"):
+            loss = loss + value
+        stats[name] = value.detach() * rows
+    if teachers:
+        stats["teacher_swaps"] = _swap_count(teachers, labels)
+    stats["student_swaps"] = _swap_count([s.detach() for s in students], labels)
+    # train accuracy on the weak view, the one closest to the test images
+    stats["train_correct"] = (students[0].detach().argmax(dim=1) == labels).sum()
+    weight = parts.dist.world_size * rows / batch.global_rows
+    parts.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    loss = loss.detach()
+    stats["loss"] = loss * rows
+    return loss, stats
+
+
+def _swap_count(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Rows the swap changes, summed over the views."""
+    return torch.stack([swap_mask(z, labels, check_targets=False).sum() for z in logits]).sum()
+
+
+def _check_finite(
+    first_bad_step: torch.Tensor, epoch: int, steps: int, run: RunDir, dist: DistContext
+) -> None:
+    if dist.active:  # the first bad step on any rank; every rank then raises the same error
+        never = torch.full_like(first_bad_step, steps)
+        first = dist.all_reduce_min(torch.where(first_bad_step < 0, never, first_bad_step))
+        first_bad_step = torch.where(first == steps, -1, first)
+    bad = int(first_bad_step)
+    if bad < 0:
+        return
+    kept = (
+        f"the last good checkpoint {run.last} (epoch {epoch - 1}) is kept"
+        if run.last.exists()
+        else "no checkpoint had been written yet"
+    )
+    raise NonFiniteLossError(
+        f"non-finite loss (NaN/inf) at epoch {epoch}, step {bad + 1}/{steps}; training "
+        f"stopped and {kept}. Lower the learning rate or try --amp off."
+    )
+
+
+def _reduce_sums(sums: dict[str, torch.Tensor], dist: DistContext) -> dict[str, float]:
+    """Device sums -> Python floats in one transfer (one sync), summed over the ranks under DDP."""
+    keys = list(sums)
+    if not keys:
+        return {}
+    stacked = torch.stack([sums[k].detach().float() for k in keys])
+    return dict(zip(keys, dist.all_reduce_sum(stacked).tolist()))

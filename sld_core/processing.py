@@ -79,8 +79,10 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number; got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number, not nan")
     return float(value)
 
 

@@ -40,13 +40,13 @@ def check_logit_pair(a: Any, b: Any, *, names: tuple[str, str]) -> Any:
 
 def check_temperatures(temperatures: Any) -> tuple[float, ...]:
     """``temperatures`` (one number or a sequence) as a non-empty tuple of finite positive floats."""
-    if isinstance(temperatures, bool):
+    if isinstance(temperatures, (bool, str, bytes)):
         raise TypeError(f"temperatures must be numbers; got {temperatures!r}")
     values = (temperatures,) if isinstance(temperatures, (int, float)) else tuple(temperatures)
     if not values:
         raise ValueError("temperatures must name at least one temperature")
     try:
-        if any(isinstance(t, bool) for t in values):
+        if any(isinstance(t, (bool, str, bytes)) for t in values):
             raise TypeError
         values = tuple(float(t) for t in values)
     except (TypeError, ValueError) as exc:

@@ -94,7 +94,7 @@ def kd_sum(s: Any, t: Any, temperatures: tuple[float, ...], *, reduction: str = 
 
 def pseudo_teacher_logits(student_logits: Any, targets: Any, /, *, detach: bool = False,
                           check_targets: bool = True) -> Any:
-    """The pseudo-teacher: the student's own logits with the SLD swap applied (paper, Sec. 3.3).
+    """The pseudo-teacher: the student's own logits with the SLD swap applied.
 
     Parameters
     ----------

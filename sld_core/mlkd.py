@@ -55,9 +55,9 @@ from typing import Any
 
 from ._checks import check_logits
 from ._namespace import array_namespace, compute_dtype, device_of, same_device, stop_gradient
-from .kd import cross_entropy_rows_mean
+from .kd import cross_entropy_rows_mean, kd_sum
 from .standardize import standardize_rows
-from .temperature_kl import kl_rows, log_softmax
+from .temperature_kl import log_softmax
 from .validation import validate_logits_and_targets
 
 __all__ = [
@@ -148,7 +148,9 @@ def numpy_median(x: Any, /) -> Any:
     """``np.percentile(x, 50)`` of a 1-D array, in array-API operations (no host round trip): the
     middle value of an odd count; for an even count NumPy's linear interpolation between the two middle
     values ``a <= b``, evaluated as NumPy does for a weight of 1/2, ``b - (b - a) * 0.5``, in ``x``'s
-    dtype (so the value matches NumPy's to the bit; ``torch.median`` would return ``a``).
+    dtype (so the value matches NumPy's to the bit; ``torch.median`` would return ``a``). For a
+    ``<=`` mask the two choices differ only when ``a`` and ``b`` are adjacent floats and the
+    interpolation rounds up to ``b``, which NumPy's median then keeps.
 
     Examples
     --------
@@ -206,12 +208,11 @@ def _confidence_masks(z: Any, *, xp: Any) -> tuple[Any, Any]:
 def _kd_term(a: Any, b: Any, temperature: float, mask: Any, *, per_row: bool, xp: Any) -> Any:
     """``kd(a, b, T)``, masked. Published (quirk 1): ``mean(T**2 * mean_b KL_b * mask)``, the batch loss
     times the kept fraction; ``per_row``: ``mean_b(T**2 * KL_b * mask_b)``. ``mask=None``: unmasked."""
-    kl = kl_rows(log_softmax(b, temperature, xp=xp), log_softmax(a, temperature, xp=xp), xp=xp)
     if mask is None:
-        return xp.mean(kl) * temperature**2
+        return kd_sum(a, b, (temperature,), xp=xp)
     if per_row:
-        return xp.mean(kl * temperature**2 * mask)
-    return xp.mean(xp.mean(kl) * temperature**2 * mask)
+        return xp.mean(kd_sum(a, b, (temperature,), reduction="none", xp=xp) * mask)
+    return xp.mean(kd_sum(a, b, (temperature,), xp=xp) * mask)
 
 
 def _gram_term(a: Any, b: Any, temperature: float, mask: Any, *, classes: bool, per_row: bool,

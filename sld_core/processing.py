@@ -1,6 +1,6 @@
 r"""Teacher processing: ways to change a teacher's logits before any logit loss sees them. The paper
-(Sec. 3.2 and its ablation) puts the swap here, as a preprocessing step, and compares it with other
-ways to fix a wrong teacher, which it rejects. Each function maps logits ``z`` (B, C) and labels ``y``
+puts the swap here, as a preprocessing step for any logit loss, and its ablation compares it with
+other ways to fix a wrong teacher, which it rejects. Each function maps logits ``z`` (B, C) and labels ``y``
 (B,) to new logits of the same shape, dtype and device; ``m = argmax_k z_k`` (first index on ties) and
 a row is *wrong* when ``m != y``.
 
@@ -13,8 +13,8 @@ a row is *wrong* when ``m != y``.
 - ``double_target``: ``z_y <- 2 z_y``; ``halve_target``: ``z_y <- z_y / 2``;
 - ``label_smoothing``: the row becomes ``log((1 - eps) e_y + eps / C)``, eps = 0.1.
 
-Which rows: every alternative is, in the paper's words, another way to fix a *wrong* teacher, so by
-default each changes only the wrong rows (``rows="wrong"``), the rows the swap changes; ``rows="all"``
+Which rows: the alternatives stand in for the swap as ways to fix a *wrong* teacher, so by default
+each changes only the wrong rows (``rows="wrong"``), the rows the swap changes; ``rows="all"``
 applies the rule to every row (``none``, ``swap``, the conditional swap and ``max_addition`` have no
 such switch: on a correct row they are the identity anyway).
 

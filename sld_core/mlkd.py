@@ -108,8 +108,9 @@ class MLKDConfig:
 
     @classmethod
     def intended(cls, **overrides: Any) -> MLKDConfig:
-        """The version the published code reads as intended: masks per row before the mean, and the
-        whole strong sum on the strong view (``overrides`` set any other field)."""
+        """The quirk-free reading: masks per row before the reduction (what the published code's
+        commented-out ``reduce=False`` points to), and the whole strong sum on the strong view
+        (``overrides`` set any other field)."""
         return cls(**{"mask_per_row": True, "strong_reads_strong": True, **overrides})
 
     @classmethod
@@ -117,7 +118,8 @@ class MLKDConfig:
                            **overrides: Any) -> MLKDConfig:
         """LS-MLKD as the LS repository runs it: ``--logit-stand`` rewrites the config to the KD weight
         ``kd_weight`` and ``T0 = base_temperature`` (its command-line defaults 9 and 2, so ``Ts`` holds 2
-        twice); the CE weight stays at that repository's config default, 1."""
+        twice); the CE weight stays at that repository's config default, 1 (its ``cfg.py`` beside the
+        LS version of ``MLKD.py``; the MLKD yaml files do not set it)."""
         fields_ = {"temperature": base_temperature, "kd_weight": kd_weight, "ce_weight": 1.0,
                    "logit_stand": True}
         return cls(**{**fields_, **overrides})

@@ -76,3 +76,39 @@ def test_timing_core_summary_and_speedups():
     rows = [row, ref]
     grid.add_speedups(rows)
     assert row["speedup_vs_reference"] == pytest.approx(4.0) and ref["speedup_vs_reference"] == 1.0
+
+
+def test_jax_compiled_impls_are_jit_of_value_and_grad_and_of_the_loss():
+    """The compiled JAX cases give the closed-form numbers (value_and_grad of the total == the core's
+    total and gradient; the loss alone == the total), and sld bench reports their first call."""
+    pytest.importorskip("jax")
+    import numpy as np
+
+    import sld_core
+
+    case = grid.Case("jax", "compiled", "cpu", "float32", 6, 7)
+    value, grad = grid.build_case(case)[0]()
+    loss_only = grid.build_case(grid.Case("jax", "compiled-loss", "cpu", "float32", 6, 7))[0]()
+    s, t, y = grid._numpy_inputs(case)
+    terms, expected = sld_core.sld_loss_and_grad(s.astype(np.float64), t.astype(np.float64), y,
+                                                 epoch=grid.BENCH_EPOCH)
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-5, atol=1e-7)
+    assert float(value) == pytest.approx(float(terms.total), rel=1e-5)
+    assert float(loss_only) == pytest.approx(float(terms.total), rel=1e-5)
+    assert grid.Case("jax", "compiled-loss", "cpu", "float32", 6, 7).bytes_moved == 2 * 6 * 7 * 4 + 8 * 6
+
+    result = CliRunner().invoke(app, [
+        "bench", "--backend", "jax,numpy", "--batch-sizes", "8", "--classes", "10",
+        "--impl", "compiled,compiled-loss", "--repeats", "2", "--warmup", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "NumPy has no compiler" in result.output
+    assert "speedup over the naive PyTorch formulation" in " ".join(result.output.split())
+
+
+def test_first_call_failure_is_a_skip_with_the_reason():
+    def broken():
+        raise RuntimeError("no C++ compiler found\nlong traceback text")
+
+    with pytest.raises(grid.Skip, match="first call failed: RuntimeError: no C\\+\\+ compiler found$"):
+        timing.first_call(broken, lambda: None)

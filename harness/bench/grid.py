@@ -36,7 +36,10 @@ __all__ = [
 ]
 
 BACKENDS = ("numpy", "torch", "cupy", "jax")
-IMPLS = ("fused", "generic", "reference")
+# fused: the backend's fast path; generic: sld_core eagerly; compiled / compiled-loss: sld_core under
+# the stack's compiler (torch.compile, jax.jit) for loss + gradient / the loss alone; reference: the
+# naive PyTorch formulation every speedup is measured against.
+IMPLS = ("fused", "generic", "compiled", "compiled-loss", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 BENCH_EPOCH = 200  # after gamma=150: the pseudo-teacher is on, so every term is timed
@@ -55,10 +58,11 @@ class Case:
 
     @property
     def bytes_moved(self) -> int:
-        """Bytes that must move at the least: both logits read once, the gradient written once (the
-        labels are int64)."""
+        """Bytes that must move at the least: both logits read once, the gradient written once (none
+        for ``compiled-loss``, which computes the loss alone; the labels are int64)."""
         itemsize = 4 if self.dtype == "float32" else 2
-        return 3 * self.batch * self.classes * itemsize + 8 * self.batch
+        arrays = 2 if self.impl == "compiled-loss" else 3
+        return arrays * self.batch * self.classes * itemsize + 8 * self.batch
 
 
 def _numpy_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,7 +74,7 @@ def _numpy_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
     return student, teacher, targets
 
 
-def _torch_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+def _torch_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
     import torch
 
     if case.device == "cuda" and not torch.cuda.is_available():
@@ -92,6 +96,21 @@ def _torch_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[]
 
         def fn() -> Any:
             return sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+    elif case.impl in ("compiled", "compiled-loss"):
+        import sld_core
+
+        def loss_and_grad(s: Any, t: Any, y: Any) -> Any:
+            terms, grad = sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config,
+                                                     check_targets=False)
+            return terms.total, grad
+
+        def loss(s: Any, t: Any, y: Any) -> Any:
+            return sld_core.sld_loss(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False).total
+
+        compiled = torch.compile(loss_and_grad if case.impl == "compiled" else loss, mode=compile_mode)
+
+        def fn() -> Any:
+            return compiled(s, t, y)
     else:
         from .reference import reference_sld_loss_and_grad
 
@@ -101,7 +120,9 @@ def _torch_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[]
     return fn, sync
 
 
-def _numpy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+def _numpy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.impl.startswith("compiled"):
+        raise Skip("NumPy has no compiler (the fused path is NumPy's fast one)")
     if case.device != "cpu":
         raise Skip("NumPy runs on the CPU only")
     if case.dtype == "bfloat16":
@@ -118,7 +139,9 @@ def _numpy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[]
     return fn, lambda: None
 
 
-def _cupy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+def _cupy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.impl.startswith("compiled"):
+        raise Skip("no compiled CuPy path (the fused path is CuPy's own kernel)")
     if case.device != "cuda":
         raise Skip("CuPy runs on CUDA only")
     try:
@@ -147,7 +170,7 @@ def _cupy_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[],
     return fn, cupy.cuda.get_current_stream().synchronize
 
 
-def _jax_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], None]]:
+def _jax_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
     if case.impl == "fused":
         raise Skip("no fused JAX path (the generic core runs on JAX arrays)")
     try:
@@ -163,17 +186,31 @@ def _jax_case(case: Case, config: Any) -> tuple[Callable[[], Any], Callable[[], 
                               device) for a in _numpy_inputs(case))
     import sld_core
 
+    def loss(s: Any, t: Any, y: Any) -> Any:
+        return sld_core.sld_loss(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False).total
+
+    if case.impl == "compiled":  # how JAX users train: jit of value_and_grad of the loss
+        run = jax.jit(jax.value_and_grad(loss))
+    elif case.impl == "compiled-loss":
+        run = jax.jit(loss)
+    else:  # eager, with the closed-form gradient
+        def run(s: Any, t: Any, y: Any) -> Any:
+            return sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
+
     def fn() -> Any:
-        out = sld_core.sld_loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
-        return jax.block_until_ready(out)  # JAX dispatches asynchronously: wait inside the clock
+        return jax.block_until_ready(run(s, t, y))  # JAX dispatches asynchronously: wait inside the clock
 
     return fn, lambda: None
 
 
-def build_case(case: Case, config: Any = None) -> tuple[Callable[[], Any], Callable[[], None]]:
+def build_case(
+    case: Case, config: Any = None, *, compile_mode: str = "default"
+) -> tuple[Callable[[], Any], Callable[[], None]]:
     """``(fn, sync)`` for one grid point: ``fn()`` computes the loss terms and the gradient w.r.t. the
-    student logits; ``sync()`` waits for the device. Raises :class:`Skip` with the reason when the
-    point cannot run here (library missing, no GPU, unsupported dtype or combination)."""
+    student logits (the loss alone for ``compiled-loss``); ``sync()`` waits for the device. Raises
+    :class:`Skip` with the reason when the point cannot run here (library missing, no GPU, unsupported
+    dtype or combination). ``compile_mode`` is ``torch.compile``'s (``"reduce-overhead"``: CUDA graphs);
+    ``jax.jit`` has no modes."""
     if case.impl == "reference" and case.backend != "torch":
         raise Skip("the reference formulation is PyTorch only")
     if case.backend == "torch":
@@ -182,15 +219,19 @@ def build_case(case: Case, config: Any = None) -> tuple[Callable[[], Any], Calla
         except ImportError as exc:
             raise Skip(f"torch is not installed ({exc})") from exc
     builders = {"torch": _torch_case, "numpy": _numpy_case, "cupy": _cupy_case, "jax": _jax_case}
-    return builders[case.backend](case, config)
+    return builders[case.backend](case, config, compile_mode)
 
 
-def summarize(case: Case, times: list[float], copy_gbs: float | None) -> dict[str, Any]:
-    """One result row: median and IQR (ms), rows/s, effective GB/s and its fraction of ``copy_gbs``."""
+def summarize(
+    case: Case, times: list[float], copy_gbs: float | None, first_call_s: float | None = None
+) -> dict[str, Any]:
+    """One result row: median and IQR (ms), rows/s, effective GB/s and its fraction of ``copy_gbs``,
+    and the first call's seconds (for ``compiled`` impls: the one-time compile)."""
     q25, median, q75 = np.percentile(times, [25, 50, 75])
     gbs = case.bytes_moved / median / 1e9
     return {
         **asdict(case),
+        "first_call_s": first_call_s,
         "median_ms": median * 1e3,
         "iqr_ms": (q75 - q25) * 1e3,
         "repeats": len(times),
@@ -203,7 +244,8 @@ def summarize(case: Case, times: list[float], copy_gbs: float | None) -> dict[st
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Fill ``speedup_vs_reference`` from the torch reference row of the same device, dtype and shape
-    (the reference must be in the same run)."""
+    (the reference must be in the same run): every backend is compared with the naive PyTorch
+    formulation, NumPy, CuPy and JAX included, as the table's caption says."""
     reference = {
         (r["device"], r["dtype"], r["batch"], r["classes"]): r["median_ms"]
         for r in rows if r["impl"] == "reference"

@@ -24,8 +24,8 @@ from harness.bench.timing import time_interleaved
 from harness.config import DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
 from harness.data.resident import DeviceResidentData
 from harness.models import build_model
-from harness.train.step import StepParts, train_step
 from harness.train.methods import METHODS
+from harness.train.step import StepParts, train_step
 
 __all__ = ["StepTimes", "measure_step_times", "training_step"]
 

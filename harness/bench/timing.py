@@ -9,11 +9,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Skip", "copy_bandwidth", "time_call", "time_interleaved"]
+__all__ = ["Skip", "copy_bandwidth", "first_call", "time_call", "time_interleaved"]
 
 
 class Skip(Exception):
     """A measurement that cannot run here; the message is the reason shown to the user."""
+
+
+def first_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    """Seconds of the very first call of ``fn``, device synchronised: for a compiled function the
+    one-time tracing and compilation, for an eager one its cold start.
+
+    Raises
+    ------
+    Skip
+        The call failed (e.g. a compiler that cannot run here); the message says why.
+    """
+    sync()
+    start = time.perf_counter()
+    try:
+        fn()
+        sync()
+    except Exception as exc:  # a compiler backend missing on this machine, say: skip the case, say why
+        raise Skip(f"first call failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    return time.perf_counter() - start
 
 
 def time_call(fn: Callable[[], Any], sync: Callable[[], None], *, repeats: int, warmup: int) -> list[float]:

@@ -157,7 +157,7 @@ def resolve_model(spec: str) -> ModelConstructor:
             f"model {spec!r}: loading {source} failed ({type(exc).__name__}: {exc})"
         ) from exc
     if not callable(factory):
-        raise ModelSpecError(f"model {spec!r}: {source} is a {type(factory).__name__}, not a callable")
+        raise ModelSpecError(f"model {spec!r}: {source} is not callable (type {type(factory).__name__})")
     return ModelConstructor(spec, source, PLUGIN_INFO, factory)
 
 
@@ -199,7 +199,7 @@ def _import_callable(spec: str) -> Callable[..., object]:
             raise ModelSpecError(f"model {spec!r}: {owner!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ModelSpecError(f"model {spec!r}: {attribute!r} is a {type(obj).__name__}, not a callable")
+        raise ModelSpecError(f"model {spec!r}: {attribute!r} is not callable (type {type(obj).__name__})")
     return obj
 
 

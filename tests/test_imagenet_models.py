@@ -85,8 +85,13 @@ def test_default_and_explicit_class_counts() -> None:
 
 def _bn(x: torch.Tensor, sd: dict, prefix: str) -> torch.Tensor:
     return F.batch_norm(
-        x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
-        sd[f"{prefix}.bias"], training=False, eps=1e-5,
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        training=False,
+        eps=1e-5,
     )
 
 

@@ -82,8 +82,11 @@ def test_builtins_resolve_to_their_registry_entry() -> None:
 
 
 def test_unknown_name_lists_the_choices() -> None:
-    with pytest.raises(ModelSpecError, match=r"unknown model 'resnet9'; valid names: .*resnet18.*wrn_40_2.*"
-                       r"or an import path 'package\.module:callable'"):
+    with pytest.raises(
+        ModelSpecError,
+        match=r"unknown model 'resnet9'; valid names: .*resnet18.*wrn_40_2.*"
+        r"or an import path 'package\.module:callable'",
+    ):
         build_model("resnet9")
     assert issubclass(ModelSpecError, ValueError)  # callers that caught ValueError still do
 

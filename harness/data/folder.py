@@ -22,7 +22,7 @@ a scan that finds other classes then refuses to go on instead of silently relabe
 Example
 -------
 >>> data = scan_imagenet("/data/imagenet")            # doctest: +SKIP
->>> data.num_classes, len(data.train), len(data.val)
+>>> data.num_classes, len(data.train), len(data.val)  # doctest: +SKIP
 (1000, 1281167, 50000)
 >>> scan_imagenet("/data/imagenet", classes=data.classes)   # doctest: +SKIP
 """

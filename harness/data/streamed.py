@@ -1,10 +1,10 @@
 """Streamed image-folder data for training: worker processes decode and augment, the device normalizes.
 
 For data that does not fit on the device (ImageNet): a ``torch.utils.data.DataLoader`` whose workers
-read each file, draw its views with Pillow (:mod:`harness.data.pil_augment`) and hand over ``uint8``
-``(3, H, W)`` tensors, batched into pinned memory (on CUDA) and prefetched; persistent workers survive
-from one epoch to the next. The training device receives ``uint8`` batches (a quarter of the bytes of
-float32) and normalizes them itself (:func:`normalize`).
+read each file, draw its views with Pillow (:mod:`harness.data.pil_augment`) and hand over batches of
+``uint8`` ``(N, 3, H, W)`` tensors, copied into pinned memory (on CUDA) and prefetched; persistent
+workers survive from one epoch to the next. The training device receives ``uint8`` batches (a quarter
+of the bytes of float32) and normalizes them itself (:func:`normalize`).
 
 Nothing in it has hidden state, so nothing needs checkpointing:
 
@@ -27,7 +27,8 @@ Example
 -------
 >>> from harness.data.folder import scan_imagenet
 >>> data = StreamedImageData(scan_imagenet("/data/imagenet"), batch_size=512, num_workers=8)  # doctest: +SKIP
->>> for batch in data.train_batches(epoch=1, rank=0, world_size=1, device=torch.device("cuda")):
+>>> cuda = torch.device("cuda")
+>>> for batch in data.train_batches(epoch=1, rank=0, world_size=1, device=cuda):  # doctest: +SKIP
 ...     weak, strong = batch.views                     # float32 (512, 3, 224, 224), normalized
 ...     labels, rows = batch.labels, batch.global_rows  # int64 (512,), 512
 """
@@ -58,8 +59,12 @@ from harness.data.pil_augment import (
 
 __all__ = [
     "EpochBatchSampler",
+    "EvalImages",
     "StreamedImageData",
     "TrainBatch",
+    "TrainViews",
+    "collate_eval",
+    "collate_views",
     "epoch_order",
     "global_batches",
     "normalize",
@@ -200,9 +205,8 @@ class EvalImages(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return eval_view(_decode(self.split, index), self.resize_size, self.image_size), int(
-            self.split.labels[index]
-        )
+        view = eval_view(_decode(self.split, index), self.resize_size, self.image_size)
+        return view, int(self.split.labels[index])
 
 
 # Batches are stacked with NumPy: torch.stack would run torch's intra-op thread pool in the calling process
@@ -286,7 +290,7 @@ class StreamedImageData:
     Examples
     --------
     >>> data = StreamedImageData(folder_data, batch_size=64, num_workers=2)   # doctest: +SKIP
-    >>> data.num_classes, data.steps_per_epoch(world_size=1)
+    >>> data.num_classes, data.steps_per_epoch(world_size=1)  # doctest: +SKIP
     """
 
     def __init__(

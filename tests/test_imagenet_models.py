@@ -26,6 +26,16 @@ MANIFEST_PATH = Path(__file__).parent / "data" / "imagenet_checkpoint_manifest.j
 NAMES = sorted(IMAGENET_MODELS)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the same arithmetic, and on a loaded 2-core CPU torch's thread pool made these
+    forwards 10-250x slower (waiting for descheduled threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def manifest() -> dict:
     # A missing manifest is a failure: without it nothing here checks the layouts.

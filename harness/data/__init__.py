@@ -1,6 +1,11 @@
 """Datasets for the harness: the CIFAR-100 archive (:mod:`.cifar`), a small look-alike for tests and
 demos (:mod:`.synthetic`), and batched on-device augmentation (:mod:`.augment`, imports torch; import it
 directly).
+
+Image folders (ImageNet and the user's own): scanning (:mod:`.folder`, re-exported here), the official
+ImageNet views with Pillow (:mod:`.pil_augment`), the streamed worker pipeline (:mod:`.streamed`), a
+generated JPEG folder (:mod:`.synthetic_images`) and the loader benchmark (:mod:`.throughput`); the last
+four import torch or Pillow: import them directly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from .cifar import (
     default_data_dir,
     load_cifar100,
 )
+from .folder import ImageFolderData, ImageSplit, scan_folder, scan_imagenet
 from .synthetic import write_cifar100_archive
 
 __all__ = [
@@ -22,7 +28,11 @@ __all__ = [
     "CIFAR100_MD5",
     "CIFAR100_URL",
     "DatasetError",
+    "ImageFolderData",
+    "ImageSplit",
     "default_data_dir",
     "load_cifar100",
+    "scan_folder",
+    "scan_imagenet",
     "write_cifar100_archive",
 ]

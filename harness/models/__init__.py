@@ -1,7 +1,11 @@
-"""CIFAR-100 model zoo: the CRD / mdistiller architectures, named as in their teacher checkpoints.
+"""The model zoo: the CIFAR-100 CRD / mdistiller architectures and the ImageNet models of the official SLD
+code (torchvision layouts), each named as in its published checkpoints.
 
-Every model maps (N, 3, 32, 32) float images to (N, num_classes) logits, and its ``state_dict`` has the
-same keys, order and shapes as the published checkpoints, so ``load_weights`` takes them as they are.
+Every model maps (N, 3, H, W) float images (32 px for CIFAR-100, 224 px for ImageNet) to
+(N, num_classes) logits, and its ``state_dict`` has the same keys, order and shapes as the published
+checkpoints, so ``load_weights`` takes them as they are. :func:`model_info` tags each name with its
+dataset and default class count (100 or 1000); :func:`build_model` also takes a plug-in spec
+(``"package.module:callable"`` or an ``sld.models`` entry point, see :mod:`harness.models.registry`).
 
 Examples
 --------
@@ -17,14 +21,26 @@ from functools import partial
 
 from torch import nn
 
+from harness.models.imagenet import IMAGENET_MODELS
 from harness.models.mobilenetv2 import MobileNetV2
+from harness.models.registry import ModelInfo, ModelSpecError, model_info, resolve_model
 from harness.models.resnet import cifar_resnet, resnet18, resnet50
 from harness.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from harness.models.vgg import VGG
 from harness.models.weights import CheckpointError, count_parameters, load_weights
 from harness.models.wrn import WideResNet
 
-__all__ = ["MODELS", "CheckpointError", "build_model", "count_parameters", "load_weights"]
+__all__ = [
+    "MODELS",
+    "CheckpointError",
+    "ModelInfo",
+    "ModelSpecError",
+    "build_model",
+    "count_parameters",
+    "load_weights",
+    "model_info",
+    "resolve_model",
+]
 
 _CIFAR_WIDTHS = (16, 16, 32, 64)
 _X4_WIDTHS = (32, 64, 128, 256)
@@ -44,15 +60,21 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int = 100) -> nn.Module:
-    """Construct a freshly initialised model by its registry name.
+# ImageNet (torchvision / official SLD layouts, 1000 classes by default); model_info() tells the zoos apart.
+MODELS.update(IMAGENET_MODELS)
+
+
+def build_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Construct a freshly initialised model from its spec (a registry name or a plug-in).
 
     Parameters
     ----------
     name
-        A key of ``MODELS`` (e.g. ``"wrn_40_2"``, ``"resnet32x4"``, ``"MobileNetV2"``).
+        A key of ``MODELS`` (e.g. ``"wrn_40_2"``, ``"resnet32x4"``, ``"resnet34"``), an import path
+        ``"package.module:callable"`` or an ``sld.models`` entry-point name (:func:`resolve_model`).
     num_classes
-        Classifier outputs; 100 for CIFAR-100 (and for the published checkpoints).
+        Classifier outputs. ``None``: the model's own default, 100 for the CIFAR-100 zoo (and its
+        published checkpoints), 1000 for the ImageNet models; a plug-in keeps its callable's default.
 
     Returns
     -------
@@ -62,10 +84,12 @@ def build_model(name: str, num_classes: int = 100) -> nn.Module:
     Raises
     ------
     ValueError
-        Unknown ``name`` (the message lists the valid ones) or ``num_classes < 1``.
+        ``num_classes < 1``; or (``ModelSpecError``, a ``ValueError``) an unknown name (the message lists
+        the valid ones) or a plug-in that cannot be imported or called or returns no ``nn.Module``.
+
+    Examples
+    --------
+    >>> build_model("resnet8x4").fc.out_features, build_model("resnet18").fc.out_features
+    (100, 1000)
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS[name](num_classes=num_classes)
+    return resolve_model(name)(num_classes)

@@ -97,7 +97,9 @@ def load_weights(model: nn.Module, path_or_state: str | os.PathLike[str] | Mappi
     path_or_state
         A checkpoint file (read with ``torch.load(weights_only=True, map_location="cpu")``) or an
         in-memory mapping. Either a raw state_dict or a dict holding one under ``"model"`` (the CRD /
-        mdistiller teacher layout); a ``module.`` prefix on every key (DataParallel) is dropped.
+        mdistiller teacher layout, or torchvision's published weight files); a ``module.`` prefix on
+        every key (DataParallel) is dropped. BatchNorm ``num_batches_tracked`` counters absent from the
+        file (saved before torch 0.4.1) keep the model's values, as ``torch.nn.BatchNorm2d`` does.
 
     Returns
     -------
@@ -124,7 +126,13 @@ def load_weights(model: nn.Module, path_or_state: str | os.PathLike[str] | Mappi
         path = Path(path_or_state)
         source = f"checkpoint {path}"
         state = _extract_state_dict(read_checkpoint(path), source)
-    report = _mismatch_report(model.state_dict(), state)
+    expected = model.state_dict()
+    # Files saved before torch 0.4.1 (torchvision's published ResNet weights among them) have no BatchNorm
+    # step counters; torch's own loader keeps the model's counter for those, and so do we.
+    counters = {k: v for k, v in expected.items() if k.endswith(".num_batches_tracked") and k not in state}
+    if counters:
+        state = {**state, **counters}
+    report = _mismatch_report(expected, state)
     if report is not None:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}:\n{report}")
     model.load_state_dict(state, strict=True)

@@ -21,6 +21,7 @@ from sld_core import SLDConfig
 
 __all__ = [
     "AMP_MODES",
+    "DATASETS",
     "METHOD_CONFIGS",
     "CEConfig",
     "ConfigError",
@@ -42,9 +43,18 @@ __all__ = [
 ]
 
 AMP_MODES = ("off", "bf16", "fp16")
+DATASETS = ("cifar100", "imagenet", "folder")
 # Fields a resumed run may change: they say where and how fast it runs, not what it computes.
 RESUMABLE_FIELDS = frozenset(
-    {"out_dir", "log_every", "compile", "data.data_dir", "data.download", "data.eval_batch_size"}
+    {
+        "out_dir",
+        "log_every",
+        "compile",
+        "data.data_dir",
+        "data.download",
+        "data.eval_batch_size",
+        "data.workers",
+    }
 )
 
 
@@ -138,16 +148,63 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the CIFAR-100 archive is and how each batch is viewed."""
+    """Which data set, where it is, and how each batch is viewed.
 
-    data_dir: str | None = None  # None: harness.data.cifar.default_data_dir()
-    download: bool = True  # fetch the archive (md5-checked) when it is missing
+    ``cifar100`` is held on the device and augmented there; ``imagenet`` (``train/<class>/``,
+    ``val/<class>/`` image folders) and ``folder`` (any folder of class sub-folders) are decoded and
+    augmented in DataLoader workers (``augment="imagenet"``), or, for a folder with ``augment="cifar"``,
+    decoded once at ``image_size`` and then treated like CIFAR."""
+
+    data_dir: str | None = None  # None: harness.data.cifar.default_data_dir() (cifar100 only)
+    download: bool = True  # fetch the archive (md5-checked) when it is missing (cifar100 only)
     views: int = 2  # official SLD/MLKD CIFAR code: weak + strong view, loss summed; 1 = weak only
-    limit_train: int | None = None  # first N training images only: demos and tests
-    limit_test: int | None = None  # first N test images only: demos and tests
+    limit_train: int | None = None  # N training images (demos, tests): CIFAR's first N, a folder's spread
+    limit_test: int | None = None  # N test images only, likewise
     eval_batch_size: int = 512  # inference only: bigger batches just finish sooner
+    dataset: str = "cifar100"  # cifar100 | imagenet | folder
+    image_size: int | None = None  # training crop / test centre crop side; None: 32 (CIFAR-style), 224
+    resize_size: int | None = None  # ImageNet-style test resize before the crop; None: image_size * 8 / 7
+    augment: str | None = None  # folder: "imagenet" (streamed, the official ImageNet views) or "cifar"
+    val_fraction: float | None = None  # folder without val/: held-out fraction of each class (seeded)
+    split_seed: int = 0  # seeds that held-out split; it never changes with the training seed
+    workers: int = 4  # streamed: DataLoader decode processes per rank
+    classes: tuple[str, ...] | None = None  # class names in label order, recorded at the first start
 
     def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"must be one of {list(DATASETS)}")
+        _check(
+            self.augment in (None, "imagenet", "cifar"),
+            "data.augment",
+            self.augment,
+            "must be 'imagenet', 'cifar' or null",
+        )
+        _check(
+            self.augment is None or self.dataset == "folder",
+            "data.augment",
+            self.augment,
+            "applies to dataset 'folder' only",
+        )
+        for name in ("image_size", "resize_size"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value >= 8), f"data.{name}", value,
+                   "must be None or an integer >= 8")
+        _check(
+            self.val_fraction is None or (isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1),
+            "data.val_fraction",
+            self.val_fraction,
+            "must be None or a number in (0, 1)",
+        )
+        _check(_is_int(self.split_seed) and self.split_seed >= 0, "data.split_seed", self.split_seed,
+               "must be an integer >= 0")
+        _check(_is_int(self.workers) and self.workers >= 0, "data.workers", self.workers,
+               "must be an integer >= 0")
+        _check(
+            self.classes is None
+            or (isinstance(self.classes, tuple) and all(isinstance(c, str) and c for c in self.classes)),
+            "data.classes",
+            self.classes,
+            "must be None or a list of class names",
+        )
         _check(self.views in (1, 2), "data.views", self.views, "must be 1 (weak) or 2 (weak + strong)")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)

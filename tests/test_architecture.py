@@ -23,6 +23,21 @@ def test_import_contracts_are_kept() -> None:
     assert "0 broken" in result.stdout
 
 
+def test_no_import_cycle_between_any_two_modules() -> None:
+    """Stricter than the sibling contract: no module reaches back to one it imports, counting imports
+    inside functions and a package's ``__init__`` (grimp is import-linter's graph)."""
+    import grimp
+
+    graph = grimp.build_graph("sld_core", "backends", "harness", cache_dir=None)
+    cycles = [
+        (module, imported)
+        for module in sorted(graph.modules)
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.chain_exists(importer=imported, imported=module)
+    ]
+    assert cycles == []
+
+
 @pytest.mark.parametrize(
     "module",
     ["harness.config", "harness.runs", "harness.recipes", "harness.report", "harness.cli",

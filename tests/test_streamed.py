@@ -94,7 +94,7 @@ def test_sampler_yields_epoch_index_keys() -> None:
 def test_steps_per_epoch(folder) -> None:
     data = _data(folder, 0)
     assert data.steps_per_epoch(1) == data.steps_per_epoch(2) == 3 and data.steps_per_epoch(3) == 2
-    assert (data.num_classes, data.class_names, data.num_train, data.num_eval) == (
+    assert (data.num_classes, data.classes, data.num_train, data.num_eval) == (
         3,
         ("n00000000", "n00000001", "n00000002"),
         N_TRAIN,
@@ -184,7 +184,7 @@ def test_global_rng_is_not_touched(folder) -> None:
 def test_train_batches_are_normalized_on_the_device(folder) -> None:
     data = _data(folder, 0)
     raw = _epoch(data, 3, rank=1, world=2)
-    batches = list(data.train_batches(3, 1, 2, torch.device("cpu")))
+    batches = list(data.train_batches(3, rank=1, world_size=2))
     assert len(batches) == len(raw)
     mean = np.array(IMAGENET_MEAN, dtype=np.float64).reshape(1, 3, 1, 1)
     std = np.array(IMAGENET_STD, dtype=np.float64).reshape(1, 3, 1, 1)
@@ -216,7 +216,7 @@ def test_eval_shards_cover_every_image_once(folder, world: int) -> None:
     assert sorted(np.concatenate(indices).tolist()) == list(range(N_VAL))
     images, labels = [], []
     for rank in range(world):
-        for x, y in data.eval_loader(rank, world):
+        for x, y in data.eval_loader("test", rank, world):
             assert x.shape[0] <= 4 and x.dtype == torch.uint8
             images.append(x)
             labels.append(y)
@@ -229,8 +229,8 @@ def test_eval_shards_cover_every_image_once(folder, world: int) -> None:
 
 def test_eval_batches_with_workers_match(folder) -> None:
     with _data(folder, 2) as data:
-        got = list(data.eval_batches(0, 2, torch.device("cpu")))
-    reference = list(_data(folder, 0).eval_batches(0, 2, torch.device("cpu")))
+        got = list(data.eval_batches(rank=0, world_size=2))
+    reference = list(_data(folder, 0).eval_batches(rank=0, world_size=2))
     assert [len(y) for _, y in got] == [len(y) for _, y in reference] == [4, 1]  # rank 0 of 2: images 0..4
     for (x, y), (rx, ry) in zip(got, reference):
         assert torch.equal(x, rx) and torch.equal(y, ry)

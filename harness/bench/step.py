@@ -126,7 +126,8 @@ def training_step(
                            device=device)
     labels = torch.randint(0, 100, (batch_size,), generator=generator, device=device)
     data = DeviceResidentData(images.cpu().numpy(), labels.cpu().numpy(), images[:2].cpu().numpy(),
-                              labels[:2].cpu().numpy(), num_classes=100, device=device)
+                              labels[:2].cpu().numpy(), num_classes=100, device=device,
+                              batch_size=batch_size, views=views)
     config = TrainConfig(
         student=student,
         teacher=teacher,
@@ -141,7 +142,7 @@ def training_step(
     parts = StepParts(net, teacher_net, METHODS[method], optimizer, scaler, config)
 
     def step() -> None:
-        batch = next(data.train_batches(batch_size=batch_size, views=views, generator=generator))
+        batch = next(data.train_batches(1, generator=generator))
         train_step(parts, batch, epoch=epoch)
 
     return step

@@ -66,7 +66,31 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Start from this config.json; flags override it.")
 ]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="CIFAR-100 cache folder.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="CIFAR-100 cache folder; the image folder of --dataset imagenet/folder."),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="cifar100 (default), imagenet (train/ + val/ class folders) or folder (any class folders).",
+    ),
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", min=8, help="Crop side (default 32 CIFAR-style, 224 ImageNet).")
+]
+AugmentOpt = Annotated[
+    str | None,
+    typer.Option("--augment", help="--dataset folder: imagenet (streamed, the official views) or cifar."),
+]
+ValFractionOpt = Annotated[
+    float | None,
+    typer.Option("--val-fraction", help="--dataset folder without val/: held-out fraction per class."),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=0, help="Streamed data: decode processes per rank (4).")
+]
 RunsDirOpt = Annotated[
     Path, typer.Option("--runs-dir", help="Root of the runs tree (teachers live in RUNS/teachers).")
 ]
@@ -117,6 +141,11 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "resume": (ResumeOpt, False),
     "config": (ConfigOpt, None),
     "data_dir": (DataDirOpt, None),
+    "dataset": (DatasetOpt, None),
+    "image_size": (ImageSizeOpt, None),
+    "augment": (AugmentOpt, None),
+    "val_fraction": (ValFractionOpt, None),
+    "workers": (WorkersOpt, None),
     "runs_dir": (RunsDirOpt, Path(DEFAULT_RUNS_DIR)),
     "views": (ViewsOpt, None),
     "limit_train": (LimitTrainOpt, None),
@@ -174,6 +203,11 @@ def common_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         "views": "data.views",
         "limit_train": "data.limit_train",
         "limit_test": "data.limit_test",
+        "dataset": "data.dataset",
+        "image_size": "data.image_size",
+        "augment": "data.augment",
+        "val_fraction": "data.val_fraction",
+        "workers": "data.workers",
     }
     overrides: dict[str, Any] = {field: options.get(name) for name, field in as_is.items()}
     overrides.update(
@@ -221,11 +255,16 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def check_model_names(*names: str | None) -> None:
-    from harness.models import MODELS
+    """Each model spec resolves: a built-in name, ``package.module:callable`` or an ``sld.models``
+    entry point (the message lists the valid names)."""
+    from harness.models import ModelSpecError, resolve_model
 
     for name in names:
-        if name is not None and name not in MODELS:
-            raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        if name is not None:
+            try:
+                resolve_model(name)
+            except ModelSpecError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def floats(text: str, flag: str) -> tuple[float, ...]:

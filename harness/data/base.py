@@ -32,38 +32,34 @@ class Batch:
 
 
 class TrainData(Protocol):
-    """The dataset interface :func:`harness.train.loop.train` trains on."""
+    """The dataset interface :func:`harness.train.loop.train` trains on. The global batch size, the number
+    of views and the device are fixed when a dataset is made."""
 
     num_classes: int
     classes: tuple[str, ...] | None  # class names in label order, where the data has them
 
-    def num_images(self, split: str) -> int:
-        """Images in ``split`` (``"train"`` or ``"test"``), after any limit."""
+    def eval_size(self, split: str) -> int:
+        """Images :meth:`eval_batches` gives for ``split`` over all ranks (accuracy divides by it)."""
         ...
 
-    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
-        """Optimizer steps :meth:`train_batches` yields per epoch."""
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Optimizer steps :meth:`train_batches` yields per epoch (the same on every rank)."""
         ...
 
     def train_batches(
-        self,
-        *,
-        batch_size: int,
-        views: int,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
+        self, epoch: int, *, generator: torch.Generator, rank: int = 0, world_size: int = 1
     ) -> Iterator[Batch]:
-        """One epoch: ``batch_size`` is the global batch; ``views`` 1 (weak) or 2 (weak + strong);
-        ``generator`` (on the training device) is the run's source of order and augmentation, whose
-        state the checkpoint keeps."""
+        """This rank's share of every global batch of ``epoch`` (counted from 1). ``generator`` (on the
+        training device; its state is checkpointed) is the run's source of order and augmentation where
+        the data draws on the device; a streamed dataset seeds itself from (seed, epoch) instead."""
         ...
 
     def eval_batches(
-        self, split: str, *, batch_size: int, rank: int = 0, world_size: int = 1
+        self, split: str, *, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(images, labels)`` of this rank's share of ``split`` in the eval view (normalized float32);
-        over all ranks every image exactly once."""
+        """``(images, labels)`` of this rank's share of ``split`` (``"test"``, or ``"train"``: the
+        training images the teacher's swap rate is measured on) in the eval view, normalized float32 on
+        the device; over all ranks every image exactly once."""
         ...
 
 

@@ -43,8 +43,12 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from harness.data.augment import CUTOUT_FILL, RANDAUGMENT_OPS
+from harness.data.cifar import DatasetError
+from harness.data.folder import ImageSplit
 
 __all__ = [
+    "decode_image",
+    "decode_resized",
     "CROP_RATIO",
     "CROP_SCALE",
     "IMAGENET_MEAN",
@@ -81,6 +85,27 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image file to RGB, as torchvision's default loader (grey, palette, CMYK -> RGB)."""
     with open(path, "rb") as f:
         return Image.open(f).convert("RGB")
+
+
+def decode_image(split: ImageSplit, index: int) -> Image.Image:
+    """Image ``index`` of ``split`` as RGB; a file that is not a readable image is one
+    :class:`~harness.data.cifar.DatasetError` that names it."""
+    path = split.path(index)
+    try:
+        return load_rgb(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # OSError: unreadable or not an image
+        raise DatasetError(
+            f"cannot decode image {path} ({type(exc).__name__}: {exc}); remove or replace it"
+        ) from exc
+
+
+def decode_resized(split: ImageSplit, size: int) -> np.ndarray:
+    """Every image of ``split`` decoded and resized (bilinear) to ``size`` x ``size``: ``uint8`` NHWC, for
+    a small image folder held on the device and augmented CIFAR-style."""
+    out = np.empty((len(split), size, size, 3), dtype=np.uint8)
+    for i in range(len(split)):
+        out[i] = np.asarray(decode_image(split, i).resize((size, size), Image.Resampling.BILINEAR))
+    return out
 
 
 def _chw(image: Image.Image | np.ndarray) -> np.ndarray:

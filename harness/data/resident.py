@@ -25,6 +25,12 @@ class DeviceResidentData:
         ``device`` once, as NCHW.
     train_labels, test_labels
         Integer labels in ``[0, num_classes)``.
+    batch_size
+        The global batch of :meth:`train_batches`.
+    views
+        1 (weak view) or 2 (weak + strong, the SLD / MLKD CIFAR recipe).
+    eval_batch_size
+        Rows per :meth:`eval_batches` batch and rank.
     """
 
     def __init__(
@@ -36,6 +42,9 @@ class DeviceResidentData:
         *,
         num_classes: int,
         device: torch.device,
+        batch_size: int,
+        views: int = 2,
+        eval_batch_size: int = 512,
         classes: tuple[str, ...] | None = None,
     ) -> None:
         for name, labels in (("training", train_labels), ("test", test_labels)):
@@ -43,34 +52,32 @@ class DeviceResidentData:
                 raise ValueError(
                     f"{name} labels must lie in [0, {num_classes}); got {labels.min()}..{labels.max()}"
                 )
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 (weak) or 2 (weak + strong); got {views!r}")
         self.num_classes = num_classes
         self.classes = classes
+        self.batch_size, self.views, self.eval_batch_size = batch_size, views, eval_batch_size
         self.train_x, self.train_y = _to_device(train_images, train_labels, device)
         self.test_x, self.test_y = _to_device(test_images, test_labels, device)
 
-    def num_images(self, split: str) -> int:
+    def eval_size(self, split: str) -> int:
         return self._split(split)[0].shape[0]
 
-    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+    def steps_per_epoch(self, world_size: int = 1) -> int:
         # the last short batch is dropped only when it has fewer than 2 rows per rank
-        full, rest = divmod(self.train_x.shape[0], batch_size)
-        return full + (rest >= 2 * world_size) if rest else full
+        full, rest = divmod(self.train_x.shape[0], self.batch_size)
+        return full + (rest >= 2 * world_size)
 
     def train_batches(
-        self,
-        *,
-        batch_size: int,
-        views: int,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
+        self, epoch: int, *, generator: torch.Generator, rank: int = 0, world_size: int = 1
     ) -> Iterator[Batch]:
         """Every rank augments the whole global batch with the shared generator and keeps its rows, so
         each image gets exactly the crop, flip and RandAugment draws it would get in one process (at
         CIFAR batch sizes the augmentation kernels are launch-bound: the extra rows cost next to nothing
         on a GPU)."""
-        view_fns = (weak_view, strong_view)[:views]
-        for index in epoch_batches(self.train_x.shape[0], batch_size, generator, min_rows=2 * world_size):
+        view_fns = (weak_view, strong_view)[: self.views]
+        batches = epoch_batches(self.train_x.shape[0], self.batch_size, generator, min_rows=2 * world_size)
+        for index in batches:
             rows = shard_slice(index.shape[0], rank, world_size)
             images = self.train_x[index]
             yield Batch(
@@ -80,13 +87,14 @@ class DeviceResidentData:
             )
 
     def eval_batches(
-        self, split: str, *, batch_size: int, rank: int = 0, world_size: int = 1
+        self, split: str, *, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._split(split)
         if world_size > 1:
             images, labels = (t.tensor_split(world_size)[rank] for t in (images, labels))
-        for start in range(0, images.shape[0], batch_size):
-            yield eval_view(images[start : start + batch_size]), labels[start : start + batch_size]
+        step = self.eval_batch_size
+        for start in range(0, images.shape[0], step):
+            yield eval_view(images[start : start + step]), labels[start : start + step]
 
     def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "train":

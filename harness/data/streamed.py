@@ -37,22 +37,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.data.cifar import DatasetError
+from harness.data.base import Batch
 from harness.data.folder import ImageFolderData, ImageSplit
 from harness.data.pil_augment import (
     IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     RESIZE_SIZE,
+    decode_image,
     eval_view,
-    load_rgb,
     strong_view,
     weak_view,
 )
@@ -61,7 +59,6 @@ __all__ = [
     "EpochBatchSampler",
     "EvalImages",
     "StreamedImageData",
-    "TrainBatch",
     "TrainViews",
     "collate_eval",
     "collate_views",
@@ -161,16 +158,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 # ------------------------------------------------------------------------------------------- the datasets
 
 
-def _decode(split: ImageSplit, index: int) -> Image.Image:
-    path = split.path(index)
-    try:
-        return load_rgb(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # OSError: unreadable or not an image
-        raise DatasetError(
-            f"cannot decode image {path} ({type(exc).__name__}: {exc}); remove or replace it"
-        ) from exc
-
-
 class TrainViews(Dataset):
     """``dataset[(epoch, index)]`` -> (the image's ``views`` as ``uint8`` ``(3, size, size)`` arrays, label).
 
@@ -187,7 +174,7 @@ class TrainViews(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[tuple[np.ndarray, ...], int]:
         epoch, index = key
-        image = _decode(self.split, index)
+        image = decode_image(self.split, index)
         views = tuple(
             _VIEWS[v](image, view_rng(self.seed, epoch, index, v), self.image_size) for v in range(self.views)
         )
@@ -205,7 +192,7 @@ class EvalImages(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        view = eval_view(_decode(self.split, index), self.resize_size, self.image_size)
+        view = eval_view(decode_image(self.split, index), self.resize_size, self.image_size)
         return view, int(self.split.labels[index])
 
 
@@ -253,17 +240,8 @@ def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tenso
 # ------------------------------------------------------------------------------------- the trainer's view
 
 
-@dataclass(frozen=True)
-class TrainBatch:
-    """One training step of one rank: its rows' views and labels, and the global batch's row count."""
-
-    views: list[torch.Tensor]  # float32 (n, 3, H, W) normalized, on the device; [weak] or [weak, strong]
-    labels: torch.Tensor  # int64 (n,) on the device
-    global_rows: int  # rows of the global batch (all ranks); n is this rank's share of it
-
-
 class StreamedImageData:
-    """A scanned image folder served by DataLoader workers, in the shape the trainer asks a dataset for.
+    """A scanned image folder served by DataLoader workers: a :class:`harness.data.base.TrainData`.
 
     Parameters
     ----------
@@ -286,6 +264,12 @@ class StreamedImageData:
         Batches each worker prepares ahead.
     mean, std
         Normalization applied on the device.
+    device
+        Where batches are delivered (normalized there).
+    train_eval_size
+        The ``"train"`` evaluation split (how often the teacher is wrong on the training set, the swap
+        rate) is a fixed, evenly spaced sample of at most this many training images (eval view): a full
+        pass over ImageNet's 1.28 M images would cost an epoch of inference.
 
     Examples
     --------
@@ -307,6 +291,8 @@ class StreamedImageData:
         prefetch_factor: int = 2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        device: torch.device | str = "cpu",
+        train_eval_size: int = 10_000,
     ):
         _check_seed(seed)
         if image_size < 1 or resize_size < image_size:
@@ -324,8 +310,13 @@ class StreamedImageData:
             prefetch_factor,
         )
         self.mean, self.std = tuple(mean), tuple(std)
+        self.device = torch.device(device)
         self._train = TrainViews(data.train, seed, views, image_size)
-        self._eval = EvalImages(data.val, image_size, resize_size)
+        sample = np.unique(np.linspace(0, len(data.train) - 1, min(train_eval_size, len(data.train))).round())
+        self._eval = {
+            "test": EvalImages(data.val, image_size, resize_size),
+            "train": EvalImages(data.train.take(sample.astype(np.int64)), image_size, resize_size),
+        }
         self._loaders: dict[tuple[str, int, int, bool], DataLoader] = {}
 
     # ------------------------------------------------------------------------------------------- facts
@@ -335,7 +326,7 @@ class StreamedImageData:
         return self.data.num_classes
 
     @property
-    def class_names(self) -> tuple[str, ...]:
+    def classes(self) -> tuple[str, ...]:
         return self.data.classes
 
     @property
@@ -349,6 +340,10 @@ class StreamedImageData:
     @property
     def num_eval(self) -> int:
         return len(self.data.val)
+
+    def eval_size(self, split: str = "test") -> int:
+        """Images :meth:`eval_batches` gives for ``split`` over all ranks."""
+        return len(self._eval_split(split))
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Global batches per epoch (the same on every rank)."""
@@ -377,44 +372,61 @@ class StreamedImageData:
             yield views, labels, rows
 
     def train_batches(
-        self, epoch: int, rank: int, world_size: int, device: torch.device, *, start_step: int = 0
-    ) -> Iterator[TrainBatch]:
-        """This rank's training steps of epoch ``epoch`` (from step ``start_step``), normalized on ``device``.
+        self,
+        epoch: int,
+        *,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+    ) -> Iterator[Batch]:
+        """This rank's training steps of epoch ``epoch`` (from step ``start_step``), normalized on the
+        device. ``generator`` is not used: every draw is seeded by (seed, epoch, image, view).
 
         Every rank gets the same number of steps; the rows of rank ``r``, concatenated over the ranks in
         rank order, are the global batch.
         """
+        device = self.device
         pin = device.type == "cuda"
         for views, labels, rows in self.train_loader(
             epoch, rank, world_size, start_step=start_step, pin_memory=pin
         ):
             # From pinned memory the copies run asynchronously; the normalization queues behind them.
-            on_device = [normalize(v.to(device, non_blocking=pin), self.mean, self.std) for v in views]
-            yield TrainBatch(on_device, labels.to(device, non_blocking=pin), rows)
+            on_device = tuple(normalize(v.to(device, non_blocking=pin), self.mean, self.std) for v in views)
+            yield Batch(on_device, labels.to(device, non_blocking=pin), rows)
 
     # ------------------------------------------------------------------------------------- evaluation
 
     def eval_loader(
-        self, rank: int = 0, world_size: int = 1, *, pin_memory: bool = False
+        self, split: str = "test", rank: int = 0, world_size: int = 1, *, pin_memory: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's share of the held-out images (CPU, ``uint8``), in batches of ``eval_batch_size``."""
-        yield from self._loader("eval", rank, world_size, pin_memory)
+        """This rank's share of ``split``'s evaluation images (CPU, ``uint8``), in batches of
+        ``eval_batch_size``."""
+        yield from self._loader(f"eval-{split}", rank, world_size, pin_memory)
 
     def eval_batches(
-        self, rank: int, world_size: int, device: torch.device
+        self, split: str = "test", *, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's evaluation batches, normalized on ``device``: ``(float32 (n, 3, H, W), int64 (n,))``.
-        Over all ranks every held-out image comes exactly once; divide summed counts by :attr:`num_eval`."""
+        """This rank's evaluation batches of ``split`` (``"test"``: the held-out images; ``"train"``: the
+        training sample, see ``train_eval_size``), normalized on the device: ``(float32 (n, 3, H, W),
+        int64 (n,))``. Over all ranks every image comes exactly once; divide summed counts by
+        :meth:`eval_size`."""
+        device = self.device
         pin = device.type == "cuda"
-        for x, y in self.eval_loader(rank, world_size, pin_memory=pin):
+        for x, y in self.eval_loader(split, rank, world_size, pin_memory=pin):
             yield (
                 normalize(x.to(device, non_blocking=pin), self.mean, self.std),
                 y.to(device, non_blocking=pin),
             )
 
-    def eval_indices(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        """Indices into ``data.val`` that rank ``rank`` evaluates, in order."""
-        return rank_share(np.arange(self.num_eval), rank, world_size)
+    def eval_indices(self, rank: int = 0, world_size: int = 1, split: str = "test") -> np.ndarray:
+        """Indices into ``split``'s evaluation images that rank ``rank`` evaluates, in order."""
+        return rank_share(np.arange(self.eval_size(split)), rank, world_size)
+
+    def _eval_split(self, split: str) -> EvalImages:
+        if split not in self._eval:
+            raise ValueError(f"split must be 'test' or 'train'; got {split!r}")
+        return self._eval[split]
 
     # --------------------------------------------------------------------------------------- plumbing
 
@@ -428,8 +440,9 @@ class StreamedImageData:
                 )
                 collate = collate_views
             else:
-                dataset = self._eval
-                share = self.eval_indices(rank, world_size)
+                split = kind.removeprefix("eval-")
+                dataset = self._eval_split(split)
+                share = self.eval_indices(rank, world_size, split)
                 batches = [
                     share[i : i + self.eval_batch_size].tolist()
                     for i in range(0, len(share), self.eval_batch_size)

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from harness.models.imagenet import IMAGENET_MODELS
+from harness.models.zoo import MODELS
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ModelConstructor",
@@ -125,9 +128,6 @@ def resolve_model(spec: str) -> ModelConstructor:
     'imagenet'
     >>> resolve_model("my_pkg.models:build_student")(num_classes=10)  # doctest: +SKIP
     """
-    from harness.models import MODELS  # late: harness.models imports this module
-    from harness.models.imagenet import IMAGENET_MODELS
-
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"a model spec must be a non-empty string, got {spec!r}")
     if spec in MODELS:

@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointWriteError",
     "TrainState",
     "capture_rng",
+    "checkpoint_config",
     "checkpoint_model_name",
     "load_checkpoint",
     "load_model_state",
@@ -180,8 +181,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def checkpoint_model_name(path: str | os.PathLike[str]) -> str | None:
     """The student model name stored in an ``sld train`` checkpoint; ``None`` for other files (such as
     mdistiller's teachers), which do not record it."""
+    config = checkpoint_config(path)
+    return None if config is None else config.student
+
+
+def checkpoint_config(path: str | os.PathLike[str]) -> TrainConfig | None:
+    """The run config stored in an ``sld train`` checkpoint (model, data set and its recorded class
+    list, ...); ``None`` for other files (mdistiller's or torchvision's weights)."""
     data = read_checkpoint(path)
-    return data["config"]["student"] if _is_ours(data) else None
+    if not _is_ours(data):
+        return None
+    try:
+        return train_config_from_dict(data["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its stored config is invalid: {exc}") from None
 
 
 def _is_ours(data: Any) -> bool:
@@ -265,7 +278,9 @@ def load_resume_state(run: RunDir, config: TrainConfig) -> TrainState:
         saved = train_config_from_dict(state.config)
     except ConfigError as exc:
         raise ConfigError(f"{run.last}: its stored config is invalid: {exc}") from None
-    conflicts = resume_conflicts(saved, config)
+    # A class list the request leaves open is the run's (the trainer takes it from the checkpoint).
+    open_fields = {"data.classes"} if config.data.classes is None else set()
+    conflicts = resume_conflicts(saved, config, ignore=open_fields)
     if conflicts:
         raise ConfigError(
             f"cannot resume {run.last}: the config differs from the run's ({', '.join(conflicts)}); "

@@ -20,7 +20,6 @@ def evaluate(
     data: TrainData,
     split: str = "test",
     *,
-    batch_size: int = 512,
     amp: str = "off",
     channels_last: bool = False,
     dist: DistContext | None = None,
@@ -33,7 +32,7 @@ def evaluate(
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     correct1 = correct5 = None
-    for x, y in data.eval_batches(split, batch_size=batch_size, rank=rank, world_size=world):
+    for x, y in data.eval_batches(split, rank=rank, world_size=world):
         with autocast(amp, x.device):
             logits = model(x.contiguous(memory_format=memory_format))
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
@@ -48,7 +47,7 @@ def evaluate(
         [correct1, correct5]
     )
     c1, c5 = (dist.all_reduce_sum(counts) if dist is not None else counts).tolist()
-    total = data.num_images(split)
+    total = data.eval_size(split)
     return c1 / total, c5 / total
 
 

@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.config import ConfigError, TrainConfig, save_config, train_config_to_dict
+from harness.config import ConfigError, TrainConfig, save_config, train_config_to_dict, with_overrides
 from harness.models import build_model, load_weights
 from harness.runs import RunDir, epoch_record
 
@@ -148,8 +148,14 @@ def train(
     resumed = load_resume_state(run, config) if resume else None
     if resumed is None:
         _seed_everything(config.seed)  # before building the model: its initialization draws from it
+    elif config.data.classes is None:
+        saved_classes = resumed.config["data"].get("classes")
+        config = with_overrides(config, {"data.classes": tuple(saved_classes) if saved_classes else None})
 
-    data = load_data(config.data, device)
+    data = load_data(config.data, device, batch_size=config.optim.batch_size, seed=config.seed)
+    if config.data.dataset != "cifar100" and config.data.classes is None:
+        # Recorded in config.json, so that evaluation, --resume and --config replays see this mapping.
+        config = with_overrides(config, {"data.classes": data.classes})
     student = build_model(config.student, num_classes=data.num_classes).to(
         device, memory_format=_memory_format(config)
     )
@@ -182,7 +188,6 @@ def train(
     evaluate_on = functools.partial(
         evaluate,
         data=data,
-        batch_size=config.data.eval_batch_size,
         amp=config.amp,
         channels_last=config.channels_last,
         dist=dist,

@@ -56,15 +56,9 @@ def train_epoch(
     parts.student.train()
     sums: dict[str, torch.Tensor] = {}
     first_bad_step = torch.full((), -1, dtype=torch.long, device=generator.device)
-    steps = data.steps_per_epoch(config.optim.batch_size, dist.world_size)
+    steps = data.steps_per_epoch(dist.world_size)
     rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
-    batches = data.train_batches(
-        batch_size=config.optim.batch_size,
-        views=config.data.views,
-        generator=generator,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+    batches = data.train_batches(epoch, generator=generator, rank=dist.rank, world_size=dist.world_size)
     with progress(console) as bar:
         task = bar.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
         for step, batch in enumerate(batches):

@@ -1,0 +1,104 @@
+"""``sld train`` on image folders end to end (tiny real JPEG files): the ImageNet layout streamed through
+DataLoader workers, a folder of bare class sub-folders held on the device CIFAR-style, the class list
+recorded in the run, a bit-identical resume, a torchvision-layout raw teacher, and ``sld eval`` on the
+recorded data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from harness.data.synthetic_images import write_image_folder  # noqa: E402
+from harness.models import build_model  # noqa: E402
+
+from .train_helpers import (  # noqa: E402
+    assert_same_state,
+    final_state,
+    invoke,
+    one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
+    read_metrics,
+    without_timing,
+)
+
+SMALL = ["--image-size", "32", "--batch-size", "6", "--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imagenet")
+    return write_image_folder(root, num_classes=3, train_per_class=4, val_per_class=2, size=(48, 40))
+
+
+@pytest.fixture(scope="module")
+def classes_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    return write_image_folder(
+        root, num_classes=3, train_per_class=5, val_per_class=2, size=(40, 40), layout="classes", seed=1
+    )
+
+
+def _train(*args: str) -> None:
+    result = invoke("train", *args)
+    assert result.exit_code == 0, result.output
+
+
+def test_imagenet_layout_trains_records_classes_and_resumes_bit_identically(imagenet: Path, tmp_path: Path):
+    common = ["--dataset", "imagenet", "--data-dir", str(imagenet), "--student", "resnet18", "--method", "ce",
+              "--epochs", "2", *SMALL]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    _train(*common, "--out", str(whole))
+    _train(*common, "--out", str(parts), "--stop-after", "1")
+    _train("--out", str(parts), "--resume")  # the run's own config.json, classes included
+
+    records = read_metrics(whole)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0.0 <= r["test_top1"] <= 1.0 and r["loss"] > 0 for r in records)
+    config = json.loads((whole / "config.json").read_text())
+    assert config["data"]["dataset"] == "imagenet"
+    assert config["data"]["classes"] == ["n00000000", "n00000001", "n00000002"]
+    assert_same_state(final_state(whole), final_state(parts))
+    assert without_timing(read_metrics(parts)) == without_timing(records)
+
+    evaluated = invoke("eval", str(whole / "last.pt"), "--json", "-", "--device", "cpu")
+    assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads(evaluated.output)
+    assert (result["dataset"], result["images"], result["top1"]) == ("imagenet", 6, records[-1]["test_top1"])
+
+
+def test_a_changed_class_list_is_refused(imagenet: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    _train("--dataset", "imagenet", "--data-dir", str(imagenet), "--student", "resnet18", "--method", "ce",
+           "--epochs", "1", *SMALL, "--out", str(out))
+    (imagenet / "train" / "n00000003").mkdir()  # a new class appears in the folder
+    try:
+        result = invoke("train", "--config", str(out / "config.json"), "--out", str(tmp_path / "replay"))
+    finally:
+        (imagenet / "train" / "n00000003").rmdir()
+    assert result.exit_code == 1
+    assert "n00000003" in result.output
+
+
+def test_folder_of_classes_cifar_style_with_a_seeded_split(classes_folder: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    _train("--dataset", "folder", "--data-dir", str(classes_folder), "--augment", "cifar", "--val-fraction",
+           "0.3", "--student", "resnet8", "--method", "ce", "--epochs", "1", *SMALL, "--out", str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["augment"] == "cifar" and len(config["data"]["classes"]) == 3
+    (record,) = read_metrics(out)
+    assert 0.0 <= record["test_top1"] <= 1.0
+
+
+def test_torchvision_layout_raw_teacher_distills(imagenet: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    teacher = tmp_path / "resnet34-raw.pth"
+    torch.save(build_model("resnet34", num_classes=3).state_dict(), teacher)  # raw, as torchvision saves
+    out = tmp_path / "kd"
+    _train("--dataset", "imagenet", "--data-dir", str(imagenet), "--student", "resnet18", "--teacher-model",
+           "resnet34", "--teacher", str(teacher), "--method", "kd", "--epochs", "1", *SMALL,
+           "--out", str(out))
+    (record,) = read_metrics(out)
+    assert record["kl_teacher"] > 0 and 0.0 <= record["teacher_swap_rate"] <= 1.0

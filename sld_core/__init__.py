@@ -5,7 +5,7 @@ imported here; the namespace comes from the caller's arrays (array-api-compat)."
 from .loss import LossTerms, SLDConfig, config_to_dict, sld_loss, sld_loss_and_grad
 from .schedule import linear_warmup, pseudo_teacher_active
 from .swap import swap_at, swap_logits, swap_mask
-from .validation import validate_inputs, validate_logits_and_targets
+from .validation import validate_epoch, validate_inputs, validate_logits_and_targets
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "swap_at",
     "swap_logits",
     "swap_mask",
+    "validate_epoch",
     "validate_inputs",
     "validate_logits_and_targets",
 ]

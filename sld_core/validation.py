@@ -18,7 +18,7 @@ from typing import Any
 
 from ._namespace import array_namespace, compute_dtype, device_of, same_device
 
-__all__ = ["index_targets", "raise_for_values", "validate_epoch", "validate_inputs",
+__all__ = ["index_targets", "raise_for_counts", "raise_for_values", "validate_epoch", "validate_inputs",
            "validate_logits_and_targets"]
 
 
@@ -62,7 +62,17 @@ def raise_for_values(*, nonfinite: dict[str, bool], bad_labels: bool, targets: A
         low, high = int(xp.min(targets)), int(xp.max(targets))
         problems.append(f"targets must lie in [0, {num_classes}); got values from {low} to {high}")
     if problems:
-        raise ValueError("; ".join(problems) + " (check_targets=True checks these values)")
+        raise ValueError("; ".join(problems))
+
+
+def raise_for_counts(counts: Any, *, targets: Any, num_classes: int, xp: Any) -> None:
+    """:func:`raise_for_values` from the three counts a fused kernel returns: rows with non-finite
+    student logits, with non-finite teacher logits, and labels outside ``[0, num_classes)`` (host
+    numbers, already read back)."""
+    bad_student, bad_teacher, bad_labels = (float(c) > 0 for c in counts)
+    if bad_student or bad_teacher or bad_labels:
+        raise_for_values(nonfinite={"student_logits": bad_student, "teacher_logits": bad_teacher},
+                         bad_labels=bad_labels, targets=targets, num_classes=num_classes, xp=xp)
 
 
 def _check_values(xp: Any, targets: Any, num_classes: int, logits: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
-r"""Per-row algebra shared by the fused backends (torch, NumPy): once the ``(B, C)``-sized work has
-reduced the logits to a few numbers per row and temperature, everything else is written here once,
-in array-API words, for any namespace ``xp``.
+r"""Per-row algebra of the fused SLD paths: once the ``(B, C)``-sized work has reduced the logits to a
+few numbers per row and temperature, the losses and the gradient coefficients follow from the
+formulas below. Here they are code, in array-API words for any namespace ``xp``, used by the eager
+paths (torch chunked, NumPy without numba). The other paths transcribe the same formulas with the
+same names (the list of copies and the tests that pin each is in :mod:`backends`).
 
 Notation (one row, one temperature ``T``): ``u_s = s - max(s)``, ``u_t = t - max(t)``,
 ``Z_s = sum exp(u_s/T)``, ``Z_t = sum exp(u_t/T)``, ``q = softmax(s/T)``, ``p_t = softmax(t/T)``,
@@ -21,8 +23,6 @@ from typing import Any
 
 __all__ = ["GradCoefficients", "RowConstants", "grad_coefficients", "row_constants", "row_losses"]
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is ~4x faster than exp in torch on CPU
-
 
 @dataclass(frozen=True)
 class RowConstants:
@@ -33,13 +33,12 @@ class RowConstants:
     temperatures: Any
     inv_t: Any  # 1/T
     neg_inv_t: Any  # -1/T
-    exp2_scale: Any  # log2(e)/T, the multiplier in front of exp2
     kd_on: Any  # 1 where T is in the KD sum, else 0
     kd_t: Any  # T where T is in the KD sum, else 0 (gradient weight)
     kd_t2: Any  # T**2 where T is in the KD sum, else 0 (loss weight)
     ce_hot: Any  # 1 at the temperature-1 entry
     ce_index: int
-    num_roots: int  # exp(u/T) of the first num_roots entries is computed with exp/exp2 ...
+    num_roots: int  # exp(u/T) of the first num_roots entries is computed with exp ...
     squares: tuple[tuple[int, int], ...]  # ... and entry dst as the square of entry src (T_src = 2 T_dst)
 
 
@@ -77,7 +76,6 @@ def row_constants(temperatures: tuple[float, ...], *, xp: Any, dtype: Any, devic
         temperatures=arr(temps),
         inv_t=arr([1.0 / t for t in temps]),
         neg_inv_t=arr([-1.0 / t for t in temps]),
-        exp2_scale=arr([LOG2E / t for t in temps]),
         kd_on=arr(in_kd),
         kd_t=arr([t * k for t, k in zip(temps, in_kd)]),
         kd_t2=arr([t * t * k for t, k in zip(temps, in_kd)]),

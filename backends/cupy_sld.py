@@ -2,8 +2,14 @@
 closed-form gradient, in two passes over the row (max/argmax, then the sums; then the gradient).
 
 The per-row algebra is that of :mod:`backends._rows` (the docstring there derives it), transcribed
-to CUDA C. The temperatures are compiled in as constants, so each distinct ``config.temperatures``
-(and dtype) compiles one kernel, once. CuPy is imported only when this module is used.
+to CUDA C; it is one of the copies listed in :mod:`backends`, pinned by the GPU tests of
+``tests/test_backends.py`` (skipped without a device). The temperatures are compiled in as
+constants, so each distinct ``config.temperatures`` (and dtype) compiles one kernel, once. Per row the
+kernel writes the four loss terms already divided by ``B`` and three flags (non-finite student /
+teacher logits, label out of range); one column sum gives the results, so a call is one launch plus
+one reduction, and the value check one read of that 8-vector. Labels are clamped into ``[0, C)``
+before any read; NaN rows keep the seeded argmax (column 0): nothing is indexed out of bounds.
+CuPy is imported only when this module is used.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ extern "C" __global__ void sld_rows(
     const real* __restrict__ s, const real* __restrict__ t, const long long* __restrict__ y,
     const int num_classes, const int teacher_swap, const int pseudo_on, const int detach_pseudo,
     const real w_ce, const real w_teacher, const real w_pseudo,  // already divided by the batch size
-    real* __restrict__ row_losses, real* __restrict__ grad)       // (B, 3) and (B, C)
+    const real ce_weight, const real kd_weight, const real inv_batch,
+    real* __restrict__ row_out, real* __restrict__ grad)          // (B, 8) and (B, C)
 {
     __shared__ real sv[BLOCK];
     __shared__ int si[BLOCK];
@@ -68,18 +75,27 @@ extern "C" __global__ void sld_rows(
     const long long row = blockIdx.x;
     const real* sr = s + row * num_classes;
     const real* tr = t + row * num_classes;
-    const int label = (int)y[row];
+    const long long raw_label = y[row];
+    const int bad_label = raw_label < 0 || raw_label >= num_classes;
+    // clamped: even unchecked labels never index out of bounds
+    const int label = raw_label < 0 ? 0 : (raw_label >= num_classes ? num_classes - 1 : (int)raw_label);
 
-    // Pass 1a: row maxima and first argmax of student and teacher.
+    // Pass 1a: row maxima and first argmax of student and teacher, and a non-finite probe
+    // (x * 0 is NaN iff x is NaN or inf).
     real v_s = sr[0], v_t = tr[0];  // seeding with column 0 keeps "first index" without needing -inf
     int i_s = 0, i_t = 0;
+    real probe_s = 0, probe_t = 0;
     for (int c = tid; c < num_classes; c += BLOCK) {
         if (sr[c] > v_s) { v_s = sr[c]; i_s = c; }
         if (tr[c] > v_t) { v_t = tr[c]; i_t = c; }
+        probe_s += sr[c] * (real)0;
+        probe_t += tr[c] * (real)0;
     }
     real s_max, t_max; int s_top, t_top;
     block_argmax(v_s, i_s, sv, si, &s_max, &s_top);
     block_argmax(v_t, i_t, sv, si, &t_max, &t_top);
+    probe_s = block_sum(probe_s, sv);
+    probe_t = block_sum(probe_t, sv);
 
     // Pass 1b: partition functions and the teacher cross term, all temperatures at once.
     real z_s[NUM_T], z_t[NUM_T], cross[NUM_T];
@@ -130,9 +146,15 @@ extern "C" __global__ void sld_rows(
         }
     }
     if (tid == 0) {
-        row_losses[row * 3 + 0] = ce;
-        row_losses[row * 3 + 1] = teacher;
-        row_losses[row * 3 + 2] = pseudo;
+        real* out = row_out + row * 8;
+        out[0] = (ce_weight * ce + kd_weight * (teacher + pseudo)) * inv_batch;
+        out[1] = ce * inv_batch;
+        out[2] = teacher * inv_batch;
+        out[3] = pseudo * inv_batch;
+        out[4] = probe_s != 0;
+        out[5] = probe_t != 0;
+        out[6] = bad_label;
+        out[7] = 0;
     }
 
     // Pass 2: the gradient, recomputing the exponentials instead of storing 2K of them per class.
@@ -196,11 +218,25 @@ def _kernel(temperatures: tuple[float, ...], real: str) -> Any:
     return cupy.RawKernel(source, "sld_rows")
 
 
-def sld_loss_and_grad_cupy(student_logits: Any, teacher_logits: Any, targets: Any, *, epoch: int,
+@functools.lru_cache(maxsize=64)
+def _launch_args(config: sld_core.SLDConfig, pseudo_on: bool, batch: int, num_classes: int,
+                 real: str) -> tuple[tuple[int], tuple[int], tuple[Any, ...]]:
+    """Grid, block and the scalar kernel arguments of one configuration, built once: converting them
+    per call costs more host time than the launch itself."""
+    scalar = np.float64 if real == "double" else np.float32
+    w_ce, w_kd = config.ce_weight / batch, config.kd_weight / batch
+    scalars = (np.int32(num_classes), np.int32(config.teacher_swap), np.int32(pseudo_on),
+               np.int32(config.detach_pseudo_teacher), scalar(w_ce), scalar(w_kd), scalar(w_kd),
+               scalar(config.ce_weight), scalar(config.kd_weight), scalar(1.0 / batch))
+    return (batch,), (BLOCK,), scalars
+
+
+def sld_loss_and_grad_cupy(student_logits: Any, teacher_logits: Any, targets: Any, *, epoch: Any,
                            config: sld_core.SLDConfig | None = None,
                            check_targets: bool = True) -> tuple[sld_core.LossTerms, Any]:
     """:func:`sld_core.sld_loss_and_grad` for CuPy arrays, as one fused kernel launch (plus a
-    ``(B, 3)`` column sum). Same arguments and results; ``check_targets=False`` makes it sync-free.
+    ``(B, 8)`` column sum). Same arguments and results; ``check_targets=False`` makes it sync-free
+    (labels are then clamped into ``[0, C)``).
 
     Examples
     --------
@@ -211,25 +247,23 @@ def sld_loss_and_grad_cupy(student_logits: Any, teacher_logits: Any, targets: An
     import cupy
 
     config = sld_core.SLDConfig() if config is None else config
-    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+    sld_core.validate_epoch(epoch)
+    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=False)
     dtype = cupy.float64 if student_logits.dtype == cupy.float64 else cupy.float32
     real = "double" if dtype == cupy.float64 else "float"
-    s = cupy.ascontiguousarray(student_logits, dtype=dtype)
+    s = cupy.ascontiguousarray(student_logits, dtype=dtype)  # no-ops for contiguous compute-dtype input
     t = cupy.ascontiguousarray(teacher_logits, dtype=dtype)
     y = cupy.ascontiguousarray(targets, dtype=cupy.int64)
     batch, num_classes = s.shape
     pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
-    row_losses = cupy.empty((batch, 3), dtype=dtype)
+    grid, block, scalars = _launch_args(config, pseudo_on, batch, num_classes, real)
+    row_out = cupy.empty((batch, 8), dtype=dtype)
     grad = cupy.empty((batch, num_classes), dtype=dtype)
-    scalar = np.float64 if real == "double" else np.float32
     with s.device:
-        _kernel(tuple(config.temperatures), real)(
-            (batch,), (BLOCK,),
-            (s, t, y, np.int32(num_classes), np.int32(config.teacher_swap), np.int32(pseudo_on),
-             np.int32(config.detach_pseudo_teacher), scalar(config.ce_weight / batch),
-             scalar(config.kd_weight / batch), scalar(config.kd_weight / batch), row_losses, grad),
-        )
-    ce, teacher, pseudo = row_losses.sum(axis=0) / batch
-    total = config.ce_weight * ce + config.kd_weight * (teacher + pseudo)
-    terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
+        _kernel(tuple(config.temperatures), real)(grid, block, (s, t, y, *scalars, row_out, grad))
+    sums = row_out.sum(axis=0)
+    if check_targets:  # one read of eight numbers: the only sync of a checked call
+        sld_core.validation.raise_for_counts(sums[4:7].get(), targets=targets, num_classes=num_classes,
+                                             xp=cupy)
+    terms = sld_core.LossTerms(total=sums[0], ce=sums[1], teacher=sums[2], pseudo=sums[3])
     return terms, grad.astype(student_logits.dtype, copy=False)

@@ -1,10 +1,11 @@
-"""Fused NumPy SLD: loss terms and the closed-form gradient of :func:`sld_core.sld_loss_and_grad`
-in one vectorised pass over all temperatures.
+"""Fused NumPy SLD: loss terms and the closed-form gradient of :func:`sld_core.sld_loss_and_grad`.
 
-Same plan as :mod:`backends.torch_sld` (the per-row algebra is shared, :mod:`backends._rows`): rows
-go through in cache-sized chunks; per chunk one ``(rows, 2, K, C)`` buffer holds ``exp(u/T)`` for
-student and teacher at every temperature, written in place with ``out=`` and reused by every chunk.
-float32 input stays float32 end to end; the caller's arrays are never written.
+With numba installed (and ``SLD_KERNELS`` not off) both go through the single-pass CPU kernel
+(:mod:`backends.cpu_kernel`), which the torch CPU path shares. Without it, the eager fallback below:
+rows go through in cache-sized chunks; per chunk one ``(rows, 2, K, C)`` buffer holds ``exp(u/T)`` for
+student and teacher at every temperature, written in place with ``out=`` and reused by every chunk,
+and the per-row algebra is :mod:`backends._rows`. float32 input stays float32 end to end; the caller's
+arrays are never written.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import numpy as np
 import sld_core
 
 from ._rows import grad_coefficients, row_constants, row_losses
+from ._select import cpu_kernel_module, num_threads
 
-__all__ = ["sld_loss_and_grad_numpy"]
+__all__ = ["sld_loss_and_grad_numpy", "sld_loss_numpy"]
 
 # Elements of the per-chunk exponential buffer: 2**20 float32 = 4 MiB, an L2/L3-sized block.
 CHUNK_ELEMENTS = 1 << 20
 
 
-def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.SLDConfig, pseudo_on: bool,
-           want_grad: bool) -> tuple[list[Any], np.ndarray | None]:
+def _fused_eager(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.SLDConfig,
+                 pseudo_on: bool, want_grad: bool) -> tuple[list[Any], np.ndarray | None]:
     batch, num_classes = s.shape
     consts = row_constants(config.temperatures, xp=xp_numpy, dtype=s.dtype, device="cpu")
     num_t = consts.temperatures.shape[0]
@@ -78,8 +80,61 @@ def _fused(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.S
     return [np.asarray(x / batch, dtype=s.dtype)[()] for x in totals], grad
 
 
+def _check_eager(s: np.ndarray, t: np.ndarray, targets: np.ndarray) -> None:
+    """The value checks of :func:`sld_core.validate_inputs`, for the eager path (host arrays: no sync)."""
+    sld_core.validation.raise_for_values(
+        nonfinite={"student_logits": not np.isfinite(s).all(), "teacher_logits": not np.isfinite(t).all()},
+        bad_labels=bool(targets.min() < 0 or targets.max() >= s.shape[1]), targets=targets,
+        num_classes=s.shape[1], xp=np)
+
+
+def _terms(student_logits: np.ndarray, teacher_logits: np.ndarray, targets: np.ndarray, epoch: Any,
+           config: sld_core.SLDConfig | None, check_targets: bool,
+           want_grad: bool) -> tuple[sld_core.LossTerms, np.ndarray | None]:
+    config = sld_core.SLDConfig() if config is None else config
+    sld_core.validate_epoch(epoch)
+    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=False)
+    dtype = np.float64 if student_logits.dtype == np.float64 else np.float32
+    s = np.asarray(student_logits, dtype=dtype)  # no copy when already the compute dtype; never written
+    t = np.asarray(teacher_logits, dtype=dtype)
+    y = np.asarray(targets)
+    pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
+    kernel = cpu_kernel_module()
+    if kernel is not None:
+        s, t = np.ascontiguousarray(s), np.ascontiguousarray(t)
+        grad = np.empty_like(s) if want_grad else None
+        weights = (config.ce_weight, config.kd_weight, config.kd_weight)
+        sums = kernel.fused_sums(s, t, y.astype(np.int64, copy=False), config, pseudo_on, weights, grad,
+                                 num_threads())
+        if check_targets:
+            sld_core.validation.raise_for_counts(sums[4:], targets=y, num_classes=s.shape[1], xp=np)
+        total, ce, teacher, pseudo = (dtype(v) for v in sums[:4])
+    else:
+        if check_targets:
+            _check_eager(s, t, y)
+        y = np.clip(y.astype(np.int64, copy=False), 0, s.shape[1] - 1)  # unchecked labels: clamped
+        (ce, teacher, pseudo), grad = _fused_eager(s, t, y, config, pseudo_on, want_grad=want_grad)
+        total = config.ce_weight * ce + config.kd_weight * (teacher + pseudo)
+    terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
+    return terms, None if grad is None else grad.astype(student_logits.dtype, copy=False)
+
+
+def sld_loss_numpy(student_logits: np.ndarray, teacher_logits: np.ndarray, targets: np.ndarray, *,
+                   epoch: Any, config: sld_core.SLDConfig | None = None,
+                   check_targets: bool = True) -> sld_core.LossTerms:
+    """:func:`sld_core.sld_loss` for NumPy arrays on the fused path (no gradient computed).
+
+    Examples
+    --------
+    >>> s = np.array([[2.0, 1.0, 0.0]]); t = np.array([[0.0, 3.0, 1.0]]); y = np.array([0])
+    >>> round(float(sld_loss_numpy(s, t, y, epoch=1).total), 4)
+    1.8387
+    """
+    return _terms(student_logits, teacher_logits, targets, epoch, config, check_targets, want_grad=False)[0]
+
+
 def sld_loss_and_grad_numpy(student_logits: np.ndarray, teacher_logits: np.ndarray, targets: np.ndarray, *,
-                            epoch: int, config: sld_core.SLDConfig | None = None,
+                            epoch: Any, config: sld_core.SLDConfig | None = None,
                             check_targets: bool = True) -> tuple[sld_core.LossTerms, np.ndarray]:
     """:func:`sld_core.sld_loss_and_grad` for NumPy arrays, fused (same arguments, same results).
 
@@ -87,9 +142,10 @@ def sld_loss_and_grad_numpy(student_logits: np.ndarray, teacher_logits: np.ndarr
     ----------
     student_logits, teacher_logits : np.ndarray, shape (B, C)
         float16 is computed in float32; float32 stays float32; float64 stays float64.
-    targets : np.ndarray, shape (B,), integer labels
+    targets : np.ndarray, shape (B,), integer labels (any integer dtype)
     epoch, config, check_targets
-        As in :func:`sld_core.sld_loss`.
+        As in :func:`sld_core.sld_loss` (with ``check_targets`` the kernel reports non-finite logits
+        and bad labels from its own pass: no second pass over the data).
 
     Returns
     -------
@@ -103,13 +159,4 @@ def sld_loss_and_grad_numpy(student_logits: np.ndarray, teacher_logits: np.ndarr
     >>> round(float(terms.total), 4), grad.shape
     (1.8387, (1, 3))
     """
-    config = sld_core.SLDConfig() if config is None else config
-    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
-    dtype = np.float64 if student_logits.dtype == np.float64 else np.float32
-    s = np.asarray(student_logits, dtype=dtype)  # no copy when already the compute dtype; never written
-    t = np.asarray(teacher_logits, dtype=dtype)
-    pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
-    (ce, teacher, pseudo), grad = _fused(s, t, np.asarray(targets), config, pseudo_on, want_grad=True)
-    total = config.ce_weight * ce + config.kd_weight * (teacher + pseudo)
-    terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
-    return terms, grad.astype(student_logits.dtype, copy=False)
+    return _terms(student_logits, teacher_logits, targets, epoch, config, check_targets, want_grad=True)

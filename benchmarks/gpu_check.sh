@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for a CUDA box with no internet. Under 7 minutes:
-#   1. the CUDA/CuPy tests of the core and the backends (CPU cases there run too, they take seconds),
-#   2. `sld bench` on cuda (torch fused/generic/reference, CuPy fused/generic, JAX generic if it sees a GPU),
+# GPU check for a CUDA box with no internet. Under 10 minutes:
+#   1. the CUDA/CuPy tests of the core, the backends and the kernels (torch CUDA through the Triton
+#      kernel, the CuPy kernel; CPU cases there run too),
+#   2. `sld bench` on cuda: torch fused (= the Triton kernel where triton imports), CuPy kernel and the
+#      reference at 64x100 and 4096x1000, then the wider grid (generic core, JAX, bfloat16),
 #   3. one training step resnet32x4 -> resnet8x4 (batch 64) with KD and with SLD on cuda,
 #   4. a markdown results table.
 # Python: the repo's .venv if there is one, else the machine's python3 with the repo on PYTHONPATH;
@@ -35,6 +37,14 @@ try:
     print("cupy", cupy.__version__, "kernel available:", kernel_available())
 except ImportError as exc:
     print("cupy not importable:", exc)
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as exc:
+    print("triton not importable:", exc)
+import backends
+if torch.cuda.is_available():
+    print("torch cuda kernel:", backends.implementation(torch.zeros(2, 3, device="cuda")))
 PY
 } 2>&1 | tee "$OUT_DIR/environment.txt"
 
@@ -43,12 +53,17 @@ PY
 test_status=skipped bench_status=skipped train_status=skipped
 
 # 1. tests: -rs lists every skip with its reason (e.g. NVRTC missing -> CuPy kernel tests skip)
-[ "${SKIP_TESTS:-0}" = 1 ] || { timeout 150 python3 -m pytest tests/test_core.py tests/test_backends.py -q -rs -p no:cacheprovider \
+[ "${SKIP_TESTS:-0}" = 1 ] || { timeout 200 python3 -m pytest tests/test_core.py tests/test_backends.py tests/test_kernels.py -q -rs -p no:cacheprovider \
   2>&1 | tee "$OUT_DIR/pytest_backends.txt"
 test_status=${PIPESTATUS[0]}
 [ "$test_status" -ne 0 ] && status=1; }
 
-# 2. the bench grid on cuda (float32 and bfloat16); the reference runs in the same call for speedups
+# 2. the targets' grid (float32; >= 50 % of copy bandwidth at 4096x1000 for torch-triton and CuPy,
+#    >= 20x the reference at 64x100), then the wider grid; the reference runs in the same call
+[ "${SKIP_BENCH:-0}" = 1 ] || { timeout 120 python3 -m harness bench \
+  --backend torch,cupy --device cuda --batch-sizes 64,4096 --classes 100,1000 --dtype float32 \
+  --impl fused,reference --repeats 50 --warmup 5 --json "$OUT_DIR/bench_targets.json" 2>&1 \
+  | tee "$OUT_DIR/bench_targets.txt"; }
 [ "${SKIP_BENCH:-0}" = 1 ] || { timeout 180 python3 -m harness bench \
   --backend torch,cupy,jax --device cuda --batch-sizes 64,1024,4096 --classes 100,1000 \
   --dtype float32,bfloat16 --impl fused,generic,reference --repeats 20 --warmup 3 \

@@ -20,7 +20,7 @@ from .processing import (
 from .schedule import linear_warmup, pseudo_teacher_active
 from .standardize import standardize_logits
 from .swap import swap_at, swap_logits, swap_mask
-from .validation import validate_inputs, validate_logits_and_targets
+from .validation import validate_epoch, validate_inputs, validate_logits_and_targets
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "swap_at",
     "swap_logits",
     "swap_mask",
+    "validate_epoch",
     "validate_inputs",
     "validate_logits_and_targets",
 ]

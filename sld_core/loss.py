@@ -22,7 +22,7 @@ from ._namespace import compute_dtype, device_of, stop_gradient, take_row
 from .schedule import pseudo_teacher_active
 from .swap import swap_at
 from .temperature_kl import kl_rows, log_softmax
-from .validation import validate_inputs
+from .validation import index_targets, validate_epoch, validate_inputs
 
 __all__ = ["SLDConfig", "LossTerms", "sld_loss", "sld_loss_and_grad"]
 
@@ -84,13 +84,15 @@ def sld_loss(student_logits: Any, teacher_logits: Any, targets: Any, *, epoch: i
     ----------
     student_logits, teacher_logits : array, shape (B, C)
         Same library, device and shape. float16/bfloat16 are computed in float32.
-    targets : array, shape (B,), integer labels in ``[0, C)``
-    epoch : int
-        Current epoch, counted from 1; the pseudo-teacher is active when ``epoch > config.gamma``.
+    targets : array, shape (B,), integer labels in ``[0, C)`` (any integer dtype)
+    epoch : int or float
+        Current epoch, counted from 1 (a real number >= 0); the pseudo-teacher is active when
+        ``epoch > config.gamma``.
     config : SLDConfig, optional
         Defaults to the official CIFAR-100 recipe.
     check_targets : bool
-        Check the label range (forces one device sync); pass ``False`` in hot loops.
+        Check the values: labels in ``[0, C)`` and finite logits (one device sync); pass ``False`` in
+        hot loops (labels are then clamped into range, see :mod:`sld_core.validation`).
 
     Returns
     -------
@@ -107,7 +109,9 @@ def sld_loss(student_logits: Any, teacher_logits: Any, targets: Any, *, epoch: i
     (0.0, 1.8387)
     """
     config = SLDConfig() if config is None else config
+    validate_epoch(epoch)
     xp = validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+    targets = index_targets(targets, student_logits.shape[1], xp=xp, check_targets=check_targets)
     dtype = compute_dtype(student_logits.dtype, xp)
     s = xp.astype(student_logits, dtype, copy=False)
     t = xp.astype(teacher_logits, dtype, copy=False)
@@ -154,7 +158,9 @@ def sld_loss_and_grad(student_logits: Any, teacher_logits: Any, targets: Any, *,
         of :func:`sld_loss` (same arguments).
     """
     config = SLDConfig() if config is None else config
+    validate_epoch(epoch)
     xp = validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+    targets = index_targets(targets, student_logits.shape[1], xp=xp, check_targets=check_targets)
     dtype = compute_dtype(student_logits.dtype, xp)
     s = xp.astype(stop_gradient(student_logits), dtype, copy=False)
     t = xp.astype(stop_gradient(teacher_logits), dtype, copy=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._namespace import device_of, take_row
-from .validation import validate_logits_and_targets
+from .validation import index_targets, validate_logits_and_targets
 
 __all__ = ["swap_logits", "swap_mask", "swap_at"]
 
@@ -39,7 +39,8 @@ def swap_logits(logits: Any, targets: Any, /, *, check_targets: bool = True) -> 
     logits : array, shape (B, C), real floating
     targets : array, shape (B,), integer labels in ``[0, C)``
     check_targets : bool
-        Check the label range (one device sync); pass ``False`` in hot loops.
+        Check the values (labels in range, finite logits; one device sync); pass ``False`` in hot
+        loops (labels are then clamped into ``[0, C)``).
 
     Returns
     -------
@@ -53,6 +54,7 @@ def swap_logits(logits: Any, targets: Any, /, *, check_targets: bool = True) -> 
            [0., 5., 1.]])
     """
     xp = validate_logits_and_targets(logits, targets, check_targets=check_targets)
+    targets = index_targets(targets, logits.shape[1], xp=xp, check_targets=check_targets)
     return swap_at(logits, targets, xp.argmax(logits, axis=1), xp=xp)
 
 
@@ -60,4 +62,5 @@ def swap_mask(logits: Any, targets: Any, /, *, check_targets: bool = True) -> An
     """Boolean ``(B,)`` array: the rows :func:`swap_logits` changes (top-1 prediction wrong).
     Its mean is the swap rate a training run logs."""
     xp = validate_logits_and_targets(logits, targets, check_targets=check_targets)
+    targets = index_targets(targets, logits.shape[1], xp=xp, check_targets=check_targets)
     return xp.argmax(logits, axis=1) != targets

@@ -4,11 +4,29 @@ unusable ones (CuPy or torch CUDA without a GPU) appear as skips with the reason
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+
+def _use_triton_interpreter() -> None:
+    """Without a CUDA device, run Triton kernels under Triton's interpreter (CPU tensors), so the
+    Triton path is tested everywhere. The switch must be set before triton is first imported: its
+    own helpers (``tl.sum``, ``tl.max``) are decorated at that import."""
+    if "TRITON_INTERPRET" in os.environ:
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+_use_triton_interpreter()
 
 
 @dataclass(frozen=True)

@@ -87,23 +87,36 @@ def _rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Force several row chunks even for small batches, so the chunk loop itself is tested."""
-    monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 0)
-    monkeypatch.setattr(torch_sld, "CPU_CHUNK_ELEMENTS", 2 * 7 * 11 * 3)  # 3 rows of 11 classes, K=6(+1)
-    monkeypatch.setattr(numpy_sld, "CHUNK_ELEMENTS", 2 * 7 * 11 * 3)
+NUMBA = pytest.param("numba", marks=pytest.mark.skipif(backends._select.cpu_kernel_module() is None,
+                                                        reason="numba is not installed"))
 
 
-@pytest.fixture(params=["small", "chunked"])
+@pytest.fixture(params=["eager", NUMBA])
+def small_chunks(request, monkeypatch):
+    """The NumPy path on the compiled kernel, and eager with several row chunks even for small
+    batches (so the chunk loop itself is tested)."""
+    if request.param == "eager":
+        monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 0)
+        monkeypatch.setattr(torch_sld, "CPU_CHUNK_ELEMENTS", 2 * 7 * 11 * 3)  # 3 rows of 11 classes, K=6(+1)
+        monkeypatch.setattr(numpy_sld, "CHUNK_ELEMENTS", 2 * 7 * 11 * 3)
+        monkeypatch.setattr(backends._select, "_forced", False)
+    assert backends.implementation(np.zeros((2, 3)), with_grad=True) == request.param
+    return request.param
+
+
+@pytest.fixture(params=["small", "chunked", NUMBA])
 def torch_path(request, monkeypatch):
-    """Run a torch test through each side of the size threshold: the one-shot small-problem path and
-    the chunked path (several chunks, so the chunk loop is covered too)."""
+    """Run a torch test through each CPU implementation: the compiled kernel, and with kernels bypassed
+    each side of the eager size threshold: the one-shot small-problem path and the chunked path
+    (several chunks, so the chunk loop is covered too)."""
     if request.param == "small":
         monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 1 << 62)
-    else:
+    elif request.param == "chunked":
         monkeypatch.setattr(torch_sld, "SMALL_ELEMENTS", 0)
         monkeypatch.setattr(torch_sld, "CPU_CHUNK_ELEMENTS", 2 * 7 * 11 * 3)
+    if request.param != "numba":
+        monkeypatch.setattr(backends._select, "_forced", False)
+    assert backends.implementation(torch.zeros(2, 3)) == ("numba" if request.param == "numba" else "eager")
     return request.param
 
 
@@ -201,6 +214,7 @@ def test_torch_fused_float32_large_logit_gaps(detach, torch_path):
 
 
 def test_size_threshold_picks_the_path(monkeypatch):
+    monkeypatch.setattr(backends._select, "_forced", False)  # the threshold splits the eager paths
     calls = []
     real = torch_sld._fused_small
     monkeypatch.setattr(torch_sld, "_fused_small", lambda *a: calls.append(a[0].shape) or real(*a))
@@ -308,6 +322,7 @@ def test_check_targets_false_skips_the_range_check(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sld_core, "validate_inputs", spy)
+    monkeypatch.setattr(backends._select, "_forced", False)  # eager: the core checks the values first
     s, t, y = _logits(4, 5, dtype=torch.float32)
     torch_sld.SLDLoss()(s, t, y, epoch=1)  # the module defaults to the sync-free setting
     torch_sld.sld_loss_fused(s, t, y, epoch=1)
@@ -356,20 +371,23 @@ def test_numpy_path_dtypes(dtype):
         assert _rel(grad, ref_grad) <= 1e-5
 
 
-@pytest.mark.parametrize("small", [True, False], ids=["torch_small", "torch_chunked"])
+@pytest.mark.parametrize("path", ["small", "chunked", "numba"], ids=["torch_small", "torch_chunked", "numba"])
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 9), classes=st.integers(2, 12), seed=st.integers(0, 2**16),
        scale=st.sampled_from([0.1, 3.0, 30.0]))
-def test_fused_paths_agree_with_core_property(small, batch, classes, seed, scale):
+def test_fused_paths_agree_with_core_property(path, batch, classes, seed, scale):
+    if path == "numba" and backends._select.cpu_kernel_module() is None:
+        pytest.skip("numba is not installed")
     rng = np.random.default_rng(seed)
     s = rng.standard_normal((batch, classes)) * scale
     t = rng.standard_normal((batch, classes)) * scale
     y = rng.integers(0, classes, batch)
     cfg = sld_core.SLDConfig(gamma=0)
     core_terms, core_grad = sld_core.sld_loss_and_grad(s, t, y, epoch=1, config=cfg)
-    np_terms, np_grad = numpy_sld.sld_loss_and_grad_numpy(s, t, y, epoch=1, config=cfg)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch_sld, "SMALL_ELEMENTS", (1 << 62) if small else 0)
+        mp.setattr(torch_sld, "SMALL_ELEMENTS", (1 << 62) if path == "small" else 0)
+        mp.setattr(backends._select, "_forced", path == "numba")
+        np_terms, np_grad = numpy_sld.sld_loss_and_grad_numpy(s, t, y, epoch=1, config=cfg)
         th_terms, th_grad = torch_sld.sld_loss_and_grad_fused(torch.as_tensor(s), torch.as_tensor(t),
                                                               torch.as_tensor(y), epoch=1, config=cfg)
     np.testing.assert_allclose(np_grad, core_grad, rtol=1e-9, atol=1e-12)
@@ -396,7 +414,7 @@ def test_backend_name_and_routing():
     assert backends.backend_name([1.0]) == "other"
     assert backends.fast_path(s) is torch_sld.sld_loss_fused
     assert backends.fast_path(s, with_grad=True) is torch_sld.sld_loss_and_grad_fused
-    assert backends.fast_path(s.numpy()) is sld_core.sld_loss
+    assert backends.fast_path(s.numpy()) is numpy_sld.sld_loss_numpy
     assert backends.fast_path(s.numpy(), with_grad=True) is numpy_sld.sld_loss_and_grad_numpy
     assert backends.fast_path(jnp.asarray(s.numpy()), with_grad=True) is sld_core.sld_loss_and_grad
 

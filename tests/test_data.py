@@ -428,6 +428,19 @@ def test_normalization_matches_float64_reference(device) -> None:
     np.testing.assert_allclose(to_float_normalized(x).cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_normalization_is_torchvisions_float32_arithmetic_bit_for_bit(device) -> None:
+    """ToTensor divides by 255 in float32, Normalize subtracts and divides in float32: the same bits on
+    every device (a CUDA division by a Python number would multiply by the reciprocal instead)."""
+    levels = np.arange(256, dtype=np.float32)
+    mean = np.array(augment.CIFAR100_MEAN, dtype=np.float32)[:, None]
+    std = np.array(augment.CIFAR100_STD, dtype=np.float32)[:, None]
+    expected = (levels / np.float32(255) - mean) / std  # (3, 256), float32 throughout
+    x = torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 16, 16).expand(2, 3, 16, 16)
+    out = to_float_normalized(x).cpu().numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.broadcast_to(expected.reshape(1, 3, 16, 16), (2, 3, 16, 16)))
+
+
 def _crop_flip_ref(img: np.ndarray, top: int, left: int, flipped: bool) -> np.ndarray:
     """Plain loops: pixel (i, j) of the crop of the 4-pixel zero-padded image, mirrored if ``flipped``."""
     out = np.zeros_like(img)
@@ -692,6 +705,90 @@ def test_rand_augment_subsets_and_masks_agree(device) -> None:
     by_mask = rand_augment(x, _gen(device, 3), by_subset=False)
     assert torch.equal(by_subset, by_mask)
     assert not torch.equal(by_mask, x)
+
+
+@pytest.mark.parametrize("b", [1, 5, 24])
+def test_rand_augment_equals_one_sample_at_a_time_for_small_odd_batches(device, b: int) -> None:
+    x = _images(device, b=b, seed=b)
+    for seed in range(4):
+        out = rand_augment(x, _gen(device, seed), num_ops=3)
+        g = _gen(device, seed)
+        draws = [
+            (
+                torch.randint(0, 14, (b,), device=device, generator=g),
+                torch.rand(b, device=device, generator=g),
+            )
+            for _ in range(3)
+        ]
+        for n in range(b):
+            sample = x[n : n + 1]
+            for choice, u in draws:
+                op = RANDAUGMENT_OPS[int(choice[n])]
+                sample = op(sample, op.low + (op.high - op.low) * u[n])
+            assert torch.equal(out[n], sample[0]), f"seed {seed}, sample {n}"
+
+
+@pytest.mark.parametrize("by_subset", [True, False], ids=["subsets", "whole-batch"])
+def test_rand_augment_with_every_sample_on_one_op(device, by_subset: bool) -> None:
+    """Every pass with all samples of its kind, and with none."""
+    x = _images(device, b=6, seed=8)
+    u = torch.rand(1, 6, device=device, generator=_gen(device, 4))
+    for k, op in enumerate(RANDAUGMENT_OPS):
+        choice = torch.full((1, 6), k, device=device)
+        out = augment._rand_augment_drawn(x, choice, u, by_subset=by_subset)
+        assert torch.equal(out, op(x, op.low + (op.high - op.low) * u[0])), op.name
+
+
+def test_rand_augment_num_ops(device) -> None:
+    x = _images(device, b=4)
+    assert rand_augment(x, _gen(device), num_ops=0) is x
+    with pytest.raises(ValueError, match="num_ops must be an int >= 0, got -1"):
+        rand_augment(x, _gen(device), num_ops=-1)
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (24, 40), (7, 5), (1, 3)])
+def test_identity_warp_returns_the_batch_exactly(device, h: int, w: int) -> None:
+    """The whole-batch warp pass relies on it for samples that drew a non-geometric op."""
+    x = torch.as_tensor(
+        np.random.default_rng(h * w).integers(0, 256, (3, 3, h, w), dtype=np.uint8), device=device
+    )
+    identity = torch.eye(2, 3, device=device).expand(3, 2, 3)
+    assert torch.equal(augment._warp(x, identity), x)
+
+
+def test_blend_by_one_returns_the_batch_exactly(device) -> None:
+    """The whole-batch blend pass relies on it for samples that drew another op."""
+    x = _images(device, b=8, seed=2)
+    degenerate = _images(device, b=8, seed=3)
+    assert torch.equal(augment._blend(degenerate, x, torch.ones(8, device=device)), x)
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every ATen op dispatched inside the ``with`` block, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_whole_batch_rand_augment_is_a_fixed_sequence_of_ops_with_no_sync() -> None:
+    """The op sequence does not depend on what the samples drew (it grows with the 14 ops, not with the
+    number of samples per op), and nothing reads a value back from the device."""
+    sequences = []
+    for seed, x in [(0, _images("cpu", b=64)), (1, _images("cpu", b=64, seed=1)), (2, _images("cpu", b=3))]:
+        with _OpCounter() as counter:
+            rand_augment(x, _gen("cpu", seed), by_subset=False)
+        sequences.append(counter.names)
+    assert sequences[0] == sequences[1] == sequences[2]
+    syncing = {"aten.nonzero", "aten._local_scalar_dense", "aten.item", "aten.is_nonzero"}
+    assert not syncing & set(sequences[0])
+    with _OpCounter() as counter:
+        rand_augment(_images("cpu", b=64), _gen("cpu", 0), by_subset=True)
+    assert "aten.nonzero" in counter.names  # the CPU mode does use subsets (the counter can see them)
 
 
 def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:

@@ -36,14 +36,15 @@ strong view (``strong_view``)
     shear/translate ops reproduce Pillow's output bit for bit; Rotate differs on about 0.02% of pixels
     (nearest-pixel ties under float rounding).
 
-    Cutout: side ``s = floor(U(0, 0.5) * 32)`` (0..16 px), centre ``(cy, cx)`` uniform over the pixels,
-    hole ``[max(0, cy - s/2), +s)`` in each axis clipped at the far border, filled with the MLKD grey
-    (125, 123, 114), which :func:`to_float_normalized` maps to within 0.07 of zero.
+    Cutout, as MLKD computes it (:func:`cutout`): ``v = U(0, 0.5) * 32``, a centre in ``(1, 32]`` per
+    axis (``np.random.uniform(32)`` draws between ``low=32`` and ``high=1``), the square from
+    ``x0 = int(max(0, cx - v/2))`` to ``min(32, x0 + v)`` with both edges filled (PIL's rectangle), so
+    ``floor(v) + 1`` = 1..16 px a side; the fill is the MLKD grey (125, 123, 114), which
+    :func:`to_float_normalized` maps to within 0.07 of zero.
 eval view (``eval_view``)
     Normalization only.
 
-Normalization uses MLKD's mean/std ``(0.5071, 0.4867, 0.4408)/(0.2675, 0.2565, 0.2761)``. One deliberate
-difference from MLKD: PIL's cutout rectangle includes its far edge (up to 17 px), ours does not (up to 16 px).
+Normalization uses MLKD's mean/std ``(0.5071, 0.4867, 0.4408)/(0.2675, 0.2565, 0.2761)``.
 
 How it is batched: every sample draws its own parameters, and each RandAugment round is three passes,
 one per kind of op, so the number of torch ops per call is fixed by the 14 ops (not by how many samples
@@ -65,8 +66,8 @@ every pass runs on the whole batch; on the CPU, where reading a count back costs
 on the samples that drew one of its ops only (``rand_augment(by_subset=...)``); the images are the same.
 
 Random numbers come from ``generator`` (on the batch's device) or the global torch RNG, drawn in a fixed
-order: crop offsets, flips, then per RandAugment round the op indices and magnitudes, then cutout. The same
-seed on the same device gives the same batch.
+order: crop offsets, flips, then per RandAugment round the op indices and magnitudes, then cutout's size
+and centre. The same seed on the same device gives the same batch.
 
 Example
 -------
@@ -332,23 +333,39 @@ def _warp_pass(samples: torch.Tensor, which: torch.Tensor | slice, *, grid: torc
 
 
 def cutout(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``uint8`` batch -> ``uint8`` batch with one square of side ``0..H/2`` per sample set to
-    :data:`CUTOUT_FILL` (placement as in the module docstring)."""
+    """``uint8`` batch -> ``uint8`` batch with one grey square per sample, MLKD's ``Cutout`` /
+    ``CutoutAbs`` (``mdistiller/dataset/cifar100.py``) in its own arithmetic (float64, like Python's):
+
+    - size ``v = U * 0.5 * W`` (``random.random() * 0.5``, times ``img.size[0]``, the width, for both axes);
+      no hole when ``v == 0``;
+    - centre ``cx = W + (1 - W) * U`` in ``(1, W]``: MLKD calls ``np.random.uniform(w)``, whose first
+      argument is ``low``, so it draws between ``low=W`` and the default ``high=1``; likewise ``cy``;
+    - corners ``x0 = int(max(0, cx - v / 2))``, ``x1 = min(W, x0 + v)`` (likewise ``y``);
+    - ``ImageDraw.rectangle((x0, y0, x1, y1), fill)``: PIL truncates the corners to integers and fills
+      both edges, clipped to the image. The side is ``floor(v) + 1``, 1..16 px on 32 x 32.
+
+    The three uniforms are one ``torch.rand((3, B), dtype=float64)`` draw: rows size, ``cx``, ``cy``.
+    The fill is :data:`CUTOUT_FILL`.
+    """
     _check_batch(x, generator)
+    u = torch.rand((3, x.shape[0]), dtype=torch.float64, device=x.device, generator=generator)
+    return _cutout_drawn(x, u)
+
+
+def _cutout_drawn(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`cutout` with its uniforms ``u`` given, float64 ``(3, B)``."""
     b, _, h, w = x.shape
-    side = (torch.rand(b, device=x.device, generator=generator) * (_MAX_CUTOUT * h)).floor().long()
-    cy = torch.randint(0, h, (b,), device=x.device, generator=generator)
-    cx = torch.randint(0, w, (b,), device=x.device, generator=generator)
-    y0 = (cy - side // 2).clamp(min=0)
-    x0 = (cx - side // 2).clamp(min=0)
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
-    # (B, H) and (B, W); a hole running past the far border is clipped by the comparison itself.
-    in_rows = (rows >= y0[:, None]) & (rows < y0[:, None] + side[:, None])
-    in_cols = (cols >= x0[:, None]) & (cols < x0[:, None] + side[:, None])
-    hole = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (B, 1, H, W)
-    fill = _constant(CUTOUT_FILL, torch.uint8, x.device).view(1, 3, 1, 1)
-    return torch.where(hole, fill, x)
+    v = u[0] * _MAX_CUTOUT * w
+    x0 = (w + (1.0 - w) * u[1] - v / 2.0).clamp(min=0).floor()
+    y0 = (h + (1.0 - h) * u[2] - v / 2.0).clamp(min=0).floor()
+    x1 = (x0 + v).clamp(max=w).floor()
+    y1 = (y0 + v).clamp(max=h).floor()
+    rows, cols = _positions(h, w, x.device)
+    # (B, H) and (B, W), both edges included; an edge past the image is clipped by the comparison itself.
+    in_rows = (rows >= y0.view(b, 1)) & (rows <= y1.view(b, 1)) & (v > 0).view(b, 1)
+    in_cols = (cols >= x0.view(b, 1)) & (cols <= x1.view(b, 1))
+    hole = in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w)
+    return torch.where(hole, _cutout_fill(x.device), x)
 
 
 # ------------------------------------------------------------------------------------------------- the 14 ops
@@ -605,6 +622,19 @@ RANDAUGMENT_OPS: tuple[RandAugmentOp, ...] = (
 def _levels(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``0..255`` as ``dtype`` on ``device``: the identity lookup table. Callers must not write to it."""
     return torch.arange(256, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _positions(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices ``0..H-1``, ``0..W-1`` as float64, to compare with float64 corners."""
+    return torch.arange(h, dtype=torch.float64, device=device), torch.arange(
+        w, dtype=torch.float64, device=device
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _cutout_fill(device: torch.device) -> torch.Tensor:
+    return torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=device).view(1, 3, 1, 1)
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,16 +12,17 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 
 from torch import nn
 
-from harness.models.weights import CheckpointError, count_parameters, load_weights
 from harness.models.mobilenetv2 import MobileNetV2
 from harness.models.resnet import cifar_resnet, resnet18, resnet50
 from harness.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from harness.models.vgg import VGG
+from harness.models.weights import CheckpointError, count_parameters, load_weights
 from harness.models.wrn import WideResNet
 
 __all__ = ["MODELS", "CheckpointError", "build_model", "count_parameters", "load_weights"]
@@ -44,7 +45,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int = 100) -> nn.Module:
+def build_model(name: str, num_classes: int = 100, **options: object) -> nn.Module:
     """Construct a freshly initialised model by its registry name.
 
     Parameters
@@ -53,6 +54,9 @@ def build_model(name: str, num_classes: int = 100) -> nn.Module:
         A key of ``MODELS`` (e.g. ``"wrn_40_2"``, ``"resnet32x4"``, ``"MobileNetV2"``).
     num_classes
         Classifier outputs; 100 for CIFAR-100 (and for the published checkpoints).
+    options
+        Keywords of the model's constructor, e.g. ``official_bn_updates=False`` for the ``wrn_*`` models
+        (:class:`~harness.models.wrn.WideResNet`).
 
     Returns
     -------
@@ -62,10 +66,16 @@ def build_model(name: str, num_classes: int = 100) -> nn.Module:
     Raises
     ------
     ValueError
-        Unknown ``name`` (the message lists the valid ones) or ``num_classes < 1``.
+        Unknown ``name`` (the message lists the valid ones), ``num_classes < 1``, or an option the model
+        does not take.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS[name](num_classes=num_classes)
+    constructor = MODELS[name]
+    accepted = inspect.signature(constructor).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option {', '.join(map(repr, unknown))}")
+    return constructor(num_classes=num_classes, **options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -12,17 +11,14 @@ torch = pytest.importorskip("torch")
 
 from harness.models import MODELS, CheckpointError, build_model, count_parameters, load_weights  # noqa: E402
 from harness.models.layers import channel_shuffle  # noqa: E402
+from tests.manifests import load_manifest  # noqa: E402
 
-# shared/ sits beside the repository clone, locally and in CI.
-MANIFEST_PATH = Path(__file__).parents[2] / "shared/spec/cifar_checkpoint_manifest.json"
 NAMES = sorted(MODELS)
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    if not MANIFEST_PATH.is_file():
-        pytest.skip(f"checkpoint manifest not found at {MANIFEST_PATH} (shared/ must sit beside the repo)")
-    return json.loads(MANIFEST_PATH.read_text())
+    return load_manifest("cifar")  # tests/data/cifar_checkpoint_manifest.json; missing is a failure
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:

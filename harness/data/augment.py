@@ -99,7 +99,7 @@ __all__ = [
     "weak_view",
 ]
 
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)  # official SLD/MLKD code (shared/spec/paper_results.md)
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)  # official SLD/MLKD code, mdistiller/dataset/cifar100.py
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 CUTOUT_FILL = (125, 123, 114)  # MLKD's cutout grey, about the dataset mean
 _PAD = 4

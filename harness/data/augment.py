@@ -344,8 +344,8 @@ def cutout(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.T
     - ``ImageDraw.rectangle((x0, y0, x1, y1), fill)``: PIL truncates the corners to integers and fills
       both edges, clipped to the image. The side is ``floor(v) + 1``, 1..16 px on 32 x 32.
 
-    The three uniforms are one ``torch.rand((3, B), dtype=float64)`` draw: rows size, ``cx``, ``cy``.
-    The fill is :data:`CUTOUT_FILL`.
+    The three uniforms are one ``torch.rand((3, B), dtype=float64)`` draw: row 0 for the size, rows 1
+    and 2 for ``cx`` and ``cy``. The fill is :data:`CUTOUT_FILL`.
     """
     _check_batch(x, generator)
     u = torch.rand((3, x.shape[0]), dtype=torch.float64, device=x.device, generator=generator)
@@ -406,7 +406,8 @@ class RandAugmentOp:
     ``lut(planes, v)``
         a per-pixel-value table, ``uint8 (B, 1 or C, 256)``;
     ``degenerate(planes)``
-        the image that ``x`` is blended with (factor ``v``), ``uint8`` broadcastable to ``x``;
+        the image that ``x`` is blended with (factor ``v``): whole-number pixel values (``uint8`` or
+        float), broadcastable to ``x``;
     ``matrix(v, height, width)``
         ``(B, 2, 3)``, output pixel -> input pixel in pixel units with pixel centres at ``i + 0.5``.
     """

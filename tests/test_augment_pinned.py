@@ -6,6 +6,11 @@ restructuring that keeps these tests passing gives the same images. Regenerate a
 change that alters the images on purpose, in its own commit that says why (``python -m
 tests.test_augment_pinned`` prints the current ones). Changed on purpose since: ``cutout-*`` and
 ``strong-*``, when Cutout took MLKD's size and centre rule.
+
+Pinned with torch 2.13 (CPU build) on x86-64 with AVX-512. The geometric ops go through ``affine_grid``
+(a BLAS ``bmm``) and, for Rotate, vectorized ``cos``/``sin``: a CPU or library that rounds those
+differently could move a nearest-pixel tie, and then only the geometric digests (and those built on
+them) would change.
 """
 
 from __future__ import annotations

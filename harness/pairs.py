@@ -79,7 +79,7 @@ class Pair:
     """One teacher -> student pair: the models, the official recipe and the published numbers."""
 
     name: str  # CLI name, e.g. "wrn40_2-wrn16_2"
-    teacher: str  # model names exactly as in shared/spec/cifar_checkpoint_manifest.json
+    teacher: str  # model names exactly as in tests/data/cifar_checkpoint_manifest.json
     student: str
     recipe: Recipe
     official_config: str  # the SLD config in OFFICIAL_REPO this pair's recipe was read from

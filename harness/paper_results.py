@@ -48,7 +48,7 @@ class Top1:
 class PublishedResult:
     """The published numbers for one teacher -> student pair; ``None`` where no source gives one."""
 
-    teacher_model: str  # model names as in shared/spec/cifar_checkpoint_manifest.json
+    teacher_model: str  # model names as in tests/data/cifar_checkpoint_manifest.json
     student_model: str
     teacher_top1: Top1 | None  # the released teacher checkpoint, evaluated alone
     student_top1: Top1 | None  # the student architecture trained alone (no distillation)

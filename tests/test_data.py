@@ -428,6 +428,19 @@ def test_normalization_matches_float64_reference(device) -> None:
     np.testing.assert_allclose(to_float_normalized(x).cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_normalization_is_torchvisions_float32_arithmetic_bit_for_bit(device) -> None:
+    """ToTensor divides by 255 in float32, Normalize subtracts and divides in float32: the same bits on
+    every device (a CUDA division by a Python number would multiply by the reciprocal instead)."""
+    levels = np.arange(256, dtype=np.float32)
+    mean = np.array(augment.CIFAR100_MEAN, dtype=np.float32)[:, None]
+    std = np.array(augment.CIFAR100_STD, dtype=np.float32)[:, None]
+    expected = (levels / np.float32(255) - mean) / std  # (3, 256), float32 throughout
+    x = torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 16, 16).expand(2, 3, 16, 16)
+    out = to_float_normalized(x).cpu().numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.broadcast_to(expected.reshape(1, 3, 16, 16), (2, 3, 16, 16)))
+
+
 def _crop_flip_ref(img: np.ndarray, top: int, left: int, flipped: bool) -> np.ndarray:
     """Plain loops: pixel (i, j) of the crop of the 4-pixel zero-padded image, mirrored if ``flipped``."""
     out = np.zeros_like(img)
@@ -481,23 +494,149 @@ def test_flip_mirrors_columns(device) -> None:
     assert directions == {1, -1}
 
 
-def test_cutout_is_one_grey_square_of_side_at_most_half(device) -> None:
-    x = torch.zeros(256, 3, 32, 32, dtype=torch.uint8, device=device)
-    out = cutout(x, _gen(device, 4)).cpu().numpy()
-    sides = []
-    for n in range(256):
-        hole = out[n].any(axis=0)
-        if not hole.any():
-            continue
-        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
-        assert hole.sum() == len(rows) * len(cols)  # a solid rectangle
-        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
-        assert len(rows) <= 16 and len(cols) <= 16
-        if rows[-1] < 31 and cols[-1] < 31:  # not clipped by the far border: a square
-            assert len(rows) == len(cols)
-            sides.append(len(rows))
-        np.testing.assert_array_equal(out[n][:, hole], np.array(CUTOUT_FILL)[:, None].repeat(hole.sum(), 1))
-    assert max(sides) >= 14 and min(sides) <= 3  # sizes drawn over the whole 0..16 range
+def _official_cutout_hole(u_size: float, u_x: float, u_y: float, h: int = 32, w: int = 32) -> np.ndarray:
+    """MLKD's ``Cutout``/``CutoutAbs`` and PIL's ``ImageDraw.rectangle``, written out plainly (Python
+    floats); the uniforms stand for ``random.random()`` and the ``U`` inside ``np.random.uniform``."""
+    hole = np.zeros((h, w), dtype=bool)
+    v = u_size * 0.5  # cutout_val = random.random() * 0.5
+    if v <= 0.0:
+        return hole  # Cutout returns the image untouched
+    v = v * w  # v * img.size[0]
+    x0 = w + (1.0 - w) * u_x  # np.random.uniform(w): low=w, high=1.0 -> low + (high - low) * U
+    y0 = h + (1.0 - h) * u_y
+    x0 = int(max(0, x0 - v / 2.0))
+    y0 = int(max(0, y0 - v / 2.0))
+    x1 = min(w, x0 + v)
+    y1 = min(h, y0 + v)
+    # rectangle((x0, y0, x1, y1)): PIL casts the corners to int and fills from x0 to x1 inclusive.
+    hole[y0 : int(y1) + 1, x0 : int(x1) + 1] = True
+    return hole
+
+
+def _holes(out: torch.Tensor) -> np.ndarray:
+    """bool (B, H, W): where ``cutout`` of an all-black batch painted its grey."""
+    return (out.cpu().numpy() != 0).any(axis=1)
+
+
+def _cutout_uniforms(device, seed: int, b: int) -> np.ndarray:
+    """The documented draw: one float64 ``rand((3, B))`` (size, column centre, row centre)."""
+    return torch.rand((3, b), dtype=torch.float64, device=device, generator=_gen(device, seed)).cpu().numpy()
+
+
+def test_cutout_is_the_official_rule_sample_by_sample(device) -> None:
+    b = 2048
+    x = torch.zeros(b, 3, 32, 32, dtype=torch.uint8, device=device)
+    out = cutout(x, _gen(device, 4))
+    holes = _holes(out)
+    u = _cutout_uniforms(device, 4, b)
+    for n in range(b):
+        np.testing.assert_array_equal(holes[n], _official_cutout_hole(*u[:, n]), err_msg=f"sample {n}")
+    fill = out.cpu().numpy().transpose(0, 2, 3, 1)[holes]
+    assert (fill == np.array(CUTOUT_FILL, dtype=np.uint8)).all()
+    rows, cols = holes.any(axis=2), holes.any(axis=1)
+    heights, widths = rows.sum(axis=1), cols.sum(axis=1)
+    assert holes.sum(axis=(1, 2)).tolist() == (heights * widths).tolist()  # solid rectangles
+    assert heights.min() >= 1 and heights.max() == widths.max() == 16  # never empty, at most 16 px
+    # Away from the far edges a hole is a square of side floor(v) + 1, v = 16 U.
+    inside = ~rows[:, -1] & ~cols[:, -1]
+    np.testing.assert_array_equal(widths[inside], np.floor(u[0, inside] * 16) + 1)
+    np.testing.assert_array_equal(heights[inside], widths[inside])
+
+
+def test_cutout_with_a_size_of_zero_is_no_hole(device) -> None:
+    assert not _official_cutout_hole(0.0, 0.5, 0.5).any()
+    x = _images(device, b=2)
+    u = torch.tensor([[0.0, 1e-9], [0.5, 0.5], [0.5, 0.5]], dtype=torch.float64, device=device)
+    out = augment._cutout_drawn(x, u)
+    assert torch.equal(out[0], x[0])  # Cutout(img, 0) returns img
+    assert (out[1] != x[1]).any(dim=0).sum() == 1  # the smallest size already paints one pixel
+
+
+def test_cutout_rectangle_is_what_pillow_draws() -> None:
+    pytest.importorskip("PIL")
+    from PIL import Image, ImageDraw
+
+    b = 300
+    holes = _holes(cutout(torch.zeros(b, 3, 32, 32, dtype=torch.uint8), _gen("cpu", 6)))
+    u = _cutout_uniforms("cpu", 6, b)
+    for n in range(b):
+        v = u[0, n] * 0.5 * 32
+        x0 = int(max(0, 32 + (1.0 - 32) * u[1, n] - v / 2.0))
+        y0 = int(max(0, 32 + (1.0 - 32) * u[2, n] - v / 2.0))
+        image = Image.new("RGB", (32, 32))
+        ImageDraw.Draw(image).rectangle((x0, y0, min(32, x0 + v), min(32, y0 + v)), CUTOUT_FILL)
+        drawn = np.asarray(image)
+        np.testing.assert_array_equal(holes[n], drawn.any(axis=2), err_msg=f"sample {n}")
+        assert (drawn[holes[n]] == CUTOUT_FILL).all()
+
+
+def _edge_histograms(holes: np.ndarray) -> dict[str, np.ndarray]:
+    rows, cols = holes.any(axis=2), holes.any(axis=1)
+    return {
+        "width": np.bincount(cols.sum(axis=1), minlength=17),
+        "height": np.bincount(rows.sum(axis=1), minlength=17),
+        "left": np.bincount(cols.argmax(axis=1), minlength=32),
+        "top": np.bincount(rows.argmax(axis=1), minlength=32),
+    }
+
+
+def _two_sample_chi_square(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Pearson's statistic for two histograms of equal totals, and its degrees of freedom."""
+    used = (a + b) > 0
+    a, b = a[used].astype(float), b[used].astype(float)
+    return float(((a - b) ** 2 / (a + b)).sum()), int(used.sum()) - 1
+
+
+# chi2.ppf(1 - 1e-4, df) for the degrees of freedom that occur (1..16 px: 15; 32 positions: up to 31).
+_CHI_SQUARE_CRITICAL = {15: 44.26, 16: 45.92, 30: 67.63, 31: 69.11}
+
+
+def test_cutout_sizes_and_positions_follow_the_official_distribution(device) -> None:
+    """Ours (torch's RNG) against MLKD's own calls (Python's random.random, NumPy's uniform(w)), by a
+    two-sample chi-square on the hole's width, height, left and top edge. The rule used before (side
+    floor(v), centre uniform over the pixels) fails the same test."""
+    import random
+
+    n = 16384
+    ours = _edge_histograms(
+        np.concatenate(
+            [
+                _holes(
+                    cutout(torch.zeros(4096, 3, 32, 32, dtype=torch.uint8, device=device), _gen(device, s))
+                )
+                for s in range(4)
+            ]
+        )
+    )
+    python_random, numpy_random = random.Random(0), np.random.RandomState(0)
+    official = []
+    for _ in range(n):
+        u_size = python_random.random()
+        u_x = (numpy_random.uniform(32) - 32) / (1.0 - 32)  # back to the U behind uniform(low=32, high=1)
+        u_y = (numpy_random.uniform(32) - 32) / (1.0 - 32)
+        official.append(_official_cutout_hole(u_size, u_x, u_y))
+    official = _edge_histograms(np.stack(official))
+    assert ours["width"][0] == official["width"][0] == 0  # never an empty hole
+    for key in ours:
+        statistic, df = _two_sample_chi_square(ours[key], official[key])
+        assert statistic < _CHI_SQUARE_CRITICAL[df], (key, statistic, df)
+
+    def old_rule(u_size: float, cy: int, cx: int) -> np.ndarray:
+        side = int(u_size * 16)
+        hole = np.zeros((32, 32), dtype=bool)
+        hole[
+            max(0, cy - side // 2) : max(0, cy - side // 2) + side,
+            max(0, cx - side // 2) : max(0, cx - side // 2) + side,
+        ] = True
+        return hole
+
+    rng = np.random.default_rng(1)
+    old = _edge_histograms(
+        np.stack([old_rule(rng.random(), rng.integers(32), rng.integers(32)) for _ in range(n)])
+    )
+    for key in ("width", "left"):
+        statistic, df = _two_sample_chi_square(old[key], official[key])
+        assert statistic > _CHI_SQUARE_CRITICAL[df], (key, statistic, df)
 
 
 # One reference per op, in float64/NumPy, written from the op's definition (PIL semantics).
@@ -692,6 +831,90 @@ def test_rand_augment_subsets_and_masks_agree(device) -> None:
     by_mask = rand_augment(x, _gen(device, 3), by_subset=False)
     assert torch.equal(by_subset, by_mask)
     assert not torch.equal(by_mask, x)
+
+
+@pytest.mark.parametrize("b", [1, 5, 24])
+def test_rand_augment_equals_one_sample_at_a_time_for_small_odd_batches(device, b: int) -> None:
+    x = _images(device, b=b, seed=b)
+    for seed in range(4):
+        out = rand_augment(x, _gen(device, seed), num_ops=3)
+        g = _gen(device, seed)
+        draws = [
+            (
+                torch.randint(0, 14, (b,), device=device, generator=g),
+                torch.rand(b, device=device, generator=g),
+            )
+            for _ in range(3)
+        ]
+        for n in range(b):
+            sample = x[n : n + 1]
+            for choice, u in draws:
+                op = RANDAUGMENT_OPS[int(choice[n])]
+                sample = op(sample, op.low + (op.high - op.low) * u[n])
+            assert torch.equal(out[n], sample[0]), f"seed {seed}, sample {n}"
+
+
+@pytest.mark.parametrize("by_subset", [True, False], ids=["subsets", "whole-batch"])
+def test_rand_augment_with_every_sample_on_one_op(device, by_subset: bool) -> None:
+    """Every pass with all samples of its kind, and with none."""
+    x = _images(device, b=6, seed=8)
+    u = torch.rand(1, 6, device=device, generator=_gen(device, 4))
+    for k, op in enumerate(RANDAUGMENT_OPS):
+        choice = torch.full((1, 6), k, device=device)
+        out = augment._rand_augment_drawn(x, choice, u, by_subset=by_subset)
+        assert torch.equal(out, op(x, op.low + (op.high - op.low) * u[0])), op.name
+
+
+def test_rand_augment_num_ops(device) -> None:
+    x = _images(device, b=4)
+    assert rand_augment(x, _gen(device), num_ops=0) is x
+    with pytest.raises(ValueError, match="num_ops must be an int >= 0, got -1"):
+        rand_augment(x, _gen(device), num_ops=-1)
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (24, 40), (7, 5), (1, 3)])
+def test_identity_warp_returns_the_batch_exactly(device, h: int, w: int) -> None:
+    """The whole-batch warp pass relies on it for samples that drew a non-geometric op."""
+    x = torch.as_tensor(
+        np.random.default_rng(h * w).integers(0, 256, (3, 3, h, w), dtype=np.uint8), device=device
+    )
+    identity = torch.eye(2, 3, device=device).expand(3, 2, 3)
+    assert torch.equal(augment._warp(x, identity), x)
+
+
+def test_blend_by_one_returns_the_batch_exactly(device) -> None:
+    """The whole-batch blend pass relies on it for samples that drew another op."""
+    x = _images(device, b=8, seed=2)
+    degenerate = _images(device, b=8, seed=3)
+    assert torch.equal(augment._blend(degenerate, x, torch.ones(8, device=device)), x)
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every ATen op dispatched inside the ``with`` block, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_whole_batch_rand_augment_is_a_fixed_sequence_of_ops_with_no_sync() -> None:
+    """The op sequence does not depend on what the samples drew (it grows with the 14 ops, not with the
+    number of samples per op), and nothing reads a value back from the device."""
+    sequences = []
+    for seed, x in [(0, _images("cpu", b=64)), (1, _images("cpu", b=64, seed=1)), (2, _images("cpu", b=3))]:
+        with _OpCounter() as counter:
+            rand_augment(x, _gen("cpu", seed), by_subset=False)
+        sequences.append(counter.names)
+    assert sequences[0] == sequences[1] == sequences[2]
+    syncing = {"aten.nonzero", "aten._local_scalar_dense", "aten.item", "aten.is_nonzero"}
+    assert not syncing & set(sequences[0])
+    with _OpCounter() as counter:
+        rand_augment(_images("cpu", b=64), _gen("cpu", 0), by_subset=True)
+    assert "aten.nonzero" in counter.names  # the CPU mode does use subsets (the counter can see them)
 
 
 def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:

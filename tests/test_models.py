@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,18 +18,15 @@ from harness.models import (  # noqa: E402
     model_info,
 )
 from harness.models.layers import channel_shuffle  # noqa: E402
+from tests.manifests import load_manifest  # noqa: E402
 
-# shared/ sits beside the repository clone, locally and in CI.
-MANIFEST_PATH = Path(__file__).parents[2] / "shared/spec/cifar_checkpoint_manifest.json"
 # The CIFAR-100 zoo only; the ImageNet models are checked in test_imagenet_models.py.
 NAMES = sorted(name for name in MODELS if model_info(name).dataset == "cifar100")
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    if not MANIFEST_PATH.is_file():
-        pytest.skip(f"checkpoint manifest not found at {MANIFEST_PATH} (shared/ must sit beside the repo)")
-    return json.loads(MANIFEST_PATH.read_text())
+    return load_manifest("cifar")  # tests/data/cifar_checkpoint_manifest.json; missing is a failure
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:

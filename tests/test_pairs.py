@@ -5,16 +5,13 @@ the mdistiller / CRD / Logit-Standardization READMEs), so a slip in the registry
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from harness.pairs import PAIRS, Pair, Recipe, get_pair
 from harness.paper_results import CIFAR100_RESULTS, STUDENT_TOP1, TEACHER_TOP1, PublishedResult, Top1
-
-ROOT = Path(__file__).resolve().parents[1]
-MANIFEST_NAME = "shared/spec/cifar_checkpoint_manifest.json"
+from tests.manifests import load_manifest
 
 # configs/cifar100/sld/<config>.yaml of StephenEkaputra/Swapped-Logit-Distillation: SOLVER.LR
 OFFICIAL_LR = {
@@ -51,12 +48,7 @@ PUBLISHED_KD_SLD = {
 
 @pytest.fixture(scope="module")
 def manifest_models() -> set[str]:
-    # The spec folder sits beside the checkout here and inside it on the device machine.
-    for base in (ROOT, ROOT.parent):
-        path = base / MANIFEST_NAME
-        if path.is_file():
-            return set(json.loads(path.read_text()))
-    pytest.skip(f"{MANIFEST_NAME} not found beside or inside {ROOT}")
+    return set(load_manifest("cifar"))  # tests/data/cifar_checkpoint_manifest.json; missing is a failure
 
 
 def test_there_are_the_twelve_official_pairs() -> None:

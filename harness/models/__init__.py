@@ -34,7 +34,7 @@ __all__ = [
     "resolve_model",
 ]
 
-def build_model(name: str, num_classes: int | None = None) -> nn.Module:
+def build_model(name: str, num_classes: int | None = None, **options: object) -> nn.Module:
     """Construct a freshly initialised model from its spec (a registry name or a plug-in).
 
     Parameters
@@ -45,6 +45,9 @@ def build_model(name: str, num_classes: int | None = None) -> nn.Module:
     num_classes
         Classifier outputs. ``None``: the model's own default, 100 for the CIFAR-100 zoo (and its
         published checkpoints), 1000 for the ImageNet models; a plug-in keeps its callable's default.
+    options
+        Keywords of the model's constructor, e.g. ``official_bn_updates=False`` for the ``wrn_*`` models
+        (:class:`~harness.models.wrn.WideResNet`).
 
     Returns
     -------
@@ -54,12 +57,13 @@ def build_model(name: str, num_classes: int | None = None) -> nn.Module:
     Raises
     ------
     ValueError
-        ``num_classes < 1``; or (``ModelSpecError``, a ``ValueError``) an unknown name (the message lists
-        the valid ones) or a plug-in that cannot be imported or called or returns no ``nn.Module``.
+        ``num_classes < 1``, an option the model does not take; or (``ModelSpecError``, a
+        ``ValueError``) an unknown name (the message lists the valid ones) or a plug-in that cannot be
+        imported or called or returns no ``nn.Module``.
 
     Examples
     --------
     >>> build_model("resnet8x4").fc.out_features, build_model("resnet18").fc.out_features
     (100, 1000)
     """
-    return resolve_model(name)(num_classes)
+    return resolve_model(name)(num_classes, **options)

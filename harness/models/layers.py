@@ -6,7 +6,11 @@ helper below produces exactly the submodule layout (and hence ``state_dict`` key
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -75,26 +79,62 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def window_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """Average pooling with one window over the whole map, (N, C, H, W) -> (N, C).
+
+    The CRD resnet, WRN, ShuffleNet and MobileNetV2 files pool with a fixed window equal to the final map
+    on 32x32 inputs (``AvgPool2d(8)``, ``avg_pool2d(out, 4)``, ``AvgPool2d(2, ceil_mode=True)``); this is
+    that call, bit for bit (it sums in another order than ``mean``: the last bit differs for about 2/3 of
+    the features), and it also takes other sizes.
+    """
+    return F.avg_pool2d(x, x.shape[-2:]).flatten(1)
+
+
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over the spatial axes, (N, C, H, W) -> (N, C).
+    """``AdaptiveAvgPool2d((1, 1))``, (N, C, H, W) -> (N, C): how ``ResNet18``/``ResNet50`` and VGG pool."""
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
-    The reference models use fixed-size ``AvgPool2d`` windows equal to the final feature map on 32x32
-    inputs (8x8, 4x4, 2x2); a global mean gives the same logits there and also works on other sizes.
+
+Classifier = Literal["default", "zero_bias", "normal"]
+
+
+def init_weights(model: nn.Module, *, classifier: Classifier) -> None:
+    """The CRD / mdistiller initialisation: He-normal (fan-out) convolutions with zero bias, unit/zero
+    batch norm, and the classifier as its model file leaves it.
+
+    Parameters
+    ----------
+    model
+        Every ``Conv2d``, ``BatchNorm2d`` and ``Linear`` in it is initialised, in ``modules()`` order.
+    classifier
+        ``"default"``: torch's ``Linear`` init is kept (the CRD resnets, ``ResNet18/50``); ``"zero_bias"``:
+        torch's weight, zero bias (WRN); ``"normal"``: ``N(0, 0.01)`` weight, zero bias (VGG, MobileNetV2).
+
+    The convolutions get ``normal_(0, sqrt(2 / (k * k * out_channels)))`` as the WRN, VGG and MobileNetV2
+    files write it; the resnet files call ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, whose
+    ``sqrt(2) / sqrt(n)`` rounds to the same float32 for every convolution in the zoo (checked by a test),
+    and ``normal_`` draws with a float32 std. ShuffleNetV1/V2 call nothing: their files keep torch's
+    default init.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 2))
+    >>> init_weights(model, classifier="normal")
+    >>> float(model[3].bias.abs().max())
+    0.0
     """
-    return x.mean(dim=(2, 3))
-
-
-def init_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convolutions, zero conv bias, unit/zero batch norm; torch defaults for linear.
-
-    The reference repositories mix several equivalent schemes (``normal_(0, sqrt(2 / (k*k*out)))`` is
-    this He init); one scheme for every model keeps training from scratch comparable across students.
-    """
+    if classifier not in ("default", "zero_bias", "normal"):
+        raise ValueError(f"classifier must be 'default', 'zero_bias' or 'normal', got {classifier!r}")
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and classifier != "default":
+            if classifier == "normal":
+                nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)

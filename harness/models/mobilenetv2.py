@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models.layers import conv_bn, global_avg_pool, init_weights
+from harness.models.layers import conv_bn, init_weights, window_avg_pool
 
 # (expansion t, channels c, blocks n, first stride s) at width 1. The stem has stride 2 and the first stages
 # stride 1 (ImageNet MobileNetV2 strides every early stage), so 32x32 inputs end at 2x2.
@@ -41,7 +41,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 at ``width_mult``, 1280-channel head: (N, 3, H, W) -> (N, num_classes) logits."""
+    """MobileNetV2 at ``width_mult``, 1280-channel head: (N, 3, H, W) -> (N, num_classes) logits.
+
+    Initialisation as in its file: He-normal convolutions, ``N(0, 0.01)`` classifier weights, zero bias.
+    """
 
     def __init__(self, width_mult: float = 0.5, num_classes: int = 100):
         super().__init__()
@@ -59,10 +62,10 @@ class MobileNetV2(nn.Module):
         last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = conv_bn(channels, last_channels, 1, relu=True)
         self.classifier = nn.Sequential(nn.Linear(last_channels, num_classes))
-        init_weights(self)
+        init_weights(self, classifier="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         for stage in self.blocks:
             x = stage(x)
-        return self.classifier(global_avg_pool(self.conv2(x)))
+        return self.classifier(window_avg_pool(self.conv2(x)))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,13 +88,23 @@ class ModelConstructor:
     info: ModelInfo
     factory: Callable[..., object]
 
-    def __call__(self, num_classes: int | None = None) -> nn.Module:
-        """Build the model; ``None`` means the model's own default class count (see :class:`ModelInfo`)."""
+    def __call__(self, num_classes: int | None = None, **options: object) -> nn.Module:
+        """Build the model; ``None`` means the model's own default class count (see :class:`ModelInfo`);
+        ``options`` are keywords of its constructor (an unknown one is a ``ValueError``)."""
         if num_classes is None:
             num_classes = self.info.num_classes
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        model = self.factory() if num_classes is None else self.factory(num_classes=num_classes)
+        if options:
+            try:
+                accepted = inspect.signature(self.factory).parameters
+            except (TypeError, ValueError):  # a callable without a signature: let it take or refuse them
+                accepted = options
+            unknown = sorted(set(options) - set(accepted))
+            if unknown:
+                raise ValueError(f"model {self.spec!r} takes no option {', '.join(map(repr, unknown))}")
+        sized = {} if num_classes is None else {"num_classes": num_classes}
+        model = self.factory(**sized, **options)
         if not isinstance(model, nn.Module):
             raise ModelSpecError(
                 f"model {self.spec!r} ({self.source}) returned a {type(model).__name__}, "

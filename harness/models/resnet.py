@@ -1,19 +1,20 @@
 """CIFAR residual networks: the CRD ``resnet{8..110}``, ``resnet{8,32}x4`` and ``ResNet18``/``ResNet50``.
 
 Both families are post-activation ResNets built from the same blocks; they differ only in stage layout,
-stem width and two names fixed by the published checkpoints: the projection shortcut (``downsample`` in the
-CRD family, ``shortcut`` in ``ResNet18/50``) and the classifier (``fc`` vs ``linear``).
+stem width, the pooling (a fixed 8x8 window in the CRD family, adaptive in ``ResNet18/50``; the two differ
+in the last bit) and two names fixed by the published checkpoints: the projection shortcut (``downsample`` in
+the CRD family, ``shortcut`` in ``ResNet18/50``) and the classifier (``fc`` vs ``linear``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.layers import conv, conv_bn, global_avg_pool, init_weights
+from harness.models.layers import conv, conv_bn, global_avg_pool, init_weights, window_avg_pool
 
 
 class _ResidualBlock(nn.Module):
@@ -94,6 +95,12 @@ class ResNet(nn.Module):
         Classifier outputs.
     shortcut_name, head_name
         Attribute names of the projection shortcut and the classifier, as in the checkpoints.
+    pool
+        ``(N, C, H, W) -> (N, C)`` before the classifier: ``window_avg_pool`` (the CRD resnets'
+        ``AvgPool2d(8)``) or ``global_avg_pool`` (``ResNet18/50``'s ``AdaptiveAvgPool2d``).
+
+    Initialisation: :func:`~harness.models.layers.init_weights` with torch's default classifier, as both
+    model files do.
 
     Forward: (N, 3, H, W) float -> (N, num_classes) logits.
     """
@@ -108,6 +115,7 @@ class ResNet(nn.Module):
         num_classes: int = 100,
         shortcut_name: str = "shortcut",
         head_name: str = "linear",
+        pool: Callable[[torch.Tensor], torch.Tensor] = global_avg_pool,
     ):
         super().__init__()
         self.conv1 = conv(3, stem_width, 3)
@@ -124,13 +132,14 @@ class ResNet(nn.Module):
             self.add_module(self._stage_names[-1], nn.Sequential(*blocks))
         self._head_name = head_name
         self.add_module(head_name, nn.Linear(in_planes, num_classes))
-        init_weights(self)
+        self._pool = pool
+        init_weights(self, classifier="default")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         for name in self._stage_names:
             x = getattr(self, name)(x)
-        return getattr(self, self._head_name)(global_avg_pool(x))
+        return getattr(self, self._head_name)(self._pool(x))
 
 
 def cifar_resnet(depth: int, widths: Sequence[int], num_classes: int = 100) -> ResNet:
@@ -149,6 +158,7 @@ def cifar_resnet(depth: int, widths: Sequence[int], num_classes: int = 100) -> R
         num_classes=num_classes,
         shortcut_name="downsample",
         head_name="fc",
+        pool=window_avg_pool,
     )
 
 

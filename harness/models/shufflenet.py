@@ -1,4 +1,8 @@
-"""ShuffleNetV1 (groups 3) and ShuffleNetV2 (1x) for CIFAR: 1x1 stem, no stem pooling, 32 -> 4 pixels."""
+"""ShuffleNetV1 (groups 3) and ShuffleNetV2 (1x) for CIFAR: 1x1 stem, no stem pooling, 32 -> 4 pixels.
+
+Their model files initialise nothing, so every layer keeps torch's default (``kaiming_uniform_(a=sqrt(5))``
+weights, uniform biases, unit/zero batch norm); so do these.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.layers import channel_shuffle, conv, global_avg_pool, init_weights
+from harness.models.layers import channel_shuffle, conv, window_avg_pool
 
 _STEM = 24
 
@@ -62,13 +66,12 @@ class ShuffleNetV1(nn.Module):
             self.add_module(name, nn.Sequential(*units))
             channels = width
         self.linear = nn.Linear(channels, num_classes)
-        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         for name in self._stage_names:
             x = getattr(self, name)(x)
-        return self.linear(global_avg_pool(x))
+        return self.linear(window_avg_pool(x))
 
 
 class ShuffleV2Unit(nn.Module):
@@ -138,10 +141,9 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = conv(channels, head_width, 1)
         self.bn2 = nn.BatchNorm2d(head_width)
         self.linear = nn.Linear(head_width, num_classes)
-        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         for name in self._stage_names:
             x = getattr(self, name)(x)
-        return self.linear(global_avg_pool(F.relu(self.bn2(self.conv2(x)))))
+        return self.linear(window_avg_pool(F.relu(self.bn2(self.conv2(x)))))

@@ -34,6 +34,8 @@ class VGG(nn.Module):
     average pooling and a 512 -> ``num_classes`` ``classifier``.
 
     The reference also pools after ``block3``, but only for 64x64 inputs; CIFAR's 32x32 never takes it.
+    Initialisation as in its file: He-normal convolutions with zero bias, ``N(0, 0.01)`` classifier
+    weights with zero bias.
     """
 
     def __init__(self, depth: int, num_classes: int = 100):
@@ -47,7 +49,7 @@ class VGG(nn.Module):
             self._blocks.append(f"block{i}")
             in_channels = widths[-1]
         self.classifier = nn.Linear(in_channels, num_classes)
-        init_weights(self)
+        init_weights(self, classifier="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, name in enumerate(self._blocks):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.layers import conv, global_avg_pool, init_weights
+from harness.models.layers import conv, init_weights, window_avg_pool
 
 
 class WideBasicBlock(nn.Module):
@@ -48,22 +48,60 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``widen_factor`` for 32x32 inputs: (N, 3, H, W) -> (N, num_classes) logits."""
+    """WRN-``depth``-``widen_factor`` for 32x32 inputs: (N, 3, H, W) -> (N, num_classes) logits.
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int = 100):
+    Parameters
+    ----------
+    depth, widen_factor
+        ``depth = 6n + 4`` (``n`` blocks per stage); stage widths ``16k, 32k, 64k``.
+    num_classes
+        Classifier outputs.
+    official_bn_updates
+        The CRD / mdistiller WRN forward, after the logits, runs three batch norms a second time on the
+        features they saw (``block2.layer[0].bn1`` on block 1's output, ``block3.layer[0].bn1`` on block
+        2's, the final ``bn1`` on block 3's) to return pre-activation features that the logit losses never
+        use. In training mode that moves those three layers' running statistics twice per forward (a
+        momentum of ``1 - 0.9**2`` instead of 0.1) and counts two batches; the published wrn_16_2 /
+        wrn_40_1 students were trained so. ``True`` (default) does the same (without autograd: only the
+        statistics change); ``False`` updates every layer once. The logits are the same either way.
+
+    Initialisation as in its file: He-normal convolutions, unit/zero batch norm, torch's default
+    classifier weight with a zero bias.
+
+    Examples
+    --------
+    >>> model = WideResNet(16, 2, official_bn_updates=False)
+    >>> model(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 100])
+    """
+
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int = 100, *, official_bn_updates: bool = True
+    ):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, ...), got {depth}")
+        if not isinstance(official_bn_updates, bool):
+            raise TypeError(f"official_bn_updates must be a bool, got {official_bn_updates!r}")
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        self.official_bn_updates = official_bn_updates
         self.conv1 = conv(3, widths[0], 3)
         self.block1 = NetworkBlock(n, widths[0], widths[1], 1)
         self.block2 = NetworkBlock(n, widths[1], widths[2], 2)
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        init_weights(self)
+        init_weights(self, classifier="zero_bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return self.fc(global_avg_pool(F.relu(self.bn1(x))))
+        f1 = self.block1(self.conv1(x))
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        logits = self.fc(window_avg_pool(F.relu(self.bn1(f3))))
+        if self.training and self.official_bn_updates:
+            with torch.no_grad():  # the outputs are discarded, as the logit losses discard them
+                self.block2.layer[0].bn1(f1)
+                self.block3.layer[0].bn1(f2)
+                self.bn1(f3)
+        return logits

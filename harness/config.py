@@ -239,6 +239,9 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
     compile: bool = False  # torch.compile the student: minutes of warm-up, pays off only on long runs
     sync_bn: bool = False  # DDP, CUDA only: BatchNorm over the global batch; off: per rank, as officially
+    # WRN students: three BatchNorm layers update their running statistics twice per step, as the
+    # official WRN forward does (docs/official_differences.md); False: once, the clean behaviour.
+    official_wrn_bn: bool = True
     out_dir: str = "runs/train"  # holds config.json, metrics.jsonl, last.pt and best.pt
     log_every: int = 50  # steps between progress updates; each is a CPU-GPU sync, so not every step
 

@@ -84,8 +84,10 @@ def teacher_config(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_D
     and ``sld reproduce`` look for a teacher.
 
     Cross-entropy alone, the weak view only, 240 epochs of batch 64, SGD lr 0.05 (0.01 for MobileNet
-    and ShuffleNet) x0.1 at 150/180/210, weight decay 5e-4. ``sld train-teacher`` and
-    ``harness.reproduce`` build teachers from it (flags via :func:`harness.config.with_overrides`).
+    and ShuffleNet) x0.1 at 150/180/210, weight decay 5e-4; a WRN's BatchNorm statistics update once
+    per step (CRD's training code, which made the community teachers, has no second BatchNorm pass).
+    ``sld train-teacher`` and ``harness.reproduce`` build teachers from it (flags via
+    :func:`harness.config.with_overrides`).
 
     >>> teacher_config("MobileNetV2", "runs").optim.lr, teacher_config("wrn_40_2", "runs").out_dir
     (0.01, 'runs/teachers/wrn_40_2')
@@ -97,5 +99,6 @@ def teacher_config(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_D
         loss=CEConfig(),
         optim=OptimConfig(lr=_SMALL_MODEL_LR if small else OptimConfig.lr),
         data=DataConfig(views=1),
+        official_wrn_bn=False,
         out_dir=str(teacher_run_dir(model, runs_dir)),
     )

@@ -32,7 +32,7 @@ from harness.config import train_config_from_dict as config_from_dict  # noqa: E
 from harness.config import train_config_to_dict as config_to_dict  # noqa: E402
 from harness.data.cifar import DatasetError  # noqa: E402
 from harness.models import CheckpointError  # noqa: E402
-from harness.recipes import pair_config  # noqa: E402
+from harness.recipes import pair_config, teacher_config  # noqa: E402
 from harness.train import methods  # noqa: E402
 from harness.train.checkpoint import (  # noqa: E402
     capture_rng,
@@ -446,3 +446,25 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, teacher_ckpt: Path) -> No
     config = tiny(tmp_path, tmp_path / "empty", teacher_ckpt, "ce")
     with pytest.raises(DatasetError, match="CIFAR-100 not found in .*empty"):
         train(config, CPU)
+
+
+@pytest.mark.parametrize("official", [True, False], ids=["official-double-bn", "clean"])
+def test_wrn_students_update_batchnorm_twice_per_step_unless_asked(
+    tmp_path: Path, data_dir: Path, teacher_ckpt: Path, official: bool
+) -> None:
+    """config.official_wrn_bn reaches the WRN model: its first block's bn1 counts two updates per step
+    (the official forward's second pass), a layer without the second pass one; the teacher recipe is
+    the clean one (CRD's code trained the community teachers)."""
+    config = dataclasses.replace(
+        tiny(tmp_path, data_dir, teacher_ckpt, "ce"),
+        student="wrn_16_1",
+        official_wrn_bn=official,
+        optim=OptimConfig(epochs=1, batch_size=32, lr=0.05, lr_milestones=(1,)),
+    )
+    train(config, CPU)
+    state = load_checkpoint(Path(config.out_dir) / "last.pt")["model"]
+    steps = int(state["block1.layer.0.bn2.num_batches_tracked"])
+    assert steps >= 1
+    assert int(state["block2.layer.0.bn1.num_batches_tracked"]) == (2 if official else 1) * steps
+    assert teacher_config("wrn_16_1").official_wrn_bn is False
+    assert TrainConfig(student="wrn_16_1", method="ce", loss=CEConfig()).official_wrn_bn is True

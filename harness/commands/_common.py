@@ -118,6 +118,14 @@ SyncBnOpt = Annotated[
         "--sync-bn", help="With several processes (CUDA): BatchNorm statistics over the global batch."
     ),
 ]
+OfficialWrnBnOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--official-wrn-bn/--clean-wrn-bn",
+        help="WRN: update three BatchNorm layers' running statistics twice per step, as the official "
+        "forward does (students' default), or once (teachers' default).",
+    ),
+]
 StopAfterOpt = Annotated[
     int | None,
     typer.Option(
@@ -152,6 +160,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "limit_test": (LimitTestOpt, None),
     "nproc": (NprocOpt, None),
     "sync_bn": (SyncBnOpt, False),
+    "official_wrn_bn": (OfficialWrnBnOpt, None),
     "stop_after": (StopAfterOpt, None),
 }
 
@@ -200,6 +209,7 @@ def common_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         "amp": "amp",
         "channels_last": "channels_last",
         "compile": "compile",
+        "official_wrn_bn": "official_wrn_bn",
         "views": "data.views",
         "limit_train": "data.limit_train",
         "limit_test": "data.limit_test",

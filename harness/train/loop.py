@@ -156,7 +156,7 @@ def train(
     if config.data.dataset != "cifar100" and config.data.classes is None:
         # Recorded in config.json, so that evaluation, --resume and --config replays see this mapping.
         config = with_overrides(config, {"data.classes": data.classes})
-    student = build_model(config.student, num_classes=data.num_classes).to(
+    student = build_model(config.student, num_classes=data.num_classes, **_model_options(config)).to(
         device, memory_format=_memory_format(config)
     )
     if config.sync_bn:
@@ -331,6 +331,11 @@ def _load_teacher(config: TrainConfig, num_classes: int, device: torch.device) -
     teacher = teacher.to(device, memory_format=_memory_format(config)).eval()
     teacher.requires_grad_(False)  # no grads are ever taken; also skips autograd bookkeeping
     return teacher
+
+
+def _model_options(config: TrainConfig) -> dict[str, Any]:
+    """Constructor keywords of the student that the config sets (the WRN BatchNorm quirk)."""
+    return {"official_bn_updates": config.official_wrn_bn} if config.student.startswith("wrn_") else {}
 
 
 def _memory_format(config: TrainConfig) -> torch.memory_format:

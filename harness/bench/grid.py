@@ -30,16 +30,19 @@ __all__ = [
     "Skip",
     "add_speedups",
     "build_case",
+    "build_inputs",
     "environment",
+    "kernel_name",
     "plot_times",
     "summarize",
 ]
 
 BACKENDS = ("numpy", "torch", "cupy", "jax")
-# fused: the backend's fast path; generic: sld_core eagerly; compiled / compiled-loss: sld_core under
-# the stack's compiler (torch.compile, jax.jit) for loss + gradient / the loss alone; reference: the
-# naive PyTorch formulation every speedup is measured against.
-IMPLS = ("fused", "generic", "compiled", "compiled-loss", "reference")
+# fused: the backend's fast path (its compiled kernel where there is one); eager: the same path with the
+# kernels bypassed (backends.use_kernels(False)); generic: sld_core eagerly; compiled / compiled-loss:
+# sld_core under the stack's compiler (torch.compile, jax.jit) for loss + gradient / the loss alone;
+# reference: the naive PyTorch formulation every speedup is measured against.
+IMPLS = ("fused", "eager", "generic", "compiled", "compiled-loss", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 BENCH_EPOCH = 200  # after gamma=150: the pseudo-teacher is on, so every term is timed
@@ -84,13 +87,15 @@ def _torch_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[]
     s = torch.as_tensor(s_np, device=case.device).to(dtype)
     t = torch.as_tensor(t_np, device=case.device).to(dtype)
     y = torch.as_tensor(y_np, device=case.device)
-    if case.impl == "fused":
+    if case.impl in ("fused", "eager"):
         from backends.torch_sld import sld_loss_fused
 
-        def fn() -> Any:  # what a training step runs: forward, then backward of the total
+        def fused() -> Any:  # what a training step runs: forward, then backward of the total
             leaf = s.detach().requires_grad_(True)
             sld_loss_fused(leaf, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False).total.backward()
             return leaf.grad
+
+        fn = fused if case.impl == "fused" else _without_kernels(fused)
     elif case.impl == "generic":
         import sld_core
 
@@ -128,7 +133,7 @@ def _numpy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[]
     if case.dtype == "bfloat16":
         raise Skip("NumPy has no bfloat16")
     s, t, y = (a.astype(case.dtype) if a.dtype.kind == "f" else a for a in _numpy_inputs(case))
-    if case.impl == "fused":
+    if case.impl in ("fused", "eager"):
         from backends.numpy_sld import sld_loss_and_grad_numpy as loss_and_grad
     else:
         from sld_core import sld_loss_and_grad as loss_and_grad
@@ -136,10 +141,12 @@ def _numpy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[]
     def fn() -> Any:
         return loss_and_grad(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False)
 
-    return fn, lambda: None
+    return (_without_kernels(fn) if case.impl == "eager" else fn), lambda: None
 
 
 def _cupy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
+    if case.impl == "eager":
+        raise Skip("CuPy's fast path is its kernel (no eager variant)")
     if case.impl.startswith("compiled"):
         raise Skip("no compiled CuPy path (the fused path is CuPy's own kernel)")
     if case.device != "cuda":
@@ -171,7 +178,7 @@ def _cupy_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[],
 
 
 def _jax_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], Any], Callable[[], None]]:
-    if case.impl == "fused":
+    if case.impl in ("fused", "eager"):
         raise Skip("no fused JAX path (the generic core runs on JAX arrays)")
     try:
         import jax
@@ -201,6 +208,45 @@ def _jax_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[], 
         return jax.block_until_ready(run(s, t, y))  # JAX dispatches asynchronously: wait inside the clock
 
     return fn, lambda: None
+
+
+def _without_kernels(fn: Callable[[], Any]) -> Callable[[], Any]:
+    import backends
+
+    def eager() -> Any:
+        with backends.use_kernels(False):
+            return fn()
+
+    return eager
+
+
+def kernel_name(case: Case) -> str:
+    """What runs for ``case``: for ``fused``, the backend's kernel (``backends.implementation``:
+    numba, triton, cupy-kernel, or eager when no compiled kernel is available)."""
+    if case.impl == "fused":
+        import backends
+
+        sample = build_inputs(case)[0]
+        return backends.implementation(sample, with_grad=True)
+    compilers = {"torch": "torch.compile", "jax": "jax.jit"}
+    return {"eager": "eager", "generic": "core", "reference": "reference"}.get(
+        case.impl, compilers.get(case.backend, "")
+    )
+
+
+def build_inputs(case: Case) -> tuple[Any, Any, Any]:
+    """The case's (student, teacher, labels) as arrays of its backend and device (small cases only
+    need their type; the timed functions hold their own)."""
+    s, t, y = _numpy_inputs(case)
+    if case.backend == "torch":
+        import torch
+
+        return tuple(torch.as_tensor(a, device=case.device) for a in (s, t, y))
+    if case.backend == "cupy":
+        import cupy
+
+        return tuple(cupy.asarray(a) for a in (s, t, y))
+    return s, t, y
 
 
 def build_case(

@@ -22,6 +22,7 @@ from harness.bench.grid import (
     add_speedups,
     build_case,
     environment,
+    kernel_name,
     plot_times,
     summarize,
 )
@@ -60,8 +61,9 @@ def bench(
     impl: Annotated[
         str,
         typer.Option(
-            help="fused, generic, compiled (torch.compile / jax.jit, loss + gradient), compiled-loss "
-            "(the loss alone), reference (comma-separated)"
+            help="fused (the fast path, with its compiled kernel), eager (the same without the kernel), "
+            "generic, compiled (torch.compile / jax.jit, loss + gradient), compiled-loss (the loss "
+            "alone), reference (comma-separated)"
         ),
     ] = "fused,generic,reference",
     compile_mode: Annotated[
@@ -92,7 +94,10 @@ def bench(
     if threads is not None:
         import torch
 
+        from backends import set_num_threads
+
         torch.set_num_threads(threads)
+        set_num_threads(threads)  # the CPU kernel's pool
 
     copy_gbs: dict[str, float | None] = {}
     skipped: list[dict[str, Any]] = []
@@ -121,7 +126,7 @@ def bench(
                 except Skip as exc:
                     skipped_combos.setdefault((b, i, dev, dt), str(exc))
             timings = time_interleaved([pair for _, pair, _ in ready], repeats=repeats, warmup=warmup)
-            rows += [summarize(case, times, copy_gbs.get(dev), first)
+            rows += [summarize(case, times, copy_gbs.get(dev), first) | {"kernel": kernel_name(case)}
                      for (case, _, first), times in zip(ready, timings)]
             progress.advance(task)
     add_speedups(rows)
@@ -134,14 +139,15 @@ def bench(
         "same device, dtype and shape, for every backend; 1st call: the first call's seconds (the "
         "compile, for compiled impls); compiled-loss times the loss alone",
     )
-    for col in ("backend", "impl", "device", "dtype"):
+    for col in ("backend", "impl", "kernel", "device", "dtype"):
         table.add_column(col)
     for col in ("B x C", "1st call s", "median ms", "IQR ms", "rows/s", "GB/s", "% copy", "vs ref"):
         table.add_column(col, justify="right")
     for r in rows:
         frac = r["fraction_of_copy"]
         speedup = r["speedup_vs_reference"]
-        table.add_row(r["backend"], r["impl"], r["device"], r["dtype"], f"{r['batch']}x{r['classes']}",
+        table.add_row(r["backend"], r["impl"], r["kernel"], r["device"], r["dtype"],
+                      f"{r['batch']}x{r['classes']}",
                       f"{r['first_call_s']:.2f}", f"{r['median_ms']:.3f}", f"{r['iqr_ms']:.3f}",
                       f"{r['rows_per_s']:,.0f}", f"{r['gb_per_s']:.2f}",
                       "-" if frac is None else f"{100 * frac:.1f}",

@@ -41,9 +41,10 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload
 
+from ._exp_plan import exp_plan
 from ._rows import row_constants
 
-__all__ = ["FLAG_COLUMNS", "LOSS_COLUMNS", "PARALLEL_ELEMENTS", "fused_sums"]
+__all__ = ["FLAG_COLUMNS", "LOSS_COLUMNS", "MAX_POWER", "PARALLEL_ELEMENTS", "fused_sums"]
 
 # Per-row output columns: the loss terms (before the 1/B mean), then the input flags counted over rows.
 LOSS_COLUMNS = 4  # total, ce, teacher, pseudo
@@ -177,18 +178,19 @@ def _fast_exp_impl(x):
         f32 = np.float32
 
         def exp_f32(x):
-            # exp(x) = 2**n * exp(r), n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite), a
-            # degree-7 polynomial for exp(r); x is clamped at -87 so 2**n stays a normal float.
+            # exp(x) = 2**n * exp(r), n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite), and
+            # exp(r) = 1 + r + r^2 P(r) with P of degree 4, fitted for least maximum relative error on
+            # |r| <= ln(2)/2 (1e-7 after float32 rounding, as the degree-7 Cephes one); x is clamped at
+            # -87 so 2**n stays a normal float.
             v = max(x, f32(-87.0))
             n = np.floor(v * f32(1.4426950408889634) + f32(0.5))
             r = v - n * f32(0.693145751953125)
             r = r - n * f32(1.428606765330187e-06)
-            p = f32(1.9875691500e-4)
-            p = p * r + f32(1.3981999507e-3)
-            p = p * r + f32(8.3334519073e-3)
-            p = p * r + f32(4.1665795894e-2)
-            p = p * r + f32(1.6666665459e-1)
-            p = p * r + f32(5.0000001201e-1)
+            p = f32(1.381461275741458e-3)
+            p = p * r + f32(8.368710055947304e-3)
+            p = p * r + f32(4.166838899254799e-2)
+            p = p * r + f32(1.666652113199234e-1)
+            p = p * r + f32(4.999999403953552e-1)
             p = p * r * r + r + f32(1.0)
             # 2**n as its bit pattern (n + 127) << 23, formed in float32 (exact) so the loop stays 32-bit
             return p * _int_bits_to_float32(np.int32((n + f32(127.0)) * f32(8388608.0)))
@@ -200,32 +202,132 @@ def _fast_exp_impl(x):
 
 
 # Columns per partial sum: float32 lanes add up at most this many terms before the float64 total
-# takes them, so the row sums keep ~1e-7 relative accuracy at C = 21841 as at C = 100.
+# takes them, so the row sums keep ~1e-7 relative accuracy at C = 21841 as at C = 100. It is also the
+# column block every entry of the exponential plan is computed over before the next, so a product's
+# factors are still in L1 (14 rows of 512 float32 for the official plan: 28 KiB).
 SUM_BLOCK = 512
+# Largest power of a root exponential that the plan derives by products (backends._exp_plan): the
+# relative error of a power-n entry is ~n times the root's (2e-7 for float32), so 12 stays within
+# ~3e-6 of float64 (measured in RESULTS.md); the official temperatures then need 2 exps per element.
+MAX_POWER = 12
+
+# Layout of the two parameter vectors (see _params): the scalars first, then per-entry and
+# per-temperature arrays at offsets the kernel reads from the integer vector.
+_F_SCALARS = 5  # w_ce / B, w_teacher / B, w_pseudo / B, ce_weight, kd_weight
+_I_SCALARS = 8  # teacher_swap, pseudo_on, detach, want_grad, entries J, temperatures K, ce_index, fused
+# The plan of the official temperatures (1, ..., 6) with MAX_POWER 12: b = exp(u/12) (no loss term),
+# a = exp(u/5), then b^2 (T=6), b^3 (T=4), b^4 (T=3), b^6 (T=2), b^12 (T=1). Plans of this shape get
+# one loop that keeps the products in registers (the generic loop stores and reloads each entry).
+_FUSED_FACTORS = (None, None, (0, 0), (2, 0), (2, 2), (3, 3), (5, 5))
+
+
+@_jit(fastmath=_FASTMATH, inline="always")
+def _fused_side(x_b, x_max, inv_b, inv_a, e, base, lo, width, z, first, zero):
+    """One side (student rows from ``base = 0``, teacher from ``J``) of a column block of the official
+    plan (:data:`_FUSED_FACTORS`) in one loop: 2 exponentials and 5 products per column, every entry but
+    the auxiliary ``b`` stored and summed. Returns the first argmax and the non-finite probe."""
+    a_r = e[base + 1][lo:lo + width]
+    b2_r = e[base + 2][lo:lo + width]
+    b3_r = e[base + 3][lo:lo + width]
+    b4_r = e[base + 4][lo:lo + width]
+    b6_r = e[base + 5][lo:lo + width]
+    b12_r = e[base + 6][lo:lo + width]
+    za = zb2 = zb3 = zb4 = zb6 = zb12 = zero
+    probe = zero
+    lo32 = np.int32(lo)
+    for c in range(np.int32(width)):  # int32 columns: an int64 index halves the argmax's vector width
+        u = x_b[c] - x_max
+        b1 = fast_exp(u * inv_b)
+        ea = fast_exp(u * inv_a)
+        b2 = b1 * b1
+        b3 = b2 * b1
+        b4 = b2 * b2
+        b6 = b3 * b3
+        b12 = b6 * b6
+        a_r[c] = ea
+        b2_r[c] = b2
+        b3_r[c] = b3
+        b4_r[c] = b4
+        b6_r[c] = b6
+        b12_r[c] = b12
+        za += ea
+        zb2 += b2
+        zb3 += b3
+        zb4 += b4
+        zb6 += b6
+        zb12 += b12
+        first = _first_index(first, u == 0, lo32 + c)
+        probe += x_b[c] * zero
+    z[base + 1] += za
+    z[base + 2] += zb2
+    z[base + 3] += zb3
+    z[base + 4] += zb4
+    z[base + 5] += zb6
+    z[base + 6] += zb12
+    return first, probe
+
+
+@_jit(fastmath=_FASTMATH, inline="always")
+def _fused_cross(s_b, t_b, s_max, t_max, e, num_e, lo, width, cross, zero):
+    """The teacher cross term ``sum exp(u_t/T) (u_t - u_s)`` of the official plan's entries (one block)."""
+    a_r = e[num_e + 1][lo:lo + width]
+    b2_r = e[num_e + 2][lo:lo + width]
+    b3_r = e[num_e + 3][lo:lo + width]
+    b4_r = e[num_e + 4][lo:lo + width]
+    b6_r = e[num_e + 5][lo:lo + width]
+    b12_r = e[num_e + 6][lo:lo + width]
+    ca = cb2 = cb3 = cb4 = cb6 = cb12 = zero
+    for c in range(width):
+        diff = (t_b[c] - t_max) - (s_b[c] - s_max)
+        ca += a_r[c] * diff
+        cb2 += b2_r[c] * diff
+        cb3 += b3_r[c] * diff
+        cb4 += b4_r[c] * diff
+        cb6 += b6_r[c] * diff
+        cb12 += b12_r[c] * diff
+    cross[1] += ca
+    cross[2] += cb2
+    cross[3] += cb3
+    cross[4] += cb4
+    cross[5] += cb6
+    cross[6] += cb12
 
 
 @_jit(fastmath=_FASTMATH)
-def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weights, grad, out, start, stop):
+def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
     """Rows ``[start, stop)``: per-row terms and flags into ``out`` (float64, ``(B, 7)``), the gradient
-    into ``grad`` when ``switches[3]`` (else ``grad`` may be empty).
+    into ``grad`` when wanted (else ``grad`` may be empty).
 
-    ``temps``/``kd_on`` in evaluation order (roots first, then squares ``(dst, src)``);
-    ``switches = (teacher_swap, pseudo_on, detach_pseudo, want_grad)``;
-    ``weights = (w_ce / B, w_teacher / B, w_pseudo / B, ce_weight, kd_weight)``.
+    ``ipar = (teacher_swap, pseudo_on, detach, want_grad, J, K, ce_index, factor_a[J], factor_b[J],
+    entry_of_temperature[K])``, ``factor_a[j] < 0`` for a root; ``fpar = (w_ce / B, w_teacher / B,
+    w_pseudo / B, ce_weight, kd_weight, 1/T_entry[J], T[K], kd_on[K])`` (see :func:`_params`).
     """
     num_classes = s.shape[1]
-    num_t = temps.shape[0]
-    teacher_swap, pseudo_on, detach, want_grad = switches[0], switches[1], switches[2], switches[3]
-    w_ce, w_teacher, w_pseudo = weights[0], weights[1], weights[2]
-    ce_weight, kd_weight = weights[3], weights[4]
-    inv_t = np.empty(num_t, dtype=s.dtype)
-    for k in range(num_t):
-        inv_t[k] = 1.0 / temps[k]  # rounded once to the compute dtype
-    zero = inv_t[0] - inv_t[0]  # 0 in the compute dtype (a literal 0 would promote float32 to float64)
+    teacher_swap = ipar[0] != 0
+    pseudo_on = ipar[1] != 0
+    detach = ipar[2] != 0
+    want_grad = ipar[3] != 0
+    num_e = ipar[4]
+    num_t = ipar[5]
+    ce_index = ipar[6]
+    fused = ipar[7] != 0
+    factor_a = ipar[_I_SCALARS:_I_SCALARS + num_e]
+    factor_b = ipar[_I_SCALARS + num_e:_I_SCALARS + 2 * num_e]
+    entry_of = ipar[_I_SCALARS + 2 * num_e:_I_SCALARS + 2 * num_e + num_t]
+    w_ce, w_teacher, w_pseudo, ce_weight, kd_weight = fpar[0], fpar[1], fpar[2], fpar[3], fpar[4]
+    inv_e64 = fpar[_F_SCALARS:_F_SCALARS + num_e]
+    temps = fpar[_F_SCALARS + num_e:_F_SCALARS + num_e + num_t]
+    kd_on = fpar[_F_SCALARS + num_e + num_t:_F_SCALARS + num_e + 2 * num_t]
+    inv_e = np.empty(num_e, dtype=s.dtype)
+    for j in range(num_e):
+        inv_e[j] = inv_e64[j]  # rounded once to the compute dtype
+    zero = inv_e[0] - inv_e[0]  # 0 in the compute dtype (a literal 0 would promote float32 to float64)
     no_index = np.int32(num_classes)
-    e = np.empty((2 * num_t, num_classes), dtype=s.dtype)  # exp(u_s/T_k) rows 0..K-1, exp(u_t/T_k) K..2K-1
-    z = np.empty(2 * num_t, dtype=np.float64)
-    cross = np.empty(num_t, dtype=np.float64)
+    e = np.empty((2 * num_e, num_classes), dtype=s.dtype)  # entry j of the student in row j, teacher J + j
+    z = np.empty(2 * num_e, dtype=np.float64)
+    cross = np.empty(num_e, dtype=np.float64)
+    ratio_t = np.empty(num_e, dtype=np.float64)  # exp((t_y - t_max) / T_entry)
+    ratio_s = np.empty(num_e, dtype=np.float64)  # exp(-(s_m - s_y) / T_entry) = q_y / q_m
     coef = np.empty(2 * num_t, dtype=s.dtype)
     for b in range(start, stop):
         sr = s[b]
@@ -241,31 +343,43 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
         s_max = _key_to_float(key_s)
         t_max = _key_to_float(key_t)
 
-        # root temperatures: exponentials, sums, cross term; the first argmax and the non-finite probe
-        # (sum x * 0 is NaN iff some x is NaN or inf) ride along with the first one
+        # every entry of the plan, one column block at a time: exponentials at the roots, products of
+        # earlier entries (still in L1) for the rest, with the row sums and the teacher cross term; the
+        # first argmax and the non-finite probe (sum x * 0 is NaN iff some x is NaN or inf) ride along
+        # with entry 0, always a root
+        for j in range(2 * num_e):
+            z[j] = 0.0
+        for j in range(num_e):
+            cross[j] = 0.0
         s_first = no_index
         t_first = no_index
         probe_s = zero
         probe_t = zero
-        for k in range(num_roots):
-            a = inv_t[k]
-            es_row = e[k]
-            et_row = e[num_t + k]
-            zs = 0.0
-            zt = 0.0
-            cr = 0.0
-            for lo in range(0, num_classes, SUM_BLOCK):
-                # slices per block: numba's range(lo, hi) over the full rows does not vectorise
-                width = min(SUM_BLOCK, num_classes - lo)
-                s_b = sr[lo:lo + width]
-                t_b = tr[lo:lo + width]
+        for lo in range(0, num_classes, SUM_BLOCK):
+            # slices per block: numba's range(lo, hi) over the full rows does not vectorise
+            width = min(SUM_BLOCK, num_classes - lo)
+            s_b = sr[lo:lo + width]
+            t_b = tr[lo:lo + width]
+            if fused:
+                inv_b, inv_a = inv_e[0], inv_e[1]
+                s_first, p_s = _fused_side(s_b, s_max, inv_b, inv_a, e, 0, lo, width, z, s_first, zero)
+                t_first, p_t = _fused_side(t_b, t_max, inv_b, inv_a, e, num_e, lo, width, z, t_first, zero)
+                _fused_cross(s_b, t_b, s_max, t_max, e, num_e, lo, width, cross, zero)
+                probe_s += p_s
+                probe_t += p_t
+                continue
+            for j in range(num_e):
+                es_row = e[j]
+                et_row = e[num_e + j]
                 es_b = es_row[lo:lo + width]
                 et_b = et_row[lo:lo + width]
                 zs_b = zero
                 zt_b = zero
                 cr_b = zero
-                if k == 0:
-                    for c in range(width):
+                if j == 0:
+                    a = inv_e[0]
+                    lo32 = np.int32(lo)
+                    for c in range(np.int32(width)):  # int32 columns, as in _fused_side
                         us = s_b[c] - s_max
                         ut = t_b[c] - t_max
                         es = fast_exp(us * a)
@@ -275,11 +389,12 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
                         zs_b += es
                         zt_b += et
                         cr_b += et * (ut - us)
-                        s_first = _first_index(s_first, us == 0, lo + c)
-                        t_first = _first_index(t_first, ut == 0, lo + c)
+                        s_first = _first_index(s_first, us == 0, lo32 + c)
+                        t_first = _first_index(t_first, ut == 0, lo32 + c)
                         probe_s += s_b[c] * zero
                         probe_t += t_b[c] * zero
-                else:
+                elif factor_a[j] < 0:
+                    a = inv_e[j]
                     for c in range(width):
                         us = s_b[c] - s_max
                         ut = t_b[c] - t_max
@@ -290,58 +405,50 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
                         zs_b += es
                         zt_b += et
                         cr_b += et * (ut - us)
-                zs += zs_b
-                zt += zt_b
-                cr += cr_b
-            z[k] = zs
-            z[num_t + k] = zt
-            cross[k] = cr
+                else:
+                    fa = factor_a[j]
+                    fb = factor_b[j]
+                    row_sa = e[fa]
+                    row_sb = e[fb]
+                    row_ta = e[num_e + fa]
+                    row_tb = e[num_e + fb]
+                    sa_b = row_sa[lo:lo + width]
+                    sb_b = row_sb[lo:lo + width]
+                    ta_b = row_ta[lo:lo + width]
+                    tb_b = row_tb[lo:lo + width]
+                    for c in range(width):
+                        es = sa_b[c] * sb_b[c]
+                        et = ta_b[c] * tb_b[c]
+                        es_b[c] = es
+                        et_b[c] = et
+                        zs_b += es
+                        zt_b += et
+                        cr_b += et * ((t_b[c] - t_max) - (s_b[c] - s_max))
+                z[j] += zs_b
+                z[num_e + j] += zt_b
+                cross[j] += cr_b
         out[b, 4] = 0.0 if probe_s == 0 else 1.0
         out[b, 5] = 0.0 if probe_t == 0 else 1.0
         # NaN rows find no exact maximum: any in-range index keeps the reads below in bounds
         s_top = min(max(np.int64(s_first), 0), num_classes - 1)
         t_top = min(max(np.int64(t_first), 0), num_classes - 1)
-        for j in range(squares.shape[0]):
-            dst = squares[j, 0]
-            src = squares[j, 1]
-            es_src = e[src]
-            et_src = e[num_t + src]
-            es_row = e[dst]
-            et_row = e[num_t + dst]
-            zs = 0.0
-            zt = 0.0
-            cr = 0.0
-            for lo in range(0, num_classes, SUM_BLOCK):
-                width = min(SUM_BLOCK, num_classes - lo)
-                s_b = sr[lo:lo + width]
-                t_b = tr[lo:lo + width]
-                src_s = es_src[lo:lo + width]
-                src_t = et_src[lo:lo + width]
-                es_b = es_row[lo:lo + width]
-                et_b = et_row[lo:lo + width]
-                zs_b = zero
-                zt_b = zero
-                cr_b = zero
-                for c in range(width):
-                    es = src_s[c] * src_s[c]
-                    et = src_t[c] * src_t[c]
-                    es_b[c] = es
-                    et_b[c] = et
-                    zs_b += es
-                    zt_b += et
-                    cr_b += et * ((t_b[c] - t_max) - (s_b[c] - s_max))
-                zs += zs_b
-                zt += zt_b
-                cr += cr_b
-            z[dst] = zs
-            z[num_t + dst] = zt
-            cross[dst] = cr
 
         # per-row algebra (float64); the derivation is in backends._rows
         s_y = float(sr[label])
         gap = float(s_max) - s_y  # d = s_m - s_y >= 0
         teacher_gap = float(tr[label]) - float(t_max)  # <= 0
         swap_gap = float(sr[t_top]) - s_y
+        # exp(gap / T) for every entry by the same plan (float64: a power-12 product loses ~3e-15); a
+        # right row (gap 0) needs none
+        ratios_t = teacher_swap and teacher_gap != 0.0
+        ratios_s = pseudo_on and gap != 0.0
+        for j in range(num_e):
+            if factor_a[j] < 0:
+                ratio_t[j] = math.exp(teacher_gap * inv_e64[j]) if ratios_t else 1.0
+                ratio_s[j] = math.exp(-gap * inv_e64[j]) if ratios_s else 1.0
+            else:
+                ratio_t[j] = ratio_t[factor_a[j]] * ratio_t[factor_b[j]]
+                ratio_s[j] = ratio_s[factor_a[j]] * ratio_s[factor_b[j]]
         ce = 0.0
         teacher = 0.0
         pseudo = 0.0
@@ -349,14 +456,16 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
         at_target = -w_ce
         at_s_top = 0.0
         for k in range(num_t):
+            j = entry_of[k]
             temp = temps[k]
             kd = kd_on[k]
-            z_s = z[k]
-            z_t = z[num_t + k]
+            z_s = z[j]
+            z_t = z[num_e + j]
             q_top = 1.0 / z_s
-            kl = cross[k] / (temp * z_t) + math.log(z_s) - math.log(z_t)
+            r_t = 1.0 / z_t
+            kl = cross[j] * r_t / temp + math.log(z_s / z_t)
             if teacher_swap:
-                dp = (1.0 - math.exp(teacher_gap / temp)) / z_t  # p_t[m_t] - p_t[y]
+                dp = (1.0 - ratio_t[j]) * r_t  # p_t[m_t] - p_t[y]
                 kl += dp * swap_gap / temp
                 at_t_top += w_teacher * kd * temp * dp
                 at_target -= w_teacher * kd * temp * dp
@@ -365,7 +474,7 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
                 ce = math.log(z_s) + gap
             cs = (w_teacher * kd * temp + (w_ce if k == ce_index else 0.0)) * q_top
             if pseudo_on:
-                q_y = math.exp(-gap / temp) * q_top
+                q_y = ratio_s[j] * q_top
                 dq = q_top - q_y
                 pseudo += kd * temp * dq * gap
                 at_s_top += w_pseudo * kd * temp * dq
@@ -375,38 +484,52 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
                     at_s_top += w_pseudo * kd * gap * q_top
                     at_target -= w_pseudo * kd * gap * q_y
             coef[k] = cs
-            coef[num_t + k] = -w_teacher * kd * temp / z_t
+            coef[num_t + k] = -w_teacher * kd * temp * r_t
         out[b, 0] = ce_weight * ce + kd_weight * (teacher + pseudo)
         out[b, 1] = ce
         out[b, 2] = teacher
         out[b, 3] = pseudo
 
         if want_grad:
+            # two temperatures per pass over g (half the traffic); the entries are in L1/L2 from above
             g = grad[b]
+            j0 = entry_of[0]
             c0s = coef[0]
             c0t = coef[num_t]
-            es_row = e[0]
-            et_row = e[num_t]
-            for c in range(num_classes):
-                g[c] = c0s * es_row[c] + c0t * et_row[c]
-            for k in range(1, num_t - 1, 2):  # two temperatures per pass: half the traffic through g
+            e0s = e[j0]
+            e0t = e[num_e + j0]
+            if num_t == 1:
+                for c in range(num_classes):
+                    g[c] = c0s * e0s[c] + c0t * e0t[c]
+            else:
+                j1 = entry_of[1]
+                c1s = coef[1]
+                c1t = coef[num_t + 1]
+                e1s = e[j1]
+                e1t = e[num_e + j1]
+                for c in range(num_classes):
+                    g[c] = (c0s * e0s[c] + c0t * e0t[c]) + (c1s * e1s[c] + c1t * e1t[c])
+            for k in range(2, num_t - 1, 2):
+                j1 = entry_of[k]
+                j2 = entry_of[k + 1]
                 c1s = coef[k]
                 c1t = coef[num_t + k]
                 c2s = coef[k + 1]
                 c2t = coef[num_t + k + 1]
-                e1s = e[k]
-                e1t = e[num_t + k]
-                e2s = e[k + 1]
-                e2t = e[num_t + k + 1]
+                e1s = e[j1]
+                e1t = e[num_e + j1]
+                e2s = e[j2]
+                e2t = e[num_e + j2]
                 for c in range(num_classes):
                     g[c] += (c1s * e1s[c] + c1t * e1t[c]) + (c2s * e2s[c] + c2t * e2t[c])
-            if num_t % 2 == 0:
+            if num_t > 2 and num_t % 2 == 1:
+                j1 = entry_of[num_t - 1]
                 cks = coef[num_t - 1]
                 ckt = coef[2 * num_t - 1]
-                es_row = e[num_t - 1]
-                et_row = e[2 * num_t - 1]
+                e1s = e[j1]
+                e1t = e[num_e + j1]
                 for c in range(num_classes):
-                    g[c] += cks * es_row[c] + ckt * et_row[c]
+                    g[c] += cks * e1s[c] + ckt * e1t[c]
             # accumulate: two of the three positions may coincide (e.g. m_t == y)
             g[t_top] += at_t_top
             g[label] += at_target
@@ -415,12 +538,23 @@ def _kernel(s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, weigh
 
 @_jit()
 def rows_to_sums(out):
-    """Column sums of the per-row output in row order (the same result whatever the thread split)."""
+    """Column sums of the per-row output in row order (the same result whatever the thread split), the
+    loss columns divided by the batch size."""
     sums = np.zeros(out.shape[1], dtype=np.float64)
     for b in range(out.shape[0]):
         for j in range(out.shape[1]):
             sums[j] += out[b, j]
+    for j in range(LOSS_COLUMNS):
+        sums[j] /= out.shape[0]
     return sums
+
+
+@_jit()
+def _one_thread(s, t, y, fpar, ipar, grad, out):
+    """:func:`_kernel` over every row, then :func:`rows_to_sums`: one call from Python (each dispatch
+    costs microseconds, tens of them with cold caches)."""
+    _kernel(s, t, y, fpar, ipar, grad, out, 0, s.shape[0])
+    return rows_to_sums(out)
 
 
 # ---------------------------------------------------------------- driver: constants, threads, one call
@@ -431,11 +565,25 @@ PARALLEL_ELEMENTS = 1 << 16
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(temperatures: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """``(temps, kd_on, squares, num_roots, ce_index)`` in the kernel's evaluation order (float64)."""
+def _params(temperatures: tuple[float, ...], switches: tuple[bool, bool, bool, bool],
+            weights: tuple[float, float, float], batch: int, ce_weight: float,
+            kd_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpar, ipar)`` of :func:`_kernel` for one configuration and batch size (cached: building them
+    costs more than a small call's arithmetic). ``switches = (teacher_swap, pseudo_on, detach,
+    want_grad)``."""
     consts = row_constants(temperatures, xp=xp_numpy, dtype=np.float64, device="cpu")
-    squares = np.array(consts.squares, dtype=np.int64).reshape(-1, 2)
-    return consts.temperatures, consts.kd_on, squares, consts.num_roots, consts.ce_index
+    temps = [float(v) for v in consts.temperatures]
+    plan = exp_plan(tuple(temps), MAX_POWER)
+    num_e, num_t = len(plan.entry_temperature), len(temps)
+    factor_a = [-1 if f is None else f[0] for f in plan.factors]
+    factor_b = [-1 if f is None else f[1] for f in plan.factors]
+    fused = plan.factors == _FUSED_FACTORS and sorted(plan.temperature_entry) == list(range(1, 7))
+    ipar = np.array([*(int(bool(v)) for v in switches), num_e, num_t, consts.ce_index, int(fused), *factor_a,
+                     *factor_b, *plan.temperature_entry], dtype=np.int64)
+    w_ce, w_teacher, w_pseudo = weights
+    fpar = np.array([w_ce / batch, w_teacher / batch, w_pseudo / batch, ce_weight, kd_weight,
+                     *(1.0 / v for v in plan.entry_temperature), *temps, *(float(v) for v in consts.kd_on)])
+    return fpar, ipar
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -470,27 +618,31 @@ def fused_sums(s: np.ndarray, t: np.ndarray, y: np.ndarray, config: Any, pseudo_
     int64 ``y``; write the gradient of ``w_ce ce + w_teacher teacher + w_pseudo pseudo`` (``weights``)
     into ``grad`` when given. Returns the float64 ``(7,)`` vector ``(total, ce, teacher, pseudo)``
     batch means, then the counts of rows with non-finite student logits, non-finite teacher logits and
-    labels outside ``[0, C)``."""
+    labels outside ``[0, C)``.
+
+    Examples
+    --------
+    >>> import sld_core
+    >>> s = np.array([[2.0, 1.0, 0.0]]); t = np.array([[0.0, 3.0, 1.0]]); grad = np.empty_like(s)
+    >>> sums = fused_sums(s, t, np.array([0]), sld_core.SLDConfig(), False, (0.1, 0.9, 0.9), grad, 1)
+    >>> round(float(sums[0]), 4), sums[4:].tolist()
+    (1.8387, [0.0, 0.0, 0.0])
+    """
     batch, num_classes = s.shape
-    temps, kd_on, squares, num_roots, ce_index = _plan(config.temperatures)
     want_grad = grad is not None
-    switches = np.array([config.teacher_swap, pseudo_on, config.detach_pseudo_teacher, want_grad],
-                        dtype=np.int64)
-    w_ce, w_teacher, w_pseudo = weights if want_grad else (0.0, 0.0, 0.0)
-    w = np.array([w_ce / batch, w_teacher / batch, w_pseudo / batch, config.ce_weight, config.kd_weight])
+    fpar, ipar = _params(config.temperatures, (config.teacher_swap, pseudo_on, config.detach_pseudo_teacher,
+                                               want_grad),
+                         weights if want_grad else (0.0, 0.0, 0.0), batch, config.ce_weight, config.kd_weight)
     grad_arg = grad if want_grad else _EMPTY_GRAD[s.dtype]
     out = np.empty((batch, LOSS_COLUMNS + FLAG_COLUMNS))
-    args = (s, t, y, temps, kd_on, squares, num_roots, ce_index, switches, w, grad_arg, out)
     workers = min(threads, batch) if batch * num_classes >= PARALLEL_ELEMENTS else 1
     if workers <= 1:
-        _kernel(*args, 0, batch)
-    else:
-        bounds = [batch * i // workers for i in range(workers + 1)]
-        pool = _executor(workers - 1)
-        futures = [pool.submit(_kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, workers)]
-        _kernel(*args, bounds[0], bounds[1])  # the calling thread takes the first block
-        for future in futures:
-            future.result()
-    sums = rows_to_sums(out)
-    sums[:LOSS_COLUMNS] /= batch
-    return sums
+        return _one_thread(s, t, y, fpar, ipar, grad_arg, out)
+    args = (s, t, y, fpar, ipar, grad_arg, out)
+    bounds = [batch * i // workers for i in range(workers + 1)]
+    pool = _executor(workers - 1)
+    futures = [pool.submit(_kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, workers)]
+    _kernel(*args, bounds[0], bounds[1])  # the calling thread takes the first block
+    for future in futures:
+        future.result()
+    return rows_to_sums(out)

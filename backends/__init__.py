@@ -18,8 +18,9 @@ others         core                             core                            
 [2] with triton installed (it comes with CUDA builds of torch); else ``eager``.
 [3] with a CUDA device and NVRTC (:func:`backends.cupy_sld.kernel_available`); else ``core``.
 
-``SLD_KERNELS=0`` in the environment, or ``with backends.use_kernels(False):``, bypasses numba and
-Triton (the eager paths run); :func:`set_num_threads` sets the CPU kernel's threads (default: torch's).
+``SLD_KERNELS=0`` in the environment (read when :mod:`backends` is imported), or
+``with backends.use_kernels(False):``, bypasses numba and Triton (the eager paths run);
+:func:`set_num_threads` sets the CPU kernel's threads (default: torch's).
 
 The per-row algebra (derived in :mod:`backends._rows`) exists in these copies, each pinned by tests
 against the float64 core and the plain references of ``tests/``:

@@ -16,15 +16,17 @@ __all__ = ["cpu_kernel_module", "kernels_enabled", "num_threads", "set_num_threa
            "use_kernels"]
 
 ENV_SWITCH = "SLD_KERNELS"  # "0" / "off" / "eager": the eager paths only (tests, benchmarks, debugging)
+# Read once, at import: a lookup in os.environ on every call costs microseconds (tens with cold caches)
+# at small batch sizes. use_kernels() switches at run time.
+_ENV_ENABLED = os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "eager", "false", "no")
 _forced: bool | None = None  # set by use_kernels(); None follows the environment
 _threads: int | None = None
 
 
 def kernels_enabled() -> bool:
-    """Whether the compiled kernels (numba on CPU, Triton on CUDA) may be used."""
-    if _forced is not None:
-        return _forced
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "eager", "false", "no")
+    """Whether the compiled kernels (numba on CPU, Triton on CUDA) may be used: :func:`use_kernels`
+    inside its block, else ``SLD_KERNELS`` as it was when :mod:`backends` was imported."""
+    return _ENV_ENABLED if _forced is None else _forced
 
 
 @contextlib.contextmanager
@@ -54,11 +56,14 @@ def _optional(module: str) -> ModuleType | None:
         return None
 
 
+@functools.cache
+def _cpu_kernel() -> ModuleType | None:
+    return None if _optional("numba") is None else _optional("backends.cpu_kernel")
+
+
 def cpu_kernel_module() -> ModuleType | None:
     """:mod:`backends.cpu_kernel` when numba is installed and kernels are enabled, else ``None``."""
-    if not kernels_enabled() or _optional("numba") is None:
-        return None
-    return _optional("backends.cpu_kernel")
+    return _cpu_kernel() if kernels_enabled() else None
 
 
 def triton_module() -> ModuleType | None:

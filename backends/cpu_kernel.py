@@ -295,7 +295,7 @@ def _fused_cross(s_b, t_b, s_max, t_max, e, num_e, lo, width, cross, zero):
 
 @_jit(fastmath=_FASTMATH)
 def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
-    """Rows ``[start, stop)``: per-row terms and flags into ``out`` (float64, ``(B, 7)``), the gradient
+    """Rows ``[start, stop)``: per-row terms and flags into ``out`` (float64, ``(B + 1, 7)``), the gradient
     into ``grad`` when wanted (else ``grad`` may be empty).
 
     ``ipar = (teacher_swap, pseudo_on, detach, want_grad, J, K, ce_index, factor_a[J], factor_b[J],
@@ -318,17 +318,22 @@ def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
     inv_e64 = fpar[_F_SCALARS:_F_SCALARS + num_e]
     temps = fpar[_F_SCALARS + num_e:_F_SCALARS + num_e + num_t]
     kd_on = fpar[_F_SCALARS + num_e + num_t:_F_SCALARS + num_e + 2 * num_t]
-    inv_e = np.empty(num_e, dtype=s.dtype)
+    # scratch: two allocations (each one costs microseconds when the allocator is out of cache)
+    wide = np.empty(6 * num_e, dtype=np.float64)
+    z = wide[:2 * num_e]
+    cross = wide[2 * num_e:3 * num_e]
+    ratio_t = wide[3 * num_e:4 * num_e]  # exp((t_y - t_max) / T_entry)
+    ratio_s = wide[4 * num_e:5 * num_e]  # exp(-(s_m - s_y) / T_entry) = q_y / q_m
+    size_e = 2 * num_e * num_classes
+    narrow = np.empty(size_e + num_e + 2 * num_t, dtype=s.dtype)
+    # entry j of the student in row j, of the teacher in row J + j (first: the allocation is aligned)
+    e = narrow[:size_e].reshape((2 * num_e, num_classes))
+    inv_e = narrow[size_e:size_e + num_e]
+    coef = narrow[size_e + num_e:]
     for j in range(num_e):
         inv_e[j] = inv_e64[j]  # rounded once to the compute dtype
     zero = inv_e[0] - inv_e[0]  # 0 in the compute dtype (a literal 0 would promote float32 to float64)
     no_index = np.int32(num_classes)
-    e = np.empty((2 * num_e, num_classes), dtype=s.dtype)  # entry j of the student in row j, teacher J + j
-    z = np.empty(2 * num_e, dtype=np.float64)
-    cross = np.empty(num_e, dtype=np.float64)
-    ratio_t = np.empty(num_e, dtype=np.float64)  # exp((t_y - t_max) / T_entry)
-    ratio_s = np.empty(num_e, dtype=np.float64)  # exp(-(s_m - s_y) / T_entry) = q_y / q_m
-    coef = np.empty(2 * num_t, dtype=s.dtype)
     for b in range(start, stop):
         sr = s[b]
         tr = t[b]
@@ -538,23 +543,24 @@ def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
 
 @_jit()
 def rows_to_sums(out):
-    """Column sums of the per-row output in row order (the same result whatever the thread split), the
-    loss columns divided by the batch size."""
-    sums = np.zeros(out.shape[1], dtype=np.float64)
-    for b in range(out.shape[0]):
+    """Column sums of the per-row output ``out[:-1]`` in row order (the same result whatever the thread
+    split) into the last row, the loss columns divided by the batch size."""
+    batch = out.shape[0] - 1
+    for j in range(out.shape[1]):
+        out[batch, j] = 0.0
+    for b in range(batch):
         for j in range(out.shape[1]):
-            sums[j] += out[b, j]
+            out[batch, j] += out[b, j]
     for j in range(LOSS_COLUMNS):
-        sums[j] /= out.shape[0]
-    return sums
+        out[batch, j] /= batch
 
 
 @_jit()
 def _one_thread(s, t, y, fpar, ipar, grad, out):
     """:func:`_kernel` over every row, then :func:`rows_to_sums`: one call from Python (each dispatch
-    costs microseconds, tens of them with cold caches)."""
+    costs microseconds, tens of them with cold caches; so does returning a new array)."""
     _kernel(s, t, y, fpar, ipar, grad, out, 0, s.shape[0])
-    return rows_to_sums(out)
+    rows_to_sums(out)
 
 
 # ---------------------------------------------------------------- driver: constants, threads, one call
@@ -634,10 +640,11 @@ def fused_sums(s: np.ndarray, t: np.ndarray, y: np.ndarray, config: Any, pseudo_
                                                want_grad),
                          weights if want_grad else (0.0, 0.0, 0.0), batch, config.ce_weight, config.kd_weight)
     grad_arg = grad if want_grad else _EMPTY_GRAD[s.dtype]
-    out = np.empty((batch, LOSS_COLUMNS + FLAG_COLUMNS))
+    out = np.empty((batch + 1, LOSS_COLUMNS + FLAG_COLUMNS))  # per row, then the sums
     workers = min(threads, batch) if batch * num_classes >= PARALLEL_ELEMENTS else 1
     if workers <= 1:
-        return _one_thread(s, t, y, fpar, ipar, grad_arg, out)
+        _one_thread(s, t, y, fpar, ipar, grad_arg, out)
+        return out[batch]
     args = (s, t, y, fpar, ipar, grad_arg, out)
     bounds = [batch * i // workers for i in range(workers + 1)]
     pool = _executor(workers - 1)
@@ -645,4 +652,5 @@ def fused_sums(s: np.ndarray, t: np.ndarray, y: np.ndarray, config: Any, pseudo_
     _kernel(*args, bounds[0], bounds[1])  # the calling thread takes the first block
     for future in futures:
         future.result()
-    return rows_to_sums(out)
+    rows_to_sums(out)
+    return out[batch]

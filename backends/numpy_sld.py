@@ -17,6 +17,7 @@ import numpy as np
 
 import sld_core
 
+from ._checks import check_epoch, check_structure
 from ._rows import grad_coefficients, row_constants, row_losses
 from ._select import cpu_kernel_module, num_threads
 
@@ -24,6 +25,7 @@ __all__ = ["sld_loss_and_grad_numpy", "sld_loss_numpy"]
 
 # Elements of the per-chunk exponential buffer: 2**20 float32 = 4 MiB, an L2/L3-sized block.
 CHUNK_ELEMENTS = 1 << 20
+_DEFAULT_CONFIG = sld_core.SLDConfig()  # frozen: one shared instance saves building it per call
 
 
 def _fused_eager(s: np.ndarray, t: np.ndarray, targets: np.ndarray, config: sld_core.SLDConfig,
@@ -91,24 +93,27 @@ def _check_eager(s: np.ndarray, t: np.ndarray, targets: np.ndarray) -> None:
 def _terms(student_logits: np.ndarray, teacher_logits: np.ndarray, targets: np.ndarray, epoch: Any,
            config: sld_core.SLDConfig | None, check_targets: bool,
            want_grad: bool) -> tuple[sld_core.LossTerms, np.ndarray | None]:
-    config = sld_core.SLDConfig() if config is None else config
-    sld_core.validate_epoch(epoch)
-    sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=False)
+    config = _DEFAULT_CONFIG if config is None else config
+    check_epoch(epoch)
+    kernel = cpu_kernel_module()
+    if kernel is not None:  # the kernel reports the values from its own pass; the layout check is remembered
+        check_structure(student_logits, teacher_logits, targets)
+    else:
+        sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=False)
     dtype = np.float64 if student_logits.dtype == np.float64 else np.float32
     s = np.asarray(student_logits, dtype=dtype)  # no copy when already the compute dtype; never written
     t = np.asarray(teacher_logits, dtype=dtype)
     y = np.asarray(targets)
     pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
-    kernel = cpu_kernel_module()
     if kernel is not None:
         s, t = np.ascontiguousarray(s), np.ascontiguousarray(t)
         grad = np.empty_like(s) if want_grad else None
         weights = (config.ce_weight, config.kd_weight, config.kd_weight)
-        sums = kernel.fused_sums(s, t, y.astype(np.int64, copy=False), config, pseudo_on, weights, grad,
-                                 num_threads())
-        if check_targets:
+        y64 = y if y.dtype == np.int64 and y.flags.c_contiguous else np.ascontiguousarray(y, dtype=np.int64)
+        sums = kernel.fused_sums(s, t, y64, config, pseudo_on, weights, grad, num_threads())
+        if check_targets and (sums[4] or sums[5] or sums[6]):
             sld_core.validation.raise_for_counts(sums[4:], targets=y, num_classes=s.shape[1], xp=np)
-        total, ce, teacher, pseudo = (dtype(v) for v in sums[:4])
+        total, ce, teacher, pseudo = sums[:4].astype(dtype)
     else:
         if check_targets:
             _check_eager(s, t, y)

@@ -28,6 +28,7 @@ from torch import nn
 import sld_core
 from sld_core.validation import raise_for_counts
 
+from ._checks import check_epoch, check_structure
 from ._rows import grad_coefficients, row_losses
 from ._select import cpu_kernel_module, num_threads, triton_module
 from .torch_small import constants as _constants
@@ -35,6 +36,8 @@ from .torch_small import fused_small as _fused_small
 from .torch_small import xp_torch
 
 __all__ = ["SLDLoss", "implementation", "sld_loss_fused", "sld_loss_and_grad_fused"]
+
+_DEFAULT_CONFIG = sld_core.SLDConfig()  # frozen: one shared instance saves building it per call
 
 # Elements of the per-chunk exponential buffer (rows x 2 x K x C): 4 MiB of float32 stays in L2/L3
 # (RESULTS.md: 2**19 and 2**21 are slower); on CUDA one chunk covers any usual batch.
@@ -51,10 +54,10 @@ def implementation(student_logits: torch.Tensor, *, numeric_weights: bool = True
     """``"numba"``, ``"triton"`` or ``"eager"``: what :func:`sld_loss_fused` runs for this tensor.
     ``numeric_weights=False`` is the rare per-term backward with tensor weights, which on CUDA stays
     on the eager path (reading the weights would sync)."""
-    device = student_logits.device.type
-    if device == "cpu" and cpu_kernel_module() is not None:
-        return "numba"
-    if device == "cuda" and numeric_weights and triton_module() is not None:
+    # is_cpu / is_cuda: .device.type builds a device object and a string (microseconds with cold caches)
+    if student_logits.is_cpu:
+        return "eager" if cpu_kernel_module() is None else "numba"
+    if student_logits.is_cuda and numeric_weights and triton_module() is not None:
         return "triton"
     return "eager"
 
@@ -62,17 +65,22 @@ def implementation(student_logits: torch.Tensor, *, numeric_weights: bool = True
 def _fused_numba(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config: sld_core.SLDConfig,
                  pseudo_on: bool, weights: tuple[Any, Any, Any] | None,
                  check: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The CPU kernel on NumPy views of ``s``, ``t`` (contiguous, compute dtype): it writes the
-    gradient straight into the tensor autograd will receive."""
-    s, t = s.contiguous(), t.contiguous()
-    y = np.ascontiguousarray(targets.numpy(), dtype=np.int64)
-    grad = torch.empty_like(s, memory_format=torch.contiguous_format) if weights is not None else None
-    w = None if weights is None else tuple(float(x) for x in weights)  # CPU tensors: no sync
-    sums = cpu_kernel_module().fused_sums(s.numpy(), t.numpy(), y, config, pseudo_on, w,
-                                   None if grad is None else grad.numpy(), num_threads())
-    if check:
+    """The CPU kernel on NumPy views of ``s``, ``t`` (compute dtype): it writes the gradient straight
+    into the tensor autograd will receive (a NumPy buffer under a tensor: two calls fewer than
+    ``torch.empty_like`` plus ``.numpy()``)."""
+    s_np, t_np = s.contiguous().numpy(), t.contiguous().numpy()
+    y = targets.numpy()
+    if y.dtype != np.int64 or not y.flags.c_contiguous:
+        y = np.ascontiguousarray(y, dtype=np.int64)
+    grad_np = grad = w = None
+    if weights is not None:
+        grad_np = np.empty(s_np.shape, dtype=s_np.dtype)
+        grad = torch.from_numpy(grad_np)
+        w = (float(weights[0]), float(weights[1]), float(weights[2]))  # CPU tensors: no sync
+    sums = cpu_kernel_module().fused_sums(s_np, t_np, y, config, pseudo_on, w, grad_np, num_threads())
+    if check and (sums[4] or sums[5] or sums[6]):
         raise_for_counts(sums[4:], targets=y, num_classes=s.shape[1], xp=np)
-    return torch.from_numpy(sums[:4]).to(s.dtype), grad
+    return torch.from_numpy(sums[:4].astype(s_np.dtype)), grad
 
 
 @functools.lru_cache(maxsize=32)
@@ -101,12 +109,12 @@ def _reversed_positions(num_classes: int, dtype: torch.dtype, device: torch.devi
 
 def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
            config: sld_core.SLDConfig, pseudo_on: bool, weights: tuple[Any, Any, Any] | None,
-           check: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+           check: bool = False, impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``((total, ce, teacher, pseudo) batch means, gradient or None)`` in the compute dtype (float64 stays
     float64, everything else is float32). ``weights = (w_ce, w_teacher, w_pseudo)`` selects the
     differentiated combination; None skips the gradient. ``check``: the kernels report bad values
     (one sync on CUDA); on the eager paths the caller has checked them. Otherwise nothing here
-    synchronises the device.
+    synchronises the device. ``impl``: :func:`implementation`'s answer when the caller has it.
 
     Eager, per chunk of rows only the ``(rows, C)``-sized work runs (a dozen ops); the per-row algebra runs
     once per batch: the gradient coefficients depend on the row sums only through ``1 / Z``
@@ -117,8 +125,9 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     t = teacher.detach()
     if s.dtype != dtype or t.dtype != dtype:
         s, t = s.to(dtype), t.to(dtype)
-    numeric = weights is None or all(isinstance(w, (int, float)) for w in weights)
-    impl = implementation(s, numeric_weights=numeric)
+    if impl is None:
+        numeric = weights is None or all(isinstance(w, (int, float)) for w in weights)
+        impl = implementation(s, numeric_weights=numeric)
     if impl == "numba":
         return _fused_numba(s, t, targets, config, pseudo_on, weights, check)
     if impl == "triton":
@@ -238,14 +247,16 @@ class _SLDFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
-                config: sld_core.SLDConfig, pseudo_on: bool, check: bool):  # noqa: ANN205
+                config: sld_core.SLDConfig, pseudo_on: bool, check: bool, impl: str):  # noqa: ANN205
         ctx.set_materialize_grads(False)
         want_grad = ctx.needs_input_grad[0]
         w_kd = config.kd_weight
-        # autocast must not recast the internals (bmm would go to bf16/fp16 and lose the tail mass)
-        with _no_autocast(student.device.type):
-            losses, grad = _fused(student, teacher, targets, config, pseudo_on,
-                                  (config.ce_weight, w_kd, w_kd) if want_grad else None, check)
+        weights = (config.ce_weight, w_kd, w_kd) if want_grad else None
+        if impl == "numba":  # no torch op inside: autocast has nothing to recast
+            losses, grad = _fused(student, teacher, targets, config, pseudo_on, weights, check, impl)
+        else:  # autocast must not recast the internals (bmm would go to bf16/fp16 and lose the tail mass)
+            with _no_autocast(student.device.type):
+                losses, grad = _fused(student, teacher, targets, config, pseudo_on, weights, check, impl)
         total, ce, teacher_term, pseudo = losses.unbind()
         ctx.config, ctx.pseudo_on, ctx.input_dtype = config, pseudo_on, student.dtype
         if want_grad:
@@ -259,18 +270,20 @@ class _SLDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        student, teacher, targets = ctx.saved_tensors
+            return None, None, None, None, None, None, None
         grad, ctx.grad = ctx.grad, None  # a second backward (retain_graph) recomputes below
         if grad is not None and d_ce is None and d_teacher is None and d_pseudo is None:
             if d_total is None:
-                return None, None, None, None, None, None
+                return None, None, None, None, None, None, None
             # total.backward() seeds 1: then the tensor itself is the gradient, and with no other
             # reference left autograd stores it as .grad without a copy (a multiply would write a
             # new (B, C) tensor). Checked only on CPU, where reading the value costs no sync.
-            if not (d_total.device.type == "cpu" and d_total.dim() == 0 and float(d_total) == 1.0):
+            if not (d_total.is_cpu and d_total.dim() == 0 and float(d_total) == 1.0):
                 grad = grad.mul_(d_total)
-            return grad.to(ctx.input_dtype), None, None, None, None, None
+            if grad.dtype != ctx.input_dtype:
+                grad = grad.to(ctx.input_dtype)
+            return grad, None, None, None, None, None, None
+        student, teacher, targets = ctx.saved_tensors
         config = ctx.config
 
         def scalar(x: torch.Tensor | None) -> Any:
@@ -285,21 +298,26 @@ class _SLDFunction(torch.autograd.Function):
         # tensor weights (no .item(): that would sync the device) broadcast through the pass
         with _no_autocast(student.device.type):
             _, full = _fused(student, teacher, targets, config, ctx.pseudo_on, weights)
-        return full.to(ctx.input_dtype), None, None, None, None, None
+        return full.to(ctx.input_dtype), None, None, None, None, None, None
 
 
 def _prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, epoch: Any,
              config: sld_core.SLDConfig | None,
-             check_targets: bool) -> tuple[sld_core.SLDConfig, bool, bool]:
-    """``(config, pseudo_on, kernel_checks)`` after the checks that run before the pass: the compiled
-    kernels check the values from the pass itself (``kernel_checks``), the eager paths beforehand."""
-    config = sld_core.SLDConfig() if config is None else config
-    sld_core.validate_epoch(epoch)
-    in_kernel = check_targets and implementation(student_logits) != "eager"
-    sld_core.validate_inputs(student_logits, teacher_logits, targets,
-                             check_targets=check_targets and not in_kernel)
+             check_targets: bool) -> tuple[sld_core.SLDConfig, bool, bool, str]:
+    """``(config, pseudo_on, kernel_checks, implementation)`` after the checks that run before the pass:
+    the compiled kernels check the values from the pass itself (``kernel_checks``), the eager paths
+    beforehand."""
+    config = _DEFAULT_CONFIG if config is None else config
+    check_epoch(epoch)
+    impl = implementation(student_logits)
+    if impl == "eager":
+        sld_core.validate_inputs(student_logits, teacher_logits, targets, check_targets=check_targets)
+        in_kernel = False
+    else:  # the kernel reports the values from its own pass; the layout check is remembered
+        check_structure(student_logits, teacher_logits, targets)
+        in_kernel = check_targets
     pseudo_on = config.pseudo_teacher and sld_core.pseudo_teacher_active(epoch, config.gamma)
-    return config, pseudo_on, in_kernel
+    return config, pseudo_on, in_kernel, impl
 
 
 def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
@@ -332,10 +350,10 @@ def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     >>> round(float(sld_loss_fused(s, t, y, epoch=1).total), 4)
     1.8387
     """
-    config, pseudo_on, kernel_checks = _prepare(student_logits, teacher_logits, targets, epoch, config,
-                                                check_targets)
+    config, pseudo_on, kernel_checks, impl = _prepare(student_logits, teacher_logits, targets, epoch, config,
+                                                      check_targets)
     total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets, config,
-                                                    pseudo_on, kernel_checks)
+                                                    pseudo_on, kernel_checks, impl)
     return sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
 
 
@@ -344,11 +362,11 @@ def sld_loss_and_grad_fused(student_logits: torch.Tensor, teacher_logits: torch.
                             check_targets: bool = True) -> tuple[sld_core.LossTerms, torch.Tensor]:
     """:func:`sld_core.sld_loss_and_grad` for torch tensors: losses and the gradient of ``total``
     w.r.t. ``student_logits`` (input dtype) from one fused pass, without building an autograd graph."""
-    config, pseudo_on, kernel_checks = _prepare(student_logits, teacher_logits, targets, epoch, config,
-                                                check_targets)
+    config, pseudo_on, kernel_checks, impl = _prepare(student_logits, teacher_logits, targets, epoch, config,
+                                                      check_targets)
     with torch.no_grad(), _no_autocast(student_logits.device.type):
         losses, grad = _fused(student_logits, teacher_logits, targets, config, pseudo_on,
-                              (config.ce_weight, config.kd_weight, config.kd_weight), kernel_checks)
+                              (config.ce_weight, config.kd_weight, config.kd_weight), kernel_checks, impl)
     total, ce, teacher, pseudo = losses.unbind()
     terms = sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
     return terms, grad.to(student_logits.dtype)

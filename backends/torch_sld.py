@@ -38,6 +38,7 @@ from .torch_small import xp_torch
 __all__ = ["SLDLoss", "implementation", "sld_loss_fused", "sld_loss_and_grad_fused"]
 
 _DEFAULT_CONFIG = sld_core.SLDConfig()  # frozen: one shared instance saves building it per call
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 # Elements of the per-chunk exponential buffer (rows x 2 x K x C): 4 MiB of float32 stays in L2/L3
 # (RESULTS.md: 2**19 and 2**21 are slower); on CUDA one chunk covers any usual batch.
@@ -65,22 +66,34 @@ def implementation(student_logits: torch.Tensor, *, numeric_weights: bool = True
 def _fused_numba(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config: sld_core.SLDConfig,
                  pseudo_on: bool, weights: tuple[Any, Any, Any] | None,
                  check: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The CPU kernel on NumPy views of ``s``, ``t`` (compute dtype): it writes the gradient straight
-    into the tensor autograd will receive (a NumPy buffer under a tensor: two calls fewer than
-    ``torch.empty_like`` plus ``.numpy()``)."""
-    s_np, t_np = s.contiguous().numpy(), t.contiguous().numpy()
+    """The CPU kernel on ``s``, ``t`` (compute dtype, possibly requiring grad): it writes the gradient
+    straight into the tensor autograd will receive. On one thread it reads the tensors by address
+    (:func:`backends.cpu_kernel.fused_sums_at`), else through NumPy views for the thread pool."""
+    kernel = cpu_kernel_module()
+    s, t = s.contiguous(), t.contiguous()
+    batch, num_classes = s.shape
+    grad = torch.empty_like(s) if weights is not None else None
+    # CPU tensors: reading tensor weights (a per-term backward) costs no sync
+    w = None if weights is None else (float(weights[0]), float(weights[1]), float(weights[2]))
+    threads = num_threads()
+    if threads == 1 or batch * num_classes < kernel.PARALLEL_ELEMENTS:
+        y = targets if targets.dtype == torch.int64 and targets.is_contiguous() else targets.to(torch.int64)
+        losses = s.new_empty(4)
+        flags = kernel.fused_sums_at(s.data_ptr(), t.data_ptr(), y.contiguous().data_ptr(),
+                                     0 if grad is None else grad.data_ptr(), losses.data_ptr(), batch,
+                                     num_classes, _NUMPY_DTYPE[s.dtype], config, pseudo_on, w)
+        if check and flags:
+            raise_for_counts((flags & 1, flags & 2, flags & 4), targets=targets.numpy(),
+                             num_classes=num_classes, xp=np)
+        return losses, grad
     y = targets.numpy()
     if y.dtype != np.int64 or not y.flags.c_contiguous:
         y = np.ascontiguousarray(y, dtype=np.int64)
-    grad_np = grad = w = None
-    if weights is not None:
-        grad_np = np.empty(s_np.shape, dtype=s_np.dtype)
-        grad = torch.from_numpy(grad_np)
-        w = (float(weights[0]), float(weights[1]), float(weights[2]))  # CPU tensors: no sync
-    sums = cpu_kernel_module().fused_sums(s_np, t_np, y, config, pseudo_on, w, grad_np, num_threads())
+    sums = kernel.fused_sums(s.detach().numpy(), t.detach().numpy(), y, config, pseudo_on, w,
+                             None if grad is None else grad.numpy(), threads)
     if check and (sums[4] or sums[5] or sums[6]):
-        raise_for_counts(sums[4:], targets=y, num_classes=s.shape[1], xp=np)
-    return torch.from_numpy(sums[:4].astype(s_np.dtype)), grad
+        raise_for_counts(sums[4:], targets=y, num_classes=num_classes, xp=np)
+    return torch.from_numpy(sums[:4]).to(s.dtype), grad
 
 
 @functools.lru_cache(maxsize=32)
@@ -121,6 +134,8 @@ def _fused(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     (:func:`backends._rows.grad_coefficients`), and the losses are reduced after the loop.
     """
     dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+    if impl == "numba" and student.dtype == dtype and teacher.dtype == dtype:
+        return _fused_numba(student, teacher, targets, config, pseudo_on, weights, check)  # reads by address
     s = student.detach()
     t = teacher.detach()
     if s.dtype != dtype or t.dtype != dtype:
@@ -247,12 +262,18 @@ class _SLDFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
-                config: sld_core.SLDConfig, pseudo_on: bool, check: bool, impl: str):  # noqa: ANN205
+                call: tuple[sld_core.SLDConfig, bool, bool, str]):  # noqa: ANN205
+        # call = (config, pseudo_on, check, implementation) from _prepare: one argument, not four (the
+        # apply wrapper walks every argument)
+        config, pseudo_on, check, impl = call
         ctx.set_materialize_grads(False)
         want_grad = ctx.needs_input_grad[0]
         w_kd = config.kd_weight
         weights = (config.ce_weight, w_kd, w_kd) if want_grad else None
-        if impl == "numba":  # no torch op inside: autocast has nothing to recast
+        if impl == "numba" and student.dtype == teacher.dtype and student.dtype in _NUMPY_DTYPE:
+            # no torch op inside: autocast has nothing to recast
+            losses, grad = _fused_numba(student, teacher, targets, config, pseudo_on, weights, check)
+        elif impl == "numba":
             losses, grad = _fused(student, teacher, targets, config, pseudo_on, weights, check, impl)
         else:  # autocast must not recast the internals (bmm would go to bf16/fp16 and lose the tail mass)
             with _no_autocast(student.device.type):
@@ -270,11 +291,11 @@ class _SLDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
+            return None, None, None, None
         grad, ctx.grad = ctx.grad, None  # a second backward (retain_graph) recomputes below
         if grad is not None and d_ce is None and d_teacher is None and d_pseudo is None:
             if d_total is None:
-                return None, None, None, None, None, None, None
+                return None, None, None, None
             # total.backward() seeds 1: then the tensor itself is the gradient, and with no other
             # reference left autograd stores it as .grad without a copy (a multiply would write a
             # new (B, C) tensor). Checked only on CPU, where reading the value costs no sync.
@@ -282,7 +303,7 @@ class _SLDFunction(torch.autograd.Function):
                 grad = grad.mul_(d_total)
             if grad.dtype != ctx.input_dtype:
                 grad = grad.to(ctx.input_dtype)
-            return grad, None, None, None, None, None, None
+            return grad, None, None, None
         student, teacher, targets = ctx.saved_tensors
         config = ctx.config
 
@@ -298,7 +319,7 @@ class _SLDFunction(torch.autograd.Function):
         # tensor weights (no .item(): that would sync the device) broadcast through the pass
         with _no_autocast(student.device.type):
             _, full = _fused(student, teacher, targets, config, ctx.pseudo_on, weights)
-        return full.to(ctx.input_dtype), None, None, None, None, None, None
+        return full.to(ctx.input_dtype), None, None, None
 
 
 def _prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, epoch: Any,
@@ -352,8 +373,8 @@ def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     """
     config, pseudo_on, kernel_checks, impl = _prepare(student_logits, teacher_logits, targets, epoch, config,
                                                       check_targets)
-    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets, config,
-                                                    pseudo_on, kernel_checks, impl)
+    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets,
+                                                    (config, pseudo_on, kernel_checks, impl))
     return sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
 
 

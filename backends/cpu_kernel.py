@@ -293,6 +293,21 @@ def _fused_cross(s_b, t_b, s_max, t_max, e, num_e, lo, width, cross, zero):
     cross[6] += cb12
 
 
+@_jit(fastmath=_FASTMATH, inline="always")
+def _fused_grad(g, e, num_e, coef_s, coef_t, num_classes):
+    """The gradient's dense part for the official plan in one pass over ``g``: entries 1..6 of both
+    sides (``coef_s[j]``, ``coef_t[j]`` by entry)."""
+    s1, s2, s3, s4, s5, s6 = e[1], e[2], e[3], e[4], e[5], e[6]
+    n = num_e
+    t1, t2, t3, t4, t5, t6 = e[n + 1], e[n + 2], e[n + 3], e[n + 4], e[n + 5], e[n + 6]
+    a1, a2, a3, a4, a5, a6 = coef_s[1], coef_s[2], coef_s[3], coef_s[4], coef_s[5], coef_s[6]
+    b1, b2, b3, b4, b5, b6 = coef_t[1], coef_t[2], coef_t[3], coef_t[4], coef_t[5], coef_t[6]
+    for c in range(num_classes):
+        g[c] = (((a1 * s1[c] + b1 * t1[c]) + (a2 * s2[c] + b2 * t2[c]))
+                + ((a3 * s3[c] + b3 * t3[c]) + (a4 * s4[c] + b4 * t4[c]))
+                + ((a5 * s5[c] + b5 * t5[c]) + (a6 * s6[c] + b6 * t6[c])))
+
+
 @_jit(fastmath=_FASTMATH)
 def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
     """Rows ``[start, stop)``: per-row terms and flags into ``out`` (float64, ``(B + 1, 7)``), the gradient
@@ -325,11 +340,12 @@ def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
     ratio_t = wide[3 * num_e:4 * num_e]  # exp((t_y - t_max) / T_entry)
     ratio_s = wide[4 * num_e:5 * num_e]  # exp(-(s_m - s_y) / T_entry) = q_y / q_m
     size_e = 2 * num_e * num_classes
-    narrow = np.empty(size_e + num_e + 2 * num_t, dtype=s.dtype)
+    narrow = np.empty(size_e + 3 * num_e + 2 * num_t, dtype=s.dtype)
     # entry j of the student in row j, of the teacher in row J + j (first: the allocation is aligned)
     e = narrow[:size_e].reshape((2 * num_e, num_classes))
     inv_e = narrow[size_e:size_e + num_e]
-    coef = narrow[size_e + num_e:]
+    coef = narrow[size_e + num_e:size_e + num_e + 2 * num_t]  # by temperature
+    coef_e = narrow[size_e + num_e + 2 * num_t:]  # by entry (the fused gradient)
     for j in range(num_e):
         inv_e[j] = inv_e64[j]  # rounded once to the compute dtype
     zero = inv_e[0] - inv_e[0]  # 0 in the compute dtype (a literal 0 would promote float32 to float64)
@@ -495,7 +511,16 @@ def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
         out[b, 2] = teacher
         out[b, 3] = pseudo
 
-        if want_grad:
+        if want_grad and fused:
+            g = grad[b]
+            for k in range(num_t):
+                coef_e[entry_of[k]] = coef[k]
+                coef_e[num_e + entry_of[k]] = coef[num_t + k]
+            _fused_grad(g, e, num_e, coef_e[:num_e], coef_e[num_e:], num_classes)
+            g[t_top] += at_t_top
+            g[label] += at_target
+            g[s_top] += at_s_top
+        elif want_grad:
             # two temperatures per pass over g (half the traffic); the entries are in L1/L2 from above
             g = grad[b]
             j0 = entry_of[0]

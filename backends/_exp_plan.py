@@ -71,49 +71,58 @@ def _roots(temps: list[Fraction], max_power: int) -> list[Fraction]:
     return roots
 
 
-def _chain(root: Fraction, n: int, known: set[Fraction]) -> list[tuple[Fraction, Fraction, Fraction, int]]:
-    """Products ``(temp, factor_a, factor_b, power)`` that add ``exp(u/root)**n`` to the entries
-    ``known`` (temperatures), squaring where possible, else multiplying two known powers."""
-    have = set(known)
-    steps: list[tuple[Fraction, Fraction, Fraction, int]] = []
+def _chain(n: int, have: set[int]) -> list[tuple[int, int, int]]:
+    """Products ``(power, power_a, power_b)`` that add power ``n`` of a root to the powers ``have``
+    already made from it (squaring where possible, else two known powers), in evaluation order."""
+    made = set(have)
+    steps: list[tuple[int, int, int]] = []
 
     def go(m: int) -> None:
-        temp = root / m
-        if temp in have:
+        if m in made:
             return
         if m % 2 == 0:
             go(m // 2)
             pair = m // 2
         else:
-            powers = {p for p in range(1, m) if root / p in have}
-            pair = max((p for p in powers if m - p in powers), default=None)
+            pair = max((p for p in made if p < m and m - p in made), default=None)
             if pair is None:
                 go(m - 1)
                 pair = m - 1
-        steps.append((temp, root / pair, root / (m - pair), m))
-        have.add(temp)
+        steps.append((m, pair, m - pair))
+        made.add(m)
 
     go(n)
     return steps
 
 
-def _build(temps: list[Fraction], max_power: int) -> tuple[list, float]:
-    """Entries ``(temp, factors, power)`` for ``temps`` with the greedy roots, each temperature added by
-    the root and chain that need the fewest new entries (cheapest first); and the plan's cost."""
+Entry = tuple[Fraction, "tuple[int, int] | None", int]  # temperature, factor entries, power of its root
+
+
+def _build(temps: list[Fraction], max_power: int) -> tuple[list[Entry], dict[Fraction, int], float]:
+    """Entries for ``temps`` with the greedy roots, each temperature added by the root and chain that
+    need the fewest new entries (cheapest first); the entry of each temperature; the plan's cost.
+    Products only multiply entries of one root, so an entry's power bounds its rounding."""
     roots = _roots(temps, max_power)
-    entries: list[tuple[Fraction, tuple[Fraction, Fraction] | None, int]] = [(r, None, 1) for r in roots]
-    known = set(roots)
-    pending = set(temps) - known
+    entries: list[Entry] = []
+    chains: dict[Fraction, dict[int, int]] = {}  # root -> power -> entry
+    entry_of: dict[Fraction, int] = {}
+    for root in roots:
+        chains[root] = {1: len(entries)}
+        entry_of.setdefault(root, len(entries))
+        entries.append((root, None, 1))
+    pending = set(temps) - set(entry_of)
     while pending:
-        options = [(len(steps), n, temp, steps) for temp in pending for root in roots
+        options = [(len(steps), n, temp, root, steps) for temp in sorted(pending) for root in roots
                    if (n := _cover(root, temp, max_power)) is not None
-                   for steps in [_chain(root, n, known)]]
-        _, _, temp, steps = min(options, key=lambda o: o[:3])
-        for made, a, b, power in steps:
-            entries.append((made, (a, b), power))
-            known.add(made)
-        pending.discard(temp)
-    return entries, ROOT_COST * len(roots) + len(entries) - len(roots)
+                   for steps in [_chain(n, set(chains[root]))]]
+        _, _, temp, root, steps = min(options, key=lambda o: o[:3])
+        chain = chains[root]
+        for power, power_a, power_b in steps:
+            chain[power] = len(entries)
+            entry_of.setdefault(root / power, len(entries))
+            entries.append((root / power, (chain[power_a], chain[power_b]), power))
+        pending -= set(entry_of)
+    return entries, entry_of, ROOT_COST * len(roots) + len(entries) - len(roots)
 
 
 @functools.lru_cache(maxsize=64)
@@ -139,11 +148,11 @@ def exp_plan(temperatures: tuple[float, ...], max_power: int) -> ExpPlan:
         raise ValueError(f"max_power must be >= 1; got {max_power}")
     exact = [Fraction(t) for t in temperatures]
     distinct = sorted(set(exact))
-    entries, _ = min((_build(distinct, p) for p in range(1, max_power + 1)), key=lambda plan: plan[1])
-    index = {temp: j for j, (temp, _, _) in enumerate(entries)}
+    plans = [_build(distinct, p) for p in range(1, max_power + 1)]
+    entries, entry_of, _ = min(plans, key=lambda plan: plan[2])  # the first of equal cost: smaller power
     return ExpPlan(
         entry_temperature=tuple(float(temp) for temp, _, _ in entries),
-        factors=tuple(None if f is None else (index[f[0]], index[f[1]]) for _, f, _ in entries),
-        power=tuple(p for _, _, p in entries),
-        temperature_entry=tuple(index[t] for t in exact),
+        factors=tuple(factors for _, factors, _ in entries),
+        power=tuple(power for _, _, power in entries),
+        temperature_entry=tuple(entry_of[t] for t in exact),
     )

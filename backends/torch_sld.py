@@ -77,9 +77,11 @@ def _fused_numba(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
     w = None if weights is None else (float(weights[0]), float(weights[1]), float(weights[2]))
     threads = num_threads()
     if threads == 1 or batch * num_classes < kernel.PARALLEL_ELEMENTS:
-        y = targets if targets.dtype == torch.int64 and targets.is_contiguous() else targets.to(torch.int64)
+        # every tensor read by address is held by a name until the call returns
+        y = targets if targets.dtype == torch.int64 else targets.to(torch.int64)
+        y = y.contiguous()
         losses = s.new_empty(4)
-        flags = kernel.fused_sums_at(s.data_ptr(), t.data_ptr(), y.contiguous().data_ptr(),
+        flags = kernel.fused_sums_at(s.data_ptr(), t.data_ptr(), y.data_ptr(),
                                      0 if grad is None else grad.data_ptr(), losses.data_ptr(), batch,
                                      num_classes, _NUMPY_DTYPE[s.dtype], config, pseudo_on, w)
         if check and flags:

@@ -1,0 +1,165 @@
+"""Where a fused CPU call's time goes, beside ``sld bench``'s totals (numbers in ``RESULTS.md``).
+
+    python -m benchmarks.cpu_kernel_calls                    # 64x100: call overheads, round robin
+    python -m benchmarks.cpu_kernel_calls --shape 4096x1000 --repeats 10
+    python -m benchmarks.cpu_kernel_calls --against d5922f4  # this kernel vs a revision's, same process
+
+The default times, interleaved like ``sld bench`` (repeat r of every case before repeat r + 1 of any,
+so each case runs after the others have evicted the caches): the naive reference; a bare
+``torch.autograd.Function`` with the fused path's four outputs whose backward hands over a ready
+gradient (the least any autograd path pays, forward and ``total.backward()``); the torch fused path;
+the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready arrays).
+
+``--against REV`` copies ``backends/`` of git revision ``REV`` into a temporary package and times both
+kernels (``cpu_kernel.fused_sums``) side by side: thread CPU time, one thread, float32, the official
+recipe at epoch 200 (every term on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+CASE_EPOCH = 200
+
+
+def _inputs(batch: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)  # as harness.bench.grid draws them
+    s = rng.standard_normal((batch, classes), dtype=np.float32) * 3
+    t = rng.standard_normal((batch, classes), dtype=np.float32) * 3
+    return s, t, rng.integers(0, classes, batch)
+
+
+def _round_robin(cases: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]) -> dict:
+    for fn in cases.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return times
+
+
+def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
+    import torch
+
+    import backends
+    import sld_core
+    from backends import numpy_sld, torch_sld
+    from backends._select import cpu_kernel_module
+    from harness.bench.reference import reference_sld_loss_and_grad
+
+    torch.set_num_threads(threads)
+    backends.set_num_threads(threads)
+    s_np, t_np, y_np = _inputs(batch, classes)
+    s, t, y = torch.from_numpy(s_np), torch.from_numpy(t_np), torch.from_numpy(y_np)
+    config = sld_core.SLDConfig()
+    ready = torch.empty_like(s)
+
+    class Bare(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN205
+            ctx.set_materialize_grads(False)
+            return torch.empty(4).unbind()
+
+        @staticmethod
+        def backward(ctx, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
+            return ready
+
+    def bare() -> None:
+        leaf = s.detach().requires_grad_(True)
+        Bare.apply(leaf)[0].backward()
+
+    def fused() -> None:
+        leaf = s.detach().requires_grad_(True)
+        terms = torch_sld.sld_loss_fused(leaf, t, y, epoch=CASE_EPOCH, config=config, check_targets=False)
+        terms.total.backward()
+
+    grad = np.empty_like(s_np)
+    weights = (config.ce_weight, config.kd_weight, config.kd_weight)
+    kernel = cpu_kernel_module()
+    cases = {
+        "reference (autograd)": lambda: reference_sld_loss_and_grad(s, t, y, epoch=CASE_EPOCH, config=config),
+        "bare autograd.Function": bare,
+        "torch fused": fused,
+        "numpy fused": lambda: numpy_sld.sld_loss_and_grad_numpy(s_np, t_np, y_np, epoch=CASE_EPOCH,
+                                                                 config=config, check_targets=False),
+    }
+    if kernel is not None:
+        def alone() -> None:
+            kernel.fused_sums(s_np, t_np, y_np, config, True, weights, grad, threads)
+
+        cases["kernel alone"] = alone
+    times = _round_robin(cases, repeats, time.perf_counter)
+    print(f"{batch}x{classes}, {threads} thread(s), {repeats} interleaved repeats, wall clock")
+    for name, values in times.items():
+        print(f"  {name:24s} median {np.median(values) * 1e3:9.3f} ms   min {np.min(values) * 1e3:9.3f} ms")
+
+
+def _revision_package(revision: str, root: Path) -> str:
+    """``backends/`` of ``revision`` as the importable package ``backends_<revision>`` under ``root``."""
+    name = "backends_" + "".join(ch if ch.isalnum() else "_" for ch in revision)
+    target = root / name
+    target.mkdir()
+    listing = subprocess.run(["git", "ls-tree", "--name-only", f"{revision}:backends"], check=True,
+                             capture_output=True, text=True).stdout.split()
+    for file in listing:
+        if file.endswith(".py"):
+            source = subprocess.run(["git", "show", f"{revision}:backends/{file}"], check=True,
+                                    capture_output=True, text=True).stdout
+            (target / file).write_text(source)
+    return name
+
+
+def against(revision: str, batch: int, classes: int, repeats: int) -> None:
+    import sld_core
+    from backends import cpu_kernel
+
+    s, t, y = _inputs(batch, classes)
+    config = sld_core.SLDConfig()
+    with tempfile.TemporaryDirectory() as root:
+        sys.path.insert(0, root)
+        old = importlib.import_module(_revision_package(revision, Path(root)) + ".cpu_kernel")
+        grads = {"this tree": np.empty_like(s), revision: np.empty_like(s)}
+        weights = (config.ce_weight, config.kd_weight, config.kd_weight)
+        cases = {
+            "this tree": lambda: cpu_kernel.fused_sums(s, t, y, config, True, weights, grads["this tree"], 1),
+            revision: lambda: old.fused_sums(s, t, y, config, True, weights, grads[revision], 1),
+        }
+        times = _round_robin(cases, repeats, time.thread_time)
+    print(f"cpu_kernel.fused_sums, {batch}x{classes} float32, 1 thread, {repeats} interleaved repeats, "
+          "thread CPU time")
+    for name, values in times.items():
+        print(f"  {name:12s} median {np.median(values) * 1e3:9.3f} ms   min {np.min(values) * 1e3:9.3f} ms")
+    ratio = np.median(times[revision]) / np.median(times["this tree"])
+    print(f"  {revision} / this tree: {ratio:.2f}x; largest gradient difference "
+          f"{np.abs(grads[revision] - grads['this tree']).max():.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="64x100", help="BxC")
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--against", metavar="REV", help="time this kernel against git revision REV's")
+    args = parser.parse_args()
+    batch, classes = (int(v) for v in args.shape.lower().split("x"))
+    if args.against:
+        against(args.against, batch, classes, args.repeats)
+    else:
+        call_costs(batch, classes, args.repeats, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,23 +2,29 @@ r"""Single-pass CPU kernel for the SLD loss and its gradient (numba), shared by 
 the NumPy path.
 
 One compiled function handles a range of rows; per row it reads the logits once from memory and then
-works in a ``(2K, C)`` scratch block that stays in cache:
+works in a ``(2J, C)`` scratch block that stays in cache:
 
-1. row maxima of ``s`` and ``t`` and a non-finite probe (``sum x * 0`` is NaN iff some ``x`` is);
-2. ``exp(u/T)`` for the root temperatures (6, 5, 4 for the official 1..6) with the first argmax, the
-   row sums ``Z`` and the teacher cross term in the same loop; the other temperatures as squares
-   (:func:`backends._rows.row_constants`);
+1. row maxima of ``s`` and ``t``;
+2. ``exp(u/T)`` for every entry of the exponential plan (:mod:`backends._exp_plan`): a few roots by
+   ``exp``, the other temperatures as products of earlier entries, one column block at a time, with
+   the row sums ``Z``, the teacher cross term, the first argmax and a non-finite probe (``sum x * 0``
+   is NaN iff some ``x`` is) in the same loops. The official temperatures 1..6 need two exponentials
+   per element and side (``exp(u/12)``, ``exp(u/5)``) and get one loop that keeps the products in
+   registers (:func:`_fused_side`); other sets run the generic loops;
 3. the per-row algebra (losses, gradient coefficients) in float64 scalars;
 4. the gradient, ``sum_k coef_s[k] e_s[k] + coef_t[k] e_t[k]`` plus the values at ``m_t``, ``y``, ``m``.
 
 This is one of the four copies of the per-row algebra (see :mod:`backends`); the derivation is in
 :mod:`backends._rows`. Tests pinning it: ``tests/test_kernels.py`` (float64 to 1e-12 and float32 to
-1e-5 against the float64 core and the plain references, every switch and odd shape).
+1e-5 against the float64 core and the plain references, every switch and odd shape) and
+``tests/test_cpu_kernel.py`` (the ``exp``, the fused against the generic loops, the call paths).
 
 float32 uses a polynomial ``exp`` that the compiler vectorises (numba's ``math.exp`` calls libm one
-element at a time, ~8x slower here); its relative error is ~2e-7, below the float32 rounding of
-``u / T`` itself. float64 uses ``math.exp``. Rows run on a small thread pool (the kernel releases the
-GIL), not on numba's threading layers, so nothing here competes with torch's OpenMP pool.
+element at a time, ~8x slower here); its relative error is ~1e-7 (3e-7 at ``x`` near -87), and a plan
+entry of power ``n`` carries ~``n`` times that (``MAX_POWER``). float64 uses ``math.exp``. Rows run on
+a small thread pool (the kernel releases the GIL), not on numba's threading layers, so nothing here
+competes with torch's OpenMP pool; a problem below ``PARALLEL_ELEMENTS`` runs in one call on the
+calling thread, and the torch path then passes the tensors by address (:func:`fused_sums_at`).
 
 Labels outside ``[0, C)`` are clamped into range before any read (the call that asked for checks
 raises afterwards from the returned flags), so the kernel never indexes out of bounds.

@@ -4,7 +4,8 @@ autograd as the backward (no copy when the seed is 1).
 
 Which implementation runs (:func:`backends.implementation` says it for a given tensor):
 
-- CPU, numba installed: the single-pass kernel of :mod:`backends.cpu_kernel` on zero-copy NumPy views;
+- CPU, numba installed: the single-pass kernel of :mod:`backends.cpu_kernel`, reading the tensors by
+  address on one thread and through zero-copy NumPy views on its thread pool;
 - CUDA, triton installed: the one-launch kernel of :mod:`backends.triton_sld`;
 - otherwise (or with ``SLD_KERNELS=0``): the eager paths -- :func:`backends.torch_small.fused_small`
   for small problems, and below a chunked pass whose per-row algebra is :mod:`backends._rows`: per chunk

@@ -13,6 +13,11 @@ the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready array
 ``--against REV`` copies ``backends/`` of git revision ``REV`` into a temporary package and times both
 kernels (``cpu_kernel.fused_sums``) side by side: thread CPU time, one thread, float32, the official
 recipe at epoch 200 (every term on).
+
+``--accuracy`` prints the kernel's largest float32 errors against the float64 core over a grid of
+shapes (up to 4x21841), logit scales 1, 3, 10 and both detach settings: loss terms relative to
+``max(|term|, 1e-3)``, the gradient relative to its largest element (the measures of
+``tests/test_kernels.py``, whose bound is 1e-5).
 """
 
 from __future__ import annotations
@@ -147,15 +152,46 @@ def against(revision: str, batch: int, classes: int, repeats: int) -> None:
           f"{np.abs(grads[revision] - grads['this tree']).max():.2e}")
 
 
+def accuracy(seeds: int = 40) -> None:
+    import sld_core
+    from backends import cpu_kernel
+
+    worst_terms = worst_grad = 0.0
+    shapes = [(64, 100), (16, 1000), (4, 21841), (128, 10), (256, 100)]
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        batch, classes = shapes[seed % len(shapes)]
+        scale = (1.0, 3.0, 10.0)[seed % 3]
+        s = (rng.standard_normal((batch, classes)) * scale).astype(np.float32)
+        t = (rng.standard_normal((batch, classes)) * scale).astype(np.float32)
+        y = rng.integers(0, classes, batch)
+        for detach in (False, True):
+            config = sld_core.SLDConfig(detach_pseudo_teacher=detach)
+            grad = np.empty_like(s)
+            sums = cpu_kernel.fused_sums(s, t, y, config, True, (config.ce_weight, config.kd_weight,
+                                                                 config.kd_weight), grad, 1)
+            terms, want = sld_core.sld_loss_and_grad(s.astype(np.float64), t.astype(np.float64), y,
+                                                     epoch=CASE_EPOCH, config=config)
+            want_terms = np.array([float(getattr(terms, k)) for k in ("total", "ce", "teacher", "pseudo")])
+            worst_terms = max(worst_terms, float((np.abs(sums[:4] - want_terms)
+                                                  / np.maximum(np.abs(want_terms), 1e-3)).max()))
+            worst_grad = max(worst_grad, float(np.abs(grad - want).max() / np.abs(want).max()))
+    print(f"float32 kernel vs float64 core, {seeds} batches x 2 detach settings: "
+          f"loss terms {worst_terms:.2e}, gradient {worst_grad:.2e} (bound 1e-5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="64x100", help="BxC")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--against", metavar="REV", help="time this kernel against git revision REV's")
+    parser.add_argument("--accuracy", action="store_true", help="largest float32 errors against float64")
     args = parser.parse_args()
     batch, classes = (int(v) for v in args.shape.lower().split("x"))
-    if args.against:
+    if args.accuracy:
+        accuracy()
+    elif args.against:
         against(args.against, batch, classes, args.repeats)
     else:
         call_costs(batch, classes, args.repeats, args.threads)

@@ -6,9 +6,9 @@
 
 The default times, interleaved like ``sld bench`` (repeat r of every case before repeat r + 1 of any,
 so each case runs after the others have evicted the caches): the naive reference; a bare
-``torch.autograd.Function`` with the fused path's four outputs whose backward hands over a ready
-gradient (the least any autograd path pays, forward and ``total.backward()``); the torch fused path;
-the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready arrays).
+``torch.autograd.Function`` with the fused path's four outputs whose backward hands over an allocated,
+uncomputed gradient (the least any autograd path pays, forward and ``total.backward()``); the torch
+fused path; the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready arrays).
 
 ``--against REV`` copies ``backends/`` of git revision ``REV`` into a temporary package and times both
 kernels (``cpu_kernel.fused_sums``) side by side: thread CPU time, one thread, float32, the official
@@ -70,17 +70,18 @@ def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
     s_np, t_np, y_np = _inputs(batch, classes)
     s, t, y = torch.from_numpy(s_np), torch.from_numpy(t_np), torch.from_numpy(y_np)
     config = sld_core.SLDConfig()
-    ready = torch.empty_like(s)
 
     class Bare(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):  # noqa: ANN205
             ctx.set_materialize_grads(False)
+            ctx.grad = torch.empty_like(x)  # allocated, never computed: handed over as the fused path does
             return torch.empty(4).unbind()
 
         @staticmethod
         def backward(ctx, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
-            return ready
+            grad, ctx.grad = ctx.grad, None
+            return grad
 
     def bare() -> None:
         leaf = s.detach().requires_grad_(True)

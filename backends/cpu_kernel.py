@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import itertools
 import math
 import os
 import threading
@@ -212,9 +213,9 @@ def _fast_exp_impl(x):
 # column block every entry of the exponential plan is computed over before the next, so a product's
 # factors are still in L1 (14 rows of 512 float32 for the official plan: 28 KiB).
 SUM_BLOCK = 512
-# Largest power of a root exponential that the plan derives by products (backends._exp_plan): the
-# relative error of a power-n entry is ~n times the root's (2e-7 for float32), so 12 stays within
-# ~3e-6 of float64 (measured in RESULTS.md); the official temperatures then need 2 exps per element.
+# Largest power of a root exponential that the plan derives by products (backends._exp_plan): a
+# power-n entry carries ~n times the root's relative error (~1e-7 in float32), and at 12 the losses and
+# gradient stay within 3e-7 of float64 (RESULTS.md); the official temperatures then need 2 exps.
 MAX_POWER = 12
 
 # Layout of the two parameter vectors (see _params): the scalars first, then per-entry and
@@ -637,6 +638,10 @@ def _one_thread_at(s_at, t_at, y_at, grad_at, losses_at, batch, num_classes, wit
 _EMPTY_GRAD = {np.dtype(np.float32): np.empty((0, 0), np.float32), np.dtype(np.float64): np.empty((0, 0))}
 # Below this many logits one thread does the whole batch: handing rows to the pool costs ~30-50 us.
 PARALLEL_ELEMENTS = 1 << 16
+# Above it the rows go out in up to this many blocks per thread, each of at least BLOCK_ELEMENTS logits
+# (a block's call costs a few microseconds).
+BLOCKS_PER_THREAD = 8
+BLOCK_ELEMENTS = 1 << 15
 
 
 @functools.lru_cache(maxsize=64)
@@ -714,11 +719,18 @@ def fused_sums(s: np.ndarray, t: np.ndarray, y: np.ndarray, config: Any, pseudo_
     if workers <= 1:
         _one_thread(s, t, y, fpar, ipar, grad_arg, out)
         return out[batch]
-    args = (s, t, y, fpar, ipar, grad_arg, out)
-    bounds = [batch * i // workers for i in range(workers + 1)]
-    pool = _executor(workers - 1)
-    futures = [pool.submit(_kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, workers)]
-    _kernel(*args, bounds[0], bounds[1])  # the calling thread takes the first block
+    # Row blocks handed out one at a time: a thread whose core is busy (torch's OpenMP workers spin for
+    # milliseconds after a parallel op) takes fewer, instead of the whole call waiting for its half.
+    blocks = max(workers, min(batch, BLOCKS_PER_THREAD * workers, batch * num_classes // BLOCK_ELEMENTS))
+    bounds = [batch * i // blocks for i in range(blocks + 1)]
+    taken = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        while (i := next(taken)) < blocks:
+            _kernel(s, t, y, fpar, ipar, grad_arg, out, bounds[i], bounds[i + 1])
+
+    futures = [_executor(workers - 1).submit(work) for _ in range(workers - 1)]
+    work()  # the calling thread works too
     for future in futures:
         future.result()
     rows_to_sums(out)

@@ -102,6 +102,23 @@ def test_fused_sums_at_reads_the_same_memory_as_fused_sums(kernel):
     assert losses_only == 1 | 2 | 4  # student non-finite, teacher non-finite, a label out of range
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rows_handed_out_in_many_blocks_give_the_same_numbers(kernel, monkeypatch, threads):
+    s, t, y = logits(23, 40, seed=5, dtype=np.float32)
+    config = sld_core.SLDConfig()
+
+    def run(n):
+        grad = np.empty_like(s)
+        return kernel.fused_sums(s, t, y, config, True, (0.1, 0.9, 0.9), grad, n).copy(), grad
+
+    single = run(1)
+    monkeypatch.setattr(kernel, "PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", 40)  # one row per block: 23 blocks over the threads
+    pooled = run(threads)
+    np.testing.assert_array_equal(single[0], pooled[0])  # the row sums run in row order after the pool
+    np.testing.assert_array_equal(single[1], pooled[1])
+
+
 def test_torch_by_address_and_through_the_pool_agree_bit_for_bit(kernel, monkeypatch):
     s, t, y = logits(9, 300, seed=2, dtype=np.float32)
 

@@ -14,6 +14,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +33,8 @@ __all__ = [
     "check_model_names",
     "common_overrides",
     "floats",
+    "LAUNCH_FLAGS",
+    "Nodes",
     "launch_command",
     "resolve_device",
     "run",
@@ -112,6 +115,24 @@ NprocOpt = Annotated[
         "under torch.distributed.run. --batch-size stays the global batch.",
     ),
 ]
+NnodesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nnodes",
+        min=1,
+        help="Machines in a multi-node run: start the same command on each with its --node-rank; all "
+        "meet at --rdzv-endpoint. World size = nnodes x nproc.",
+    ),
+]
+NodeRankOpt = Annotated[
+    int | None, typer.Option("--node-rank", min=0, help="This machine's rank, 0..nnodes-1.")
+]
+RdzvEndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rdzv-endpoint", help="HOST:PORT of node 0, where the nodes meet (torchrun's rendezvous)."
+    ),
+]
 SyncBnOpt = Annotated[
     bool,
     typer.Option(
@@ -159,6 +180,9 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "limit_train": (LimitTrainOpt, None),
     "limit_test": (LimitTestOpt, None),
     "nproc": (NprocOpt, None),
+    "nnodes": (NnodesOpt, None),
+    "node_rank": (NodeRankOpt, None),
+    "rdzv_endpoint": (RdzvEndpointOpt, None),
     "sync_bn": (SyncBnOpt, False),
     "official_wrn_bn": (OfficialWrnBnOpt, None),
     "stop_after": (StopAfterOpt, None),
@@ -237,15 +261,18 @@ def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
     check_model_names(cfg.student, cfg.teacher)
     from harness.train import distributed
 
-    nproc = options.get("nproc")
-    if nproc is not None and nproc > 1:
+    nproc, nodes = options.get("nproc") or 1, Nodes.of(options)
+    if nproc > 1 or nodes.count > 1:
         if distributed.torchrun_env() is not None:
-            raise ConfigError("--nproc is for the sld command line; under torchrun leave it out")
-        distributed.check_global_batch(cfg.optim.batch_size, nproc)  # fail here once, not in N processes
+            raise ConfigError("--nproc/--nnodes are for the sld command line; under torchrun leave them out")
+        # fail here once, not in N processes
+        distributed.check_global_batch(cfg.optim.batch_size, nproc * nodes.count)
         args = sys.argv[1:]
         if not args or args[0] != command:  # e.g. called from Python, not from `sld COMMAND ...`
             raise ConfigError(f"--nproc works from the command line (sld {command} ... --nproc N) only")
-        relaunch(strip_option(args, "--nproc"), nproc)
+        for flag in LAUNCH_FLAGS:
+            args = strip_option(args, flag)
+        relaunch(args, nproc, nodes)
 
     from harness.train.loop import train as train_loop
 
@@ -319,14 +346,66 @@ def _print_error(message: str, label: str) -> None:
     Console(stderr=True, soft_wrap=True).print(Text.assemble((label, "bold red"), message))
 
 
-def launch_command(args: list[str], nproc: int, *, executable: str = sys.executable) -> list[str]:
-    """The ``torch.distributed.run`` command line that runs ``sld ARGS`` in ``nproc`` processes on
-    this machine (``--standalone``: a local rendezvous on a free port)."""
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")  # consumed by the relaunch
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The machines of a multi-node run: ``count`` of them, this one ``rank``, meeting at ``endpoint``."""
+
+    count: int = 1
+    rank: int = 0
+    endpoint: str | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> Nodes:
+        """From ``--nnodes``, ``--node-rank`` and ``--rdzv-endpoint``; one clear error if they do not fit."""
+        count, rank = options.get("nnodes") or 1, options.get("node_rank")
+        endpoint = options.get("rdzv_endpoint")
+        if count == 1:
+            if rank not in (None, 0) or endpoint is not None:
+                raise ConfigError(
+                    "--node-rank and --rdzv-endpoint belong to a multi-node run (--nnodes > 1)"
+                )
+            return cls()
+        if rank is None or endpoint is None:
+            raise ConfigError(
+                f"--nnodes {count} needs --node-rank (0..{count - 1}) and --rdzv-endpoint HOST:PORT "
+                "(node 0's address, the same on every node)"
+            )
+        if rank >= count:
+            raise ConfigError(f"--node-rank {rank} must be below --nnodes {count}")
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--rdzv-endpoint must be HOST:PORT; got {endpoint!r}")
+        return cls(count, rank, endpoint)
+
+
+def launch_command(
+    args: list[str], nproc: int, nodes: Nodes = Nodes(), *, executable: str = sys.executable
+) -> list[str]:
+    """The ``torch.distributed.run`` command line that runs ``sld ARGS`` in ``nproc`` processes on this
+    machine: on one machine ``--standalone`` (a local rendezvous on a free port); on several, torchrun's
+    static rendezvous at ``nodes.endpoint`` with this machine's ``--node-rank`` (so global ranks are
+    ``node_rank * nproc + local_rank``, the same at every start)."""
+    if nodes.count == 1:
+        rendezvous = ["--standalone"]
+    else:
+        rendezvous = [
+            "--nnodes",
+            str(nodes.count),
+            "--node-rank",
+            str(nodes.rank),
+            "--rdzv-backend",
+            "static",
+            "--rdzv-endpoint",
+            str(nodes.endpoint),
+        ]
     return [
         executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *rendezvous,
         "--nproc_per_node",
         str(nproc),
         "-m",
@@ -335,7 +414,7 @@ def launch_command(args: list[str], nproc: int, *, executable: str = sys.executa
     ]
 
 
-def relaunch(args: list[str], nproc: int) -> None:
+def relaunch(args: list[str], nproc: int, nodes: Nodes = Nodes()) -> None:
     """Replace this process by ``torch.distributed.run`` running ``sld ARGS`` in ``nproc`` processes.
 
     ``os.execv`` rather than a child: Ctrl-C and ``kill`` then reach torchrun directly, which passes
@@ -343,14 +422,15 @@ def relaunch(args: list[str], nproc: int) -> None:
     says otherwise (torchrun's own default is 1, with a warning).
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = launch_command(args, nproc)
+    command = launch_command(args, nproc, nodes)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
 
 
 def strip_option(args: list[str], name: str) -> list[str]:
-    """``args`` without ``NAME VALUE`` / ``NAME=VALUE`` (how ``--nproc`` is dropped before relaunching)."""
+    """``args`` without ``NAME VALUE`` / ``NAME=VALUE`` (how :data:`LAUNCH_FLAGS` are dropped before
+    relaunching)."""
     out: list[str] = []
     skip = False
     for arg in args:

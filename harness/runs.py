@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, TrainConfig, load_config, save_config
+from harness.pairs import PAIRS
 
 __all__ = [
     "ACCURACY_KEYS",
@@ -47,8 +48,10 @@ __all__ = [
     "load_runs",
     "read_metrics",
     "SWAP_KEYS",
+    "TORCHVISION_TEACHERS",
     "teacher_candidates",
     "teacher_run_dir",
+    "torch_hub_dir",
 ]
 
 DEFAULT_RUNS_DIR = "runs"
@@ -60,6 +63,9 @@ BOOKKEEPING_KEYS = ("epoch", "lr", "best_test_top1", "epoch_time_s", "images_per
 _COUNTS = ("rows", "teacher_swaps", "student_swaps", "train_correct")
 MDISTILLER_CKPT_DIR = "download_ckpts"  # where mdistiller's README untars cifar_teachers.tar
 MDISTILLER_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
+# The ImageNet teachers of the official SLD code (torchvision's pretrained=True files, raw state_dicts).
+TORCHVISION_TEACHERS = {"resnet34": "resnet34-333f7ec4.pth", "resnet50": "resnet50-19c8e357.pth"}
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
 
 
 class RunDirError(ValueError):
@@ -331,16 +337,28 @@ def teacher_run_dir(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_
     return Path(runs_dir) / "teachers" / model
 
 
+def torch_hub_dir() -> Path:
+    """Where torch keeps downloaded weight files (``$TORCH_HOME/hub/checkpoints``, by default
+    ``~/.cache/torch/hub/checkpoints``): torchvision's ``pretrained=True`` looks there first."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
+    )
+    return Path(home) / "hub" / "checkpoints"
+
+
 def teacher_candidates(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> list[Path]:
     """Where a checkpoint for teacher ``model`` is looked for, in order: our own teacher run's
-    ``best.pt``, then mdistiller's community file for that model (if any pair uses it as teacher)."""
-    from harness.pairs import PAIRS
-
+    ``best.pt``, then mdistiller's community file for that model (if any CIFAR pair uses it as
+    teacher), then torchvision's published file (the ImageNet teachers of the official code, loaded
+    there with ``pretrained=True``) in torch's download cache and in ``download_ckpts/``."""
     candidates = [teacher_run_dir(model, runs_dir) / "best.pt"]
     for pair in PAIRS.values():
         if pair.teacher == model:
             candidates.append(pair.teacher_checkpoint_path(MDISTILLER_CKPT_DIR))
             break
+    if model in TORCHVISION_TEACHERS:
+        name = TORCHVISION_TEACHERS[model]
+        candidates += [torch_hub_dir() / name, Path(MDISTILLER_CKPT_DIR) / name]
     return candidates
 
 
@@ -350,14 +368,22 @@ def find_teacher(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR
     Raises
     ------
     TeacherNotFoundError
-        None exists; the message lists where it looked and the command that trains one.
+        None exists; the message lists where it looked and how to get one: the file to fetch for an
+        ImageNet teacher, the command that trains a CIFAR one.
     """
     candidates = teacher_candidates(model, runs_dir)
     for path in candidates:
         if path.is_file():
             return path
-    runs_flag = "" if str(runs_dir) == DEFAULT_RUNS_DIR else f" --runs-dir {runs_dir}"
     looked = ", ".join(str(p) for p in candidates)
+    if model in TORCHVISION_TEACHERS:
+        name = TORCHVISION_TEACHERS[model]
+        raise TeacherNotFoundError(
+            f"no checkpoint for teacher {model!r} (looked in: {looked}). The official code uses "
+            f"torchvision's published weights: fetch {TORCHVISION_WEIGHTS_URL}{name} into "
+            f"{torch_hub_dir()}/ (where torchvision keeps it), or pass --teacher PATH"
+        )
+    runs_flag = "" if str(runs_dir) == DEFAULT_RUNS_DIR else f" --runs-dir {runs_dir}"
     raise TeacherNotFoundError(
         f"no checkpoint for teacher {model!r} (looked in: {looked}). Train one with:\n"
         f"    sld train-teacher --model {model}{runs_flag}\n"

@@ -102,3 +102,21 @@ def test_torchvision_layout_raw_teacher_distills(imagenet: Path, tmp_path: Path)
            "--out", str(out))
     (record,) = read_metrics(out)
     assert record["kl_teacher"] > 0 and 0.0 <= record["teacher_swap_rate"] <= 1.0
+
+
+def test_imagenet_teachers_are_looked_up_as_torchvision_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.runs import TeacherNotFoundError, find_teacher, torch_hub_dir
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TeacherNotFoundError) as error:
+        find_teacher("resnet34", tmp_path / "runs")
+    message = str(error.value)
+    assert "https://download.pytorch.org/models/resnet34-333f7ec4.pth" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    cached = torch_hub_dir() / "resnet34-333f7ec4.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(build_model("resnet34").state_dict(), cached)
+    assert find_teacher("resnet34", tmp_path / "runs") == cached

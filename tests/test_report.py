@@ -161,7 +161,7 @@ def test_write_report_writes_markdown_table_and_valid_pngs(three_seeds: Path, tm
     write_report(load_runs([three_seeds]), out, console)
     text = (out / "REPORT.md").read_text()
     assert f"| {PAIR} | kd | 3 | 3* | 35.00 ± 5.00 | 33.33 ± 7.64 | 70.66 | -35.66 | 71.00 | 72.34 |" in text
-    assert "**Epochs run:** 3 (the paper trains 240)" in text
+    assert "**Epochs run:** 3 (the published runs train 240: 240 for kd)" in text
     assert f"{PAIR} kd: short: 3/240 epochs" in text
     printed = console.export_text()
     assert "35.00 ± 5.00" in printed and "-35.66" in printed and "Δ best−pub" in printed

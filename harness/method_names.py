@@ -219,7 +219,7 @@ def _parse_processing(token: str, name: str) -> dict[str, Any]:
                 f"with a probability gap G >= 0, e.g. cswap-lt0.5; got {token!r}"
             )
         return {"teacher_processing": "conditional_swap", "swap_threshold": threshold, "swap_mode": mode}
-    rows = None
+    given, rows = token, None
     if token.endswith("-all"):
         token, rows = token[: -len("-all")], "all"
     processing = _TOKENS.get(token)
@@ -227,7 +227,7 @@ def _parse_processing(token: str, name: str) -> dict[str, Any]:
         choices = ", ".join(
             [*_TOKENS, "cswap-ltG", "cswap-geG", "soft-add-all", "double-all", "halve-all", "smooth-all"]
         )
-        raise ConfigError(f"method {name!r}: unknown teacher processing {token!r}; choose one of {choices}")
+        raise ConfigError(f"method {name!r}: unknown teacher processing {given!r}; choose one of {choices}")
     return {"teacher_processing": processing} | ({"processing_rows": rows} if rows else {})
 
 

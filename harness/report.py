@@ -428,7 +428,7 @@ def _sources(summaries: Sequence[GroupSummary]) -> list[str]:
         seen.add(s.method)
         named = NAMED_METHODS.get(s.method)
         if named is None or named.published is None:
-            lines.append(f"- {s.method}: none published ({_describe(s.method)})")
+            lines.append(f"- {s.method} ({_describe(s.method)}): none published")
             continue
         sources = {
             top1.source

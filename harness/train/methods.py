@@ -241,7 +241,18 @@ def sld(
     Diagnostics: ``ce`` (unweighted cross-entropy), ``kl_teacher`` and ``kl_pseudo`` (summed over the
     temperatures, with their ``T**2`` factors, before ``kd_weight``).
     """
-    terms = logit_kd_terms(student_logits, teacher_logits, targets, epoch=epoch, config=config)
+    core = _fused_config(config)
+    if core is not None:  # the official recipe: straight to the fused path, nothing in between
+        fused = backends.sld_loss(
+            student_logits, teacher_logits, targets, epoch=epoch, config=core, check_targets=False
+        )  # label range is checked once, when the data loads
+        return {
+            "loss_sld": fused.total,
+            "ce": fused.ce.detach(),
+            "kl_teacher": fused.teacher.detach(),
+            "kl_pseudo": fused.pseudo.detach(),
+        }
+    terms = logit_kd_terms(student_logits, teacher_logits, targets, epoch=epoch, config=config, composed=True)
     return {
         "loss_sld": terms["total"],
         "ce": terms["ce"].detach(),

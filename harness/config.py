@@ -6,6 +6,11 @@ CLI builds and checks configs before it pays for importing torch.
 
 Defaults are the official CIFAR-100 recipe of the SLD code (built on mdistiller): 240 epochs, batch 64,
 SGD momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210; a pair's recipe sets its lr.
+
+``TrainConfig.method`` names a base method (``METHOD_CONFIGS``: ce, kd, dkd, mlkd, sld) and ``loss`` is
+its config; every one but CE carries the :class:`LogitSwitches` (teacher processing, pseudo-teacher,
+logit standardization). Readable names such as ``ls-mlkd`` or ``sld-dkd`` are a base with switches set
+(:mod:`harness.method_names`); :mod:`harness.recipes` builds the published config of a name.
 """
 
 from __future__ import annotations

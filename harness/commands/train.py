@@ -104,7 +104,7 @@ def train(
         float | None,
         typer.Option(
             "--swap-threshold",
-            help="conditional_swap: swap the wrong rows whose teacher gap p[top] - p[target] is below this.",
+            help="conditional_swap: swap the wrong rows whose teacher gap p_top - p_target is below this.",
         ),
     ] = None,
     swap_mode: Annotated[

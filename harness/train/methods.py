@@ -152,9 +152,11 @@ def ce(
 
 
 @functools.cache
-def _fused_config(config: KDConfig | SLDConfig) -> sld_core.SLDConfig | None:
+def _fused_config(config: KDConfig | SLDConfig | sld_core.SLDConfig) -> sld_core.SLDConfig | None:
     """The ``sld_core.SLDConfig`` that ``backends.sld_loss`` computes ``config`` with, or ``None`` where
     the fused path does not apply (another teacher processing, logit standardization)."""
+    if isinstance(config, sld_core.SLDConfig):  # the core's own config (Python callers): fused as it is
+        return config
     if config.logit_stand or config.teacher_processing not in ("none", "swap"):
         return None
     if isinstance(config, SLDConfig):

@@ -51,6 +51,7 @@ __all__ = [
     "save_config",
     "train_config_from_dict",
     "train_config_to_dict",
+    "upgrade_config_dict",
     "with_overrides",
 ]
 
@@ -526,9 +527,33 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     try:
-        return train_config_from_dict(data)
+        return train_config_from_dict(upgrade_config_dict(data))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+# Loss keys of configs written before the teacher processing was a switch, and what they became.
+_LEGACY_SWAP_KEYS = ("teacher_swap", "swap_teacher")  # sld's, and kd's / dkd's
+
+
+def upgrade_config_dict(data: Any) -> Any:
+    """A config dict written before the teacher processing became a switch, in today's keys: the loss's
+    ``teacher_swap`` (sld) or ``swap_teacher`` (kd, dkd) flag becomes ``teacher_processing`` ``"swap"``
+    or ``"none"``, so older runs still load, resume and are skipped when done. Anything else, and any
+    dict that already has ``teacher_processing``, is returned as it is.
+
+    >>> upgrade_config_dict({"method": "kd", "loss": {"temperature": 4.0, "swap_teacher": True}})["loss"]
+    {'temperature': 4.0, 'teacher_processing': 'swap'}
+    """
+    loss = data.get("loss") if isinstance(data, dict) else None
+    if not isinstance(loss, dict) or "teacher_processing" in loss:
+        return data
+    legacy = [key for key in _LEGACY_SWAP_KEYS if isinstance(loss.get(key), bool)]
+    if len(legacy) != 1:
+        return data
+    loss = dict(loss)
+    loss["teacher_processing"] = "swap" if loss.pop(legacy[0]) else "none"
+    return {**data, "loss": loss}
 
 
 def _build(cls: type, values: Any, where: str) -> Any:

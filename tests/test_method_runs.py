@@ -318,3 +318,34 @@ def load_config_roundtrip(config: TrainConfig) -> TrainConfig:
     from harness.config import train_config_from_dict, train_config_to_dict
 
     return train_config_from_dict(json.loads(json.dumps(train_config_to_dict(config))))
+
+
+def test_runs_from_before_the_switches_load_and_resume(
+    tmp_path: Path, data_dir: Path, teacher_ckpt: Path
+) -> None:
+    """config.json and last.pt written when the swap was a bool (``teacher_swap`` / ``swap_teacher``)."""
+    from harness.config import train_config_to_dict
+    from harness.train.checkpoint import load_checkpoint, save_checkpoint
+
+    config = tiny_run("sld", tmp_path, data_dir, teacher_ckpt, views=1)
+    train(config, CPU, stop_after=1)
+    run = Path(config.out_dir)
+    old_loss = {
+        "temperatures": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "gamma": 1,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+        "teacher_swap": True,
+        "pseudo_teacher": True,
+        "detach_pseudo_teacher": False,
+    }
+    legacy = {**train_config_to_dict(config), "loss": old_loss}
+    (run / "config.json").write_text(json.dumps(legacy))
+    payload = load_checkpoint(run / "last.pt")
+    save_checkpoint(run / "last.pt", {**payload, "config": legacy})
+    assert load_config(run / "config.json") == config
+    result = train(config, CPU, resume=True)  # the stored legacy config is the same run
+    assert result.epochs == 2
+    kd = {**train_config_to_dict(config), "method": "kd", "loss": {"temperature": 4.0, "swap_teacher": False}}
+    (run / "config.json").write_text(json.dumps(kd))
+    assert load_config(run / "config.json").loss.teacher_processing == "none"

@@ -6,28 +6,41 @@ CLI builds and checks configs before it pays for importing torch.
 
 Defaults are the official CIFAR-100 recipe of the SLD code (built on mdistiller): 240 epochs, batch 64,
 SGD momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210; a pair's recipe sets its lr.
+
+``TrainConfig.method`` names a base method (``METHOD_CONFIGS``: ce, kd, dkd, mlkd, sld) and ``loss`` is
+its config; every one but CE carries the :class:`LogitSwitches` (teacher processing, pseudo-teacher,
+logit standardization). Readable names such as ``ls-mlkd`` or ``sld-dkd`` are a base with switches set
+(:mod:`harness.method_names`); :mod:`harness.recipes` builds the published config of a name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sld_core import SLDConfig
+import sld_core
 
 __all__ = [
     "AMP_MODES",
     "DATASETS",
     "METHOD_CONFIGS",
+    "PROCESSING_ROWS",
+    "ROW_CHOICE_PROCESSINGS",
+    "SWAP_MODES",
+    "TEACHER_PROCESSINGS",
     "CEConfig",
     "ConfigError",
     "DKDConfig",
     "DataConfig",
+    "DistillConfig",
     "KDConfig",
+    "LogitSwitches",
+    "MLKDConfig",
     "MethodConfig",
     "RESUMABLE_FIELDS",
     "OptimConfig",
@@ -39,6 +52,7 @@ __all__ = [
     "save_config",
     "train_config_from_dict",
     "train_config_to_dict",
+    "upgrade_config_dict",
     "with_overrides",
 ]
 
@@ -67,47 +81,248 @@ class CEConfig:
     """Cross-entropy on the labels alone: teachers and the no-distillation baseline."""
 
 
+# The names of sld_core.process_teacher (sld_core.TEACHER_PROCESSORS), in the order tables list them.
+TEACHER_PROCESSINGS = (
+    "none",
+    "swap",
+    "conditional_swap",
+    "soft_addition",
+    "max_addition",
+    "double_target",
+    "halve_target",
+    "label_smoothing",
+)
+SWAP_MODES = ("below", "at_least")  # sld_core.conditional_swap: gap < threshold, or gap >= threshold
+PROCESSING_ROWS = ("wrong", "all")
+# The processings whose rule may also be applied to the rows the teacher gets right (processing_rows).
+ROW_CHOICE_PROCESSINGS = frozenset({"soft_addition", "double_target", "halve_target", "label_smoothing"})
+
+
 @dataclass(frozen=True)
-class KDConfig:
-    """Hinton KD (mdistiller ``CFG.KD``)."""
+class LogitSwitches:
+    """The switches every logit-distillation method (kd, dkd, mlkd, sld) takes, orthogonal to its loss.
+
+    - **Teacher processing**: the teacher's logits go through ``sld_core.process_teacher(name)`` before
+      the method's loss sees them (``swap`` is SLD's; the others are the alternatives the paper rejects).
+    - **Pseudo-teacher**: after epoch ``gamma`` the student's own swapped logits
+      (``sld_core.pseudo_teacher_logits``) are a second target of the method's distillation term.
+    - **Logit standardization**: student and teacher logits are z-scored per row before the
+      temperature (``sld_core.standardize_logits``); the published recipes also rewrite the method's
+      temperature and weights (``harness.recipes.logit_standardized``).
+
+    Subclasses set their own defaults (SLD: swap and the pseudo-teacher on)."""
+
+    teacher_processing: str = "none"  # a TEACHER_PROCESSINGS name, applied to the teacher's logits first
+    swap_threshold: float = 0.5  # conditional_swap only: the gap p_top - p_target that splits the wrong rows
+    swap_mode: str = "below"  # conditional_swap only: swap where the gap is "below" it, or "at_least" it
+    processing_rows: str = "wrong"  # soft/double/halve/label smoothing: the wrong rows (the swap's), or "all"
+    pseudo_teacher: bool = False  # the student's own swapped logits as a second target after epoch gamma
+    gamma: float = 150  # SLD's loss scheduling: the pseudo-teacher joins after this epoch (of 240)
+    detach_pseudo_teacher: bool = False  # True: no gradient through swap(student); official SLD code: False
+    logit_stand: bool = False  # z-score logits per row before the temperature (Sun et al., CVPR 2024)
+
+    _prefix: ClassVar[str] = "loss"  # how error messages name this section
+
+    def _check_switches(self) -> None:
+        p = self._prefix
+        _check(
+            self.teacher_processing in TEACHER_PROCESSINGS,
+            f"{p}.teacher_processing",
+            self.teacher_processing,
+            f"must be one of {list(TEACHER_PROCESSINGS)}",
+        )
+        threshold = self.swap_threshold
+        _check(
+            _is_number(threshold) and not math.isnan(threshold) and threshold >= 0,
+            f"{p}.swap_threshold",
+            threshold,
+            "must be a probability gap >= 0 (inf: every wrong row)",
+        )
+        _check(
+            self.swap_mode in SWAP_MODES,
+            f"{p}.swap_mode",
+            self.swap_mode,
+            f"must be one of {list(SWAP_MODES)}",
+        )
+        _check(
+            self.processing_rows in PROCESSING_ROWS,
+            f"{p}.processing_rows",
+            self.processing_rows,
+            f"must be one of {list(PROCESSING_ROWS)}",
+        )
+        _check(
+            _is_number(self.gamma) and not math.isnan(self.gamma),
+            f"{p}.gamma",
+            self.gamma,
+            "must be a number (an epoch)",
+        )
+        for name in ("pseudo_teacher", "detach_pseudo_teacher", "logit_stand"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"{p}.{name}", value, "must be true or false")
+
+    def processing_params(self) -> dict[str, Any]:
+        """The keyword parameters ``sld_core.process_teacher(logits, targets, self.teacher_processing,
+        **params)`` takes for this config (the paper's soft-addition fraction and smoothing epsilon,
+        0.1 each, are the core's defaults)."""
+        if self.teacher_processing == "conditional_swap":
+            return {"threshold": float(self.swap_threshold), "mode": self.swap_mode}
+        if self.teacher_processing in ROW_CHOICE_PROCESSINGS:
+            return {"rows": self.processing_rows}
+        return {}
+
+
+@dataclass(frozen=True)
+class KDConfig(LogitSwitches):
+    """Hinton KD (mdistiller ``CFG.KD``), with the :class:`LogitSwitches`."""
 
     temperature: float = 4.0  # mdistiller CFG.KD.TEMPERATURE
     ce_weight: float = 0.1  # mdistiller CFG.KD.LOSS.CE_WEIGHT
     kd_weight: float = 0.9  # mdistiller CFG.KD.LOSS.KD_WEIGHT
-    swap_teacher: bool = False  # ablation: teach with sld_core.swap_logits(teacher) (the SLD swap alone)
+
+    _prefix: ClassVar[str] = "kd"
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, "kd.temperature", self.temperature, "must be > 0")
+        self._check_switches()
+        _check(
+            _is_number(self.temperature) and self.temperature > 0,
+            "kd.temperature",
+            self.temperature,
+            "must be > 0",
+        )
         for name in ("ce_weight", "kd_weight"):
-            _check(getattr(self, name) >= 0, f"kd.{name}", getattr(self, name), "must be >= 0")
+            value = getattr(self, name)
+            _check(_is_number(value) and value >= 0, f"kd.{name}", value, "must be >= 0")
 
 
 @dataclass(frozen=True)
-class DKDConfig:
-    """Decoupled KD (mdistiller ``CFG.DKD``); beta is per pair in mdistiller's configs."""
+class DKDConfig(LogitSwitches):
+    """Decoupled KD (mdistiller ``CFG.DKD``), with the :class:`LogitSwitches`; beta is per pair in
+    mdistiller's configs."""
 
     ce_weight: float = 1.0  # mdistiller CFG.DKD.CE_WEIGHT
     alpha: float = 1.0  # mdistiller CFG.DKD.ALPHA: target-class (TCKD) weight
     beta: float = 8.0  # mdistiller CFG.DKD.BETA: non-target (NCKD) weight; 2 for resnet56/110, 6 wrn/vgg
     temperature: float = 4.0  # mdistiller CFG.DKD.T
     warmup_epochs: int = 20  # mdistiller CFG.DKD.WARMUP: the KD term ramps in linearly
-    swap_teacher: bool = False  # ablation: teach with sld_core.swap_logits(teacher)
+
+    _prefix: ClassVar[str] = "dkd"
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, "dkd.temperature", self.temperature, "must be > 0")
-        for name in ("ce_weight", "alpha", "beta"):
-            _check(getattr(self, name) >= 0, f"dkd.{name}", getattr(self, name), "must be >= 0")
+        self._check_switches()
         _check(
-            isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+            _is_number(self.temperature) and self.temperature > 0,
+            "dkd.temperature",
+            self.temperature,
+            "must be > 0",
+        )
+        for name in ("ce_weight", "alpha", "beta"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value >= 0, f"dkd.{name}", value, "must be >= 0")
+        _check(
+            _is_int(self.warmup_epochs) and self.warmup_epochs >= 0,
             "dkd.warmup_epochs",
             self.warmup_epochs,
             "must be an integer >= 0",
         )
 
 
-MethodConfig = CEConfig | KDConfig | DKDConfig | SLDConfig
-# The method name in a config selects which dataclass its `loss` section is.
-METHOD_CONFIGS: dict[str, type] = {"ce": CEConfig, "kd": KDConfig, "dkd": DKDConfig, "sld": SLDConfig}
+@dataclass(frozen=True)
+class MLKDConfig(LogitSwitches):
+    """Multi-Level Logit Distillation (Jin et al., CVPR 2023) as the published code trains it, with the
+    :class:`LogitSwitches`: :meth:`core` gives the ``sld_core.MLKDConfig`` of its loss (the quirks of
+    the published arithmetic and their switches are documented in :mod:`sld_core.mlkd`)."""
+
+    temperature: float = 4.0  # T0, the first of the five temperatures (T0, 3, 5, 2, 6): cfg.KD.TEMPERATURE
+    ce_weight: float = 0.1  # the MLKD release's cfg.KD.LOSS.CE_WEIGHT
+    kd_weight: float = 0.9  # the MLKD release's cfg.KD.LOSS.KD_WEIGHT: every kd, cc and bc term
+    mask_per_row: bool = False  # published (quirk): the confidence mask scales an already-reduced loss
+    strong_reads_strong: bool = False  # published (quirk): the strong sum's T = 2, 6 terms read the weak view
+
+    _prefix: ClassVar[str] = "mlkd"
+
+    def __post_init__(self) -> None:
+        self._check_switches()
+        for name in ("mask_per_row", "strong_reads_strong"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"mlkd.{name}", value, "must be true or false")
+        try:
+            self.core()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"mlkd.{exc}") from None
+
+    def core(self) -> sld_core.MLKDConfig:
+        """The loss settings as ``sld_core.MLKDConfig`` (what ``sld_core.mlkd_loss`` takes)."""
+        return sld_core.MLKDConfig(
+            temperature=self.temperature,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            logit_stand=self.logit_stand,
+            mask_per_row=self.mask_per_row,
+            strong_reads_strong=self.strong_reads_strong,
+        )
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """``(T0, 3, 5, 2, 6)``: the temperatures of the instance-level terms (and the pseudo-teacher's)."""
+        return self.core().temperatures
+
+
+@dataclass(frozen=True)
+class SLDConfig(LogitSwitches):
+    """SLD as the harness trains it: the official recipe is multi-temperature KD with the swap as teacher
+    processing and the pseudo-teacher on. With the defaults (and processing ``none`` or ``swap``, no
+    logit standardization) it is exactly ``sld_core.SLDConfig`` and trains through the fused
+    ``backends.sld_loss``; :meth:`core` gives that config."""
+
+    teacher_processing: str = "swap"  # SLD.py swaps the teacher's target and top logits; "none": no swap
+    pseudo_teacher: bool = True  # SLD.py: the swapped student is a second teacher after epoch gamma
+    temperatures: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # SLD.py: KL terms summed, each * T^2
+    ce_weight: float = 0.1  # cfg.KD.LOSS.CE_WEIGHT: the swapped teacher already carries the label
+    kd_weight: float = 0.9  # cfg.KD.LOSS.KD_WEIGHT
+
+    _prefix: ClassVar[str] = "sld"
+
+    def __post_init__(self) -> None:
+        self._check_switches()
+        temperatures = self.temperatures
+        _check(
+            isinstance(temperatures, tuple) and temperatures and all(_is_number(t) for t in temperatures),
+            "sld.temperatures",
+            temperatures,
+            "must be a non-empty list of numbers",
+        )
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in temperatures))
+        try:
+            self.core()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"sld.{exc}") from None
+
+    def core(self) -> sld_core.SLDConfig:
+        """The ``sld_core.SLDConfig`` of this config: the swap is its ``teacher_swap`` (other teacher
+        processings and logit standardization are not part of it; ``harness.train.methods`` composes
+        them)."""
+        return sld_core.SLDConfig(
+            temperatures=self.temperatures,
+            gamma=self.gamma,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            teacher_swap=self.teacher_processing == "swap",
+            pseudo_teacher=self.pseudo_teacher,
+            detach_pseudo_teacher=self.detach_pseudo_teacher,
+        )
+
+
+DistillConfig = KDConfig | DKDConfig | MLKDConfig | SLDConfig
+MethodConfig = CEConfig | DistillConfig
+# The method name in a config selects which dataclass its `loss` section is. These are the base
+# methods; readable names such as "ls-mlkd" or "sld-dkd" are a base plus switches (harness.method_names).
+METHOD_CONFIGS: dict[str, type] = {
+    "ce": CEConfig,
+    "kd": KDConfig,
+    "dkd": DKDConfig,
+    "mlkd": MLKDConfig,
+    "sld": SLDConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -227,7 +442,7 @@ class TrainConfig:
     """Everything a run depends on except the device (``train(config, device)`` takes that)."""
 
     student: str  # a key of harness.models.MODELS
-    method: str = "sld"  # a key of METHOD_CONFIGS / harness.train.methods.METHODS
+    method: str = "sld"  # the base method: a key of METHOD_CONFIGS / harness.train.methods.METHODS
     loss: MethodConfig = field(default_factory=SLDConfig)  # the method's own settings
     teacher: str | None = None  # model name; required by every method but "ce"
     teacher_checkpoint: str | None = None  # path; the CLI finds one when it is not given
@@ -259,6 +474,13 @@ class TrainConfig:
         )
         if self.method != "ce":
             _check(bool(self.teacher), "teacher", self.teacher, f"is required by method {self.method!r}")
+        if self.method == "mlkd":
+            _check(
+                self.data.views == 2,
+                "data.views",
+                self.data.views,
+                "must be 2 for method 'mlkd' (its loss reads the weak and the strong view at once)",
+            )
         _check(self.amp in AMP_MODES, "amp", self.amp, f"must be one of {list(AMP_MODES)}")
         _check(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "must be true or false")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
@@ -365,9 +587,33 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     try:
-        return train_config_from_dict(data)
+        return train_config_from_dict(upgrade_config_dict(data))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+# Loss keys of configs written before the teacher processing was a switch, and what they became.
+_LEGACY_SWAP_KEYS = ("teacher_swap", "swap_teacher")  # sld's, and kd's / dkd's
+
+
+def upgrade_config_dict(data: Any) -> Any:
+    """A config dict written before the teacher processing became a switch, in today's keys: the loss's
+    ``teacher_swap`` (sld) or ``swap_teacher`` (kd, dkd) flag becomes ``teacher_processing`` ``"swap"``
+    or ``"none"``, so older runs still load, resume and are skipped when done. Anything else, and any
+    dict that already has ``teacher_processing``, is returned as it is.
+
+    >>> upgrade_config_dict({"method": "kd", "loss": {"temperature": 4.0, "swap_teacher": True}})["loss"]
+    {'temperature': 4.0, 'teacher_processing': 'swap'}
+    """
+    loss = data.get("loss") if isinstance(data, dict) else None
+    if not isinstance(loss, dict) or "teacher_processing" in loss:
+        return data
+    legacy = [key for key in _LEGACY_SWAP_KEYS if isinstance(loss.get(key), bool)]
+    if len(legacy) != 1:
+        return data
+    loss = dict(loss)
+    loss["teacher_processing"] = "swap" if loss.pop(legacy[0]) else "none"
+    return {**data, "loss": loss}
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
@@ -389,6 +635,10 @@ def _build(cls: type, values: Any, where: str) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check(ok: bool, name: str, value: Any, requirement: str) -> None:

@@ -34,11 +34,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from harness.config import CEConfig, DataConfig, KDConfig, OptimConfig, TrainConfig
+from harness.config import CEConfig, DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
 from harness.data.resident import epoch_batches
 from harness.recipes import pair_config
 from harness.train.methods import METHODS, StepLogits
-from sld_core import SLDConfig, swap_mask
+from sld_core import swap_mask
 
 __all__ = [
     "DEMO_METHODS",

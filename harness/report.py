@@ -24,7 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.config import RESUMABLE_FIELDS, OptimConfig, TrainConfig, flat_config
+from harness.config import RESUMABLE_FIELDS, ConfigError, OptimConfig, TrainConfig, flat_config
+from harness.method_names import NAMED_METHODS, method_label
+from harness.recipes import pair_config
 from harness.runs import (
     ACCURACY_KEYS,
     BOOKKEEPING_KEYS,
@@ -44,13 +46,14 @@ __all__ = [
     "write_report",
 ]
 
-PAPER_EPOCHS = OptimConfig.epochs  # every published CIFAR-100 number here comes from 240-epoch runs
+PAPER_EPOCHS = OptimConfig.epochs  # the published CIFAR-100 runs: 240 epochs (MLKD's: 480, its recipe's)
 # Config fields that do not change what a run computes (beyond its seed): runs differing only here
 # form one group. The same teacher may sit at another path (copied runs, another runs dir).
 _SAME_EXPERIMENT = RESUMABLE_FIELDS | {"seed", "teacher_checkpoint"}
-# Published number per trainer method; "ce" is the student trained alone.
-_PUBLISHED_FIELD = {"ce": "student_top1", "kd": "kd", "dkd": "dkd", "sld": "sld"}
-_METHOD_ORDER = ("ce", "kd", "dkd", "sld")
+# Rows follow the named methods (the main table, then the ablations); other names come last.
+_METHOD_ORDER = tuple(NAMED_METHODS)
+# The side-by-side table's columns, where runs exist: the seed's main table.
+_SIDE_BY_SIDE = ("ce", "kd", "dkd", "mlkd", "ls-mlkd", "sld")
 _MISSING = "–"
 
 
@@ -164,7 +167,7 @@ def summarize(runs: Iterable[Run]) -> list[GroupSummary]:
         fingerprint = tuple(
             sorted((k, v) for k, v in flat_config(run.config).items() if k not in _SAME_EXPERIMENT)
         )
-        groups.setdefault((_label(run.config), run.config.method, fingerprint), []).append(run)
+        groups.setdefault((_label(run.config), method_label(run.config), fingerprint), []).append(run)
 
     summaries = []
     for (label, method, fingerprint), members in groups.items():
@@ -172,7 +175,7 @@ def summarize(runs: Iterable[Run]) -> list[GroupSummary]:
         siblings = [fp for (lb, m, fp) in groups if (lb, m) == (label, method)]
         config = members[0].config
         pair = PAIRS.get(config.pair) if config.pair else None
-        published = getattr(pair.published, _PUBLISHED_FIELD[method]) if pair else None
+        published = _published(pair, method)
         teacher_values = [100 * r.teacher_top1 for r in members if r.teacher_top1 is not None]
         summaries.append(
             GroupSummary(
@@ -190,7 +193,7 @@ def summarize(runs: Iterable[Run]) -> list[GroupSummary]:
                 else None,
                 epochs_done=tuple(r.epochs_done for r in members),
                 epochs_configured=config.optim.epochs,
-                paper_epochs=pair.recipe.epochs if pair else PAPER_EPOCHS,
+                paper_epochs=_paper_epochs(pair, method),
             )
         )
     pair_order = {name: i for i, name in enumerate(PAIRS)}
@@ -204,6 +207,24 @@ def summarize(runs: Iterable[Run]) -> list[GroupSummary]:
             s.variant,
         ),
     )
+
+
+def _published(pair: Any, method: str) -> Any:
+    """The published number of method name ``method`` for ``pair`` (a ``harness.pairs.Pair``), if any."""
+    named = NAMED_METHODS.get(method)
+    if pair is None or named is None or named.published is None:
+        return None
+    return getattr(pair.published, named.published)
+
+
+def _paper_epochs(pair: Any, method: str) -> int:
+    """How long the published recipe of ``method`` trains on ``pair`` (480 for MLKD, else 240)."""
+    if pair is None:
+        return PAPER_EPOCHS
+    try:
+        return pair_config(pair.name, method).optim.epochs
+    except ConfigError:
+        return pair.recipe.epochs
 
 
 def _label(config: TrainConfig) -> str:
@@ -310,13 +331,17 @@ def write_markdown(
         "",
     ]
     epochs = sorted({e for s in summaries for e in s.epochs_done})
-    lines.append(f"**Epochs run:** {', '.join(map(str, epochs))} (the paper trains {PAPER_EPOCHS}).")
+    paper = sorted({s.paper_epochs for s in summaries})
+    lines.append(
+        f"**Epochs run:** {', '.join(map(str, epochs))} (the published runs train "
+        f"{' / '.join(map(str, paper))}: {_paper_epochs_text(summaries)})."
+    )
     flagged = [s for s in summaries if s.flags()]
     if flagged:
         lines += [
             "",
             "> **Warning:** the rows marked * were not trained like the published runs "
-            f"({PAPER_EPOCHS} epochs on the full data set); their Δ says nothing about whether the paper "
+            "(their recipe's epochs on the full data set); their Δ says nothing about whether the paper "
             "reproduces:",
             ">",
         ]
@@ -340,6 +365,8 @@ def write_markdown(
                 f"| {r.run_dir} | {r.config.seed} | {r.epochs_done}/{r.config.optim.epochs} | "
                 f"{100 * r.best_top1:.2f} ({best_epoch}) | {100 * r.last_top1:.2f} |"
             )
+    lines += _side_by_side(summaries)
+    lines += _sources(summaries)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots]
@@ -352,6 +379,72 @@ def write_markdown(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def _paper_epochs_text(summaries: Sequence[GroupSummary]) -> str:
+    by_epochs: dict[int, list[str]] = {}
+    for s in summaries:
+        if s.method not in by_epochs.setdefault(s.paper_epochs, []):
+            by_epochs[s.paper_epochs].append(s.method)
+    return "; ".join(f"{e} for {', '.join(methods)}" for e, methods in sorted(by_epochs.items()))
+
+
+def _side_by_side(summaries: Sequence[GroupSummary]) -> list[str]:
+    """The main methods as columns, one row per pair: our best-epoch mean (published in brackets)."""
+    main = [s for s in summaries if s.method in _SIDE_BY_SIDE and not s.variant]
+    columns = [m for m in _SIDE_BY_SIDE if any(s.method == m for s in main)]
+    if not columns:
+        return []
+    cells: dict[str, dict[str, str]] = {}
+    for s in main:
+        published = _MISSING if s.published is None else f"{s.published:.2f}"
+        mark = "*" if s.flags() else ""
+        cells.setdefault(s.label, {})[s.method] = f"{s.best.mean:.2f}{mark} ({published})"
+    lines = [
+        "",
+        "## Side by side",
+        "",
+        "Best-epoch test top-1 (%), mean over seeds, with the published number in brackets; * as above.",
+        "",
+        "| pair | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    lines += [
+        "| " + " | ".join([label] + [row.get(m, _MISSING) for m in columns]) + " |"
+        for label, row in cells.items()
+    ]
+    return lines
+
+
+def _sources(summaries: Sequence[GroupSummary]) -> list[str]:
+    """Which published number each method is compared with, and where it was read."""
+    from harness.pairs import PAIRS
+
+    lines = ["", "## Published numbers compared with", ""]
+    seen: set[str] = set()
+    for s in summaries:
+        if s.method in seen:
+            continue
+        seen.add(s.method)
+        named = NAMED_METHODS.get(s.method)
+        if named is None or named.published is None:
+            lines.append(f"- {s.method} ({_describe(s.method)}): none published")
+            continue
+        sources = {
+            top1.source
+            for g in summaries
+            if g.method == s.method and g.pair in PAIRS
+            for top1 in [getattr(PAIRS[g.pair].published, named.published)]
+            if top1 is not None
+        }
+        where = "; ".join(sorted(sources)) if sources else "no number for these pairs"
+        lines.append(f"- {s.method} ({named.description}): {where}")
+    return lines
+
+
+def _describe(method: str) -> str:
+    named = NAMED_METHODS.get(method)
+    return named.description if named else "a combination of switches outside the named methods"
 
 
 def write_plots(summaries: Sequence[GroupSummary], out_dir: str | os.PathLike[str]) -> list[Path]:

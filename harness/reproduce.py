@@ -1,6 +1,10 @@
 """Run the paper's grid (pair x method x seed) to completion, resumably.
 
-Each run lives in ``OUT/<pair>/<method>/seed<k>/`` (:func:`harness.runs.grid_run_dir`). Calling
+The columns are method names (:mod:`harness.method_names`) or the entries of a named study
+(:data:`STUDIES`: the main table, the logit-processing alternatives, the conditional swap, the
+pseudo-teacher on other methods, a gamma sweep). Each run lives in ``OUT/<pair>/<entry>/seed<k>/``
+(:func:`harness.runs.grid_run_dir`; the entry is the method's canonical name, or e.g.
+``sld_gamma100`` for a study's variant). Calling
 :func:`run_grid` again is cheap: a run whose ``metrics.jsonl`` holds all its epochs is skipped
 (:meth:`harness.runs.RunDir.state`), an interrupted one (``last.pt`` short of the
 last epoch) continues with the trainer's bit-exact resume, and only missing runs start from scratch.
@@ -9,7 +13,8 @@ trained with ``sld train-teacher``'s recipe by :func:`teacher_trainer`), so a lo
 halfway for want of a teacher. Errors are raised as Python exceptions; the CLI reports them.
 
     >>> device = torch.device("cuda")  # doctest: +SKIP
-    >>> configs = grid_configs(["resnet32x4-resnet8x4"], ["kd", "sld"], 3, "runs/reproduce")  # doctest: +SKIP
+    >>> entries = study_entries(["main"])  # kd, dkd, mlkd, ls-mlkd, sld
+    >>> configs = grid_configs(["wrn40_2-wrn16_2"], entries, 3, "runs/reproduce")  # doctest: +SKIP
     >>> train = teacher_trainer("runs", device)  # doctest: +SKIP
     >>> run_grid(configs, device, teacher_for=lambda m: ensure_teacher(m, "runs", train))  # doctest: +SKIP
 """
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.config import ConfigError, TrainConfig, resume_conflicts, with_overrides
+from harness.config import ConfigError, SLDConfig, TrainConfig, resume_conflicts, with_overrides
+from harness.method_names import canonical_name
 from harness.recipes import pair_config, teacher_config
 from harness.runs import RunDir, RunState, find_teacher, grid_run_dir, teacher_run_dir
 
@@ -29,30 +36,155 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-__all__ = ["ensure_teacher", "grid_configs", "run_grid", "teacher_trainer"]
+__all__ = [
+    "DEFAULT_GAMMAS",
+    "DEFAULT_THRESHOLDS",
+    "MAIN_METHODS",
+    "STUDIES",
+    "STUDY_PAIR",
+    "GridEntry",
+    "ensure_teacher",
+    "grid_configs",
+    "run_grid",
+    "study_entries",
+    "teacher_trainer",
+]
+
+# The columns of the seed's main CIFAR-100 table (SLD against KD, DKD, MLKD and LS-MLKD).
+MAIN_METHODS = ("kd", "dkd", "mlkd", "ls-mlkd", "sld")
+DEFAULT_THRESHOLDS = (0.25, 0.5, 0.75)  # conditional swap: probability gaps p[top] - p[target]
+DEFAULT_GAMMAS = (0, 50, 100, 150, 180, 210, 240)  # epochs after which the pseudo-teacher joins (240: never)
+STUDY_PAIR = "wrn40_2-wrn16_2"  # the seed's headline pair: SLD 77.19 vs MLKD 76.63 vs LS-MLKD 76.95
+
+
+@dataclass(frozen=True)
+class GridEntry:
+    """One column of a grid: a method name (:mod:`harness.method_names`) with config overrides on top
+    of its recipe, trained in ``OUT/<pair>/<name>/seed<k>/``."""
+
+    name: str  # the run directory under OUT/<pair>/
+    method: str  # a method name
+    overrides: tuple[tuple[str, Any], ...] = ()  # dotted config fields, e.g. (("loss.gamma", 100),)
+
+    @classmethod
+    def of(cls, method: str) -> GridEntry:
+        """The entry of a method name with its recipe as it is (directory: the canonical name)."""
+        return cls(canonical_name(method), method)
+
+
+StudyEntries = Callable[[Sequence[float], Sequence[float]], list[GridEntry]]
+
+
+def _processing(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    # The paper's logit-processing ablation: the swap against the alternatives it rejects, inside SLD.
+    names = ("sld@none", "sld", "sld@soft-add", "sld@max-add", "sld@double", "sld@halve", "sld@smooth")
+    return [GridEntry.of(n) for n in names]
+
+
+def _conditional_swap(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    entries = [GridEntry.of("sld")]
+    for threshold in thresholds:
+        entries += [GridEntry.of(f"sld@cswap-lt{threshold:g}"), GridEntry.of(f"sld@cswap-ge{threshold:g}")]
+    return entries
+
+
+def _pseudo_teacher(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    # The pseudo-teacher alone, and with SLD's swap, on the other losses.
+    names = ("kd", "kd+pt", "sld-kd", "dkd", "dkd+pt", "sld-dkd", "mlkd", "mlkd+pt", "sld-mlkd")
+    return [GridEntry.of(n) for n in names]
+
+
+def _gamma(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    # SLD's loss scheduling; the recipe's own gamma is the plain sld run.
+    return [
+        GridEntry.of("sld")
+        if g == SLDConfig.gamma
+        else GridEntry(f"sld_gamma{g:g}", "sld", (("loss.gamma", g),))
+        for g in gammas
+    ]
+
+
+def _main(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    return [GridEntry.of(n) for n in MAIN_METHODS]
+
+
+def _ablations(thresholds: Sequence[float], gammas: Sequence[float]) -> list[GridEntry]:
+    entries: list[GridEntry] = []
+    for study in (_processing, _conditional_swap, _pseudo_teacher, _gamma):
+        entries += study(thresholds, gammas)
+    return entries
+
+
+# name -> (what it reruns, its entries given the thresholds and gammas): `sld reproduce --study NAME`.
+STUDIES: dict[str, tuple[str, StudyEntries]] = {
+    "main": ("the main table: " + ", ".join(MAIN_METHODS), _main),
+    "processing": ("SLD's swap against the other ways to fix a wrong teacher", _processing),
+    "conditional-swap": ("SLD swapping only below / at least each of --thresholds", _conditional_swap),
+    "pseudo-teacher": ("the pseudo-teacher, and SLD's swap with it, on KD, DKD and MLKD", _pseudo_teacher),
+    "gamma": ("SLD with the pseudo-teacher joining after each of --gammas", _gamma),
+    "ablations": ("processing + conditional-swap + pseudo-teacher + gamma", _ablations),
+}
+
+
+def study_entries(
+    studies: Sequence[str],
+    methods: Sequence[str] = (),
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+) -> list[GridEntry]:
+    """The grid entries of the named :data:`STUDIES`, then of the method names ``methods``, in order,
+    each directory once.
+
+    >>> [e.name for e in study_entries(["gamma"], ["kd"], gammas=(100, 150))]
+    ['sld_gamma100', 'sld', 'kd']
+
+    Raises
+    ------
+    ConfigError
+        An unknown study or method name, or two entries that would share a directory with different
+        configs.
+    """
+    entries: list[GridEntry] = []
+    for study in studies:
+        if study not in STUDIES:
+            raise ConfigError(f"unknown study {study!r}; valid studies: {', '.join(STUDIES)}")
+        entries += STUDIES[study][1](tuple(thresholds), tuple(gammas))
+    entries += [GridEntry.of(m) for m in methods]
+    unique: dict[str, GridEntry] = {}
+    for entry in entries:
+        if unique.setdefault(entry.name, entry) != entry:
+            raise ConfigError(
+                f"two grid entries want the directory {entry.name!r}: {unique[entry.name]} and {entry}"
+            )
+    return list(unique.values())
 
 
 def grid_configs(
     pairs: Sequence[str],
-    methods: Sequence[str],
+    methods: Sequence[str | GridEntry],
     seeds: int,
     out_dir: str | os.PathLike[str],
     overrides: dict[str, Any] | None = None,
 ) -> list[TrainConfig]:
-    """One config per pair x method x seed (seeds 0..seeds-1): the pair's official recipe
-    (:func:`harness.recipes.pair_config`) with ``overrides`` (dotted fields, ``None`` skipped, as in
-    :func:`~harness.config.with_overrides`), the seed and its :func:`~harness.runs.grid_run_dir`. The teacher
-    checkpoint is left unset: :func:`run_grid` finds or trains it only for runs that still train."""
+    """One config per pair x method x seed (seeds 0..seeds-1): the pair's official recipe for the
+    method name (:func:`harness.recipes.pair_config`), a :class:`GridEntry`'s own overrides, then
+    ``overrides`` (dotted fields, ``None`` skipped, as in :func:`~harness.config.with_overrides`), the
+    seed and its :func:`~harness.runs.grid_run_dir` (``OUT/<pair>/<entry name>/seed<k>``; a plain
+    method name is the entry of its canonical name). The teacher checkpoint is left unset:
+    :func:`run_grid` finds or trains it only for runs that still train."""
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1; got {seeds!r}")
     if not pairs or not methods:
         raise ConfigError("the grid needs at least one pair and one method")
+    entries = [m if isinstance(m, GridEntry) else GridEntry.of(m) for m in methods]
     configs = []
     for pair in pairs:
-        for method in methods:
-            base = with_overrides(pair_config(pair, method), overrides or {})
+        for entry in entries:
+            base = with_overrides(pair_config(pair, entry.method), dict(entry.overrides))
+            base = with_overrides(base, overrides or {})
             for seed in range(seeds):
-                where = grid_run_dir(out_dir, base.pair or pair, method, seed)
+                where = grid_run_dir(out_dir, base.pair or pair, entry.name, seed)
                 configs.append(with_overrides(base, {"seed": seed, "out_dir": str(where)}))
     return configs
 

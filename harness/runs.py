@@ -57,10 +57,10 @@ __all__ = [
 DEFAULT_RUNS_DIR = "runs"
 # The keys of a metrics.jsonl record besides the loss terms (every other numeric key is one).
 ACCURACY_KEYS = ("test_top1", "test_top5", "train_top1")
-SWAP_KEYS = ("teacher_swap_rate", "student_swap_rate")
+SWAP_KEYS = ("teacher_swap_rate", "teacher_processed_rate", "student_swap_rate")
 BOOKKEEPING_KEYS = ("epoch", "lr", "best_test_top1", "epoch_time_s", "images_per_s")
 # Counters among the trainer's epoch sums (epoch_record turns them into rates).
-_COUNTS = ("rows", "teacher_swaps", "student_swaps", "train_correct")
+_COUNTS = ("rows", "teacher_swaps", "teacher_processed", "student_swaps", "train_correct")
 MDISTILLER_CKPT_DIR = "download_ckpts"  # where mdistiller's README untars cifar_teachers.tar
 MDISTILLER_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
 # The ImageNet teachers of the official SLD code (torchvision's pretrained=True files, raw state_dicts).
@@ -274,13 +274,16 @@ def epoch_record(
 ) -> dict[str, Any]:
     """One epoch's ``metrics.jsonl`` record from the trainer's epoch ``sums``: ``rows`` (images),
     ``train_correct`` (weak-view hits), ``student_swaps`` and, with a teacher, ``teacher_swaps`` (rows
-    the swap changes, over all ``views``), and every loss term times the rows. Loss terms become means
+    the swap changes, over all ``views``; ``teacher_processed``: the rows a conditional swap changes),
+    and every loss term times the rows. Loss terms become means
     per image (summed over the views), swap counts rates per view-row, accuracies fractions."""
     rows = sums["rows"]
     record: dict[str, Any] = {"epoch": epoch, "lr": lr}
     record.update({name: value / rows for name, value in sums.items() if name not in _COUNTS})
     if "teacher_swaps" in sums:
         record["teacher_swap_rate"] = sums["teacher_swaps"] / (rows * views)
+    if "teacher_processed" in sums:  # the conditional swap's share of the rows, beside the swap's
+        record["teacher_processed_rate"] = sums["teacher_processed"] / (rows * views)
     record["student_swap_rate"] = sums["student_swaps"] / (rows * views)
     record["train_top1"] = sums["train_correct"] / rows
     record.update(

@@ -161,7 +161,7 @@ def test_write_report_writes_markdown_table_and_valid_pngs(three_seeds: Path, tm
     write_report(load_runs([three_seeds]), out, console)
     text = (out / "REPORT.md").read_text()
     assert f"| {PAIR} | kd | 3 | 3* | 35.00 ± 5.00 | 33.33 ± 7.64 | 70.66 | -35.66 | 71.00 | 72.34 |" in text
-    assert "**Epochs run:** 3 (the paper trains 240)" in text
+    assert "**Epochs run:** 3 (the published runs train 240: 240 for kd)" in text
     assert f"{PAIR} kd: short: 3/240 epochs" in text
     printed = console.export_text()
     assert "35.00 ± 5.00" in printed and "-35.66" in printed and "Δ best−pub" in printed
@@ -236,3 +236,28 @@ def test_report_command(three_seeds: Path, tmp_path: Path) -> None:
     failed = CliRunner().invoke(app, ["report", str(three_seeds)])
     assert failed.exit_code == 1
     assert "metrics.jsonl line 1: not valid JSON" in failed.output and "Traceback" not in failed.output
+
+
+def test_method_names_group_rows_and_find_their_published_numbers(tmp_path: Path) -> None:
+    make_run(tmp_path, "ls-mlkd", [0.30, 0.40, 0.35], method="ls-mlkd")
+    make_run(tmp_path, "mlkd", [0.20, 0.25, 0.30], method="mlkd")
+    make_run(tmp_path, "sld-dkd", [0.10, 0.20, 0.30], method="sld-dkd")
+    make_run(tmp_path, "kd", [0.10, 0.20, 0.25], method="kd")
+    make_run(tmp_path, "kd+pt", [0.10, 0.20, 0.40], method="kd+pt")
+    groups = summarize(load_runs([tmp_path]))
+    # the named order: the main table (kd, mlkd, ls-mlkd), then the ablations (kd+pt, sld-dkd)
+    assert [(g.method, g.published, g.paper_epochs) for g in groups] == [
+        ("kd", 70.66, 240),
+        ("mlkd", 72.19, 480),
+        ("ls-mlkd", 72.33, 480),  # the LS README; MLKD's recipe trains 480 epochs
+        ("kd+pt", None, 240),
+        ("sld-dkd", None, 240),
+    ]
+    assert groups[2].flags() == ["short: 3/480 epochs"]
+    write_report(load_runs([tmp_path]), tmp_path / "report", None)
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert f"| {PAIR} | 25.00* (70.66) | 30.00* (72.19) | 40.00* (72.33) |" in text  # side by side
+    assert "| pair | kd | mlkd | ls-mlkd |" in text
+    assert "240 for kd, kd+pt, sld-dkd; 480 for mlkd, ls-mlkd" in text
+    assert "- ls-mlkd (MLKD on standardized logits (the LS repository's rewrite)): " in text
+    assert "- kd+pt (KD + the pseudo-teacher): none published" in text

@@ -236,7 +236,7 @@ def _torch(*arrays: np.ndarray) -> list[torch.Tensor]:
 @pytest.mark.parametrize("swap", [False, True], ids=["plain", "swap-teacher"])
 def test_kd_matches_float64_reference(logits, swap: bool) -> None:
     s, t, y = logits
-    config = KDConfig(swap_teacher=swap)
+    config = KDConfig(teacher_processing="swap" if swap else "none")
     terms = methods.kd(*_torch(s, t, y), epoch=1, config=config)
     reference = _ref_kd(s, _ref_swap(t, y) if swap else t, y, 4.0, 0.1, 0.9)
     assert terms["loss_kd"].dtype == torch.float32
@@ -246,7 +246,7 @@ def test_kd_matches_float64_reference(logits, swap: bool) -> None:
 @pytest.mark.parametrize("swap", [False, True], ids=["plain", "swap-teacher"])
 def test_dkd_matches_float64_reference(logits, swap: bool) -> None:
     s, t, y = logits
-    config = DKDConfig(beta=6.0, warmup_epochs=20, swap_teacher=swap)
+    config = DKDConfig(beta=6.0, warmup_epochs=20, teacher_processing="swap" if swap else "none")
     terms = methods.dkd(*_torch(s, t, y), epoch=5, config=config)
     reference = _ref_dkd(s, _ref_swap(t, y) if swap else t, y, 4.0, 1.0, 6.0) * 5 / 20
     assert terms["loss_dkd"].item() == pytest.approx(reference, rel=1e-4)
@@ -312,10 +312,10 @@ def test_checkpoint_errors_name_the_path(tmp_path: Path, teacher_ckpt: Path) -> 
 RUNS = {
     "ce": ("ce", None, 1),
     "kd": ("kd", None, 1),
-    "kd-swap-teacher": ("kd", KDConfig(swap_teacher=True), 1),
+    "kd-swap-teacher": ("kd", KDConfig(teacher_processing="swap"), 1),
     "dkd": ("dkd", DKDConfig(warmup_epochs=2), 1),
     "sld": ("sld", SLDConfig(gamma=1), 2),
-    "sld-no-teacher-swap": ("sld", SLDConfig(gamma=1, teacher_swap=False), 1),
+    "sld-no-teacher-swap": ("sld", SLDConfig(gamma=1, teacher_processing="none"), 1),
     "sld-no-pseudo-teacher": ("sld", SLDConfig(gamma=1, pseudo_teacher=False), 1),
     "sld-detach-pseudo-teacher": ("sld", SLDConfig(gamma=1, detach_pseudo_teacher=True), 1),
 }

@@ -1,12 +1,15 @@
-"""``sld reproduce``: the paper's CIFAR-100 table in one command.
+"""``sld reproduce``: the paper's CIFAR-100 tables in one command.
 
-Trains (or resumes, or skips when finished) every pair x method x seed run in ``OUT/<pair>/<method>/
+Trains (or resumes, or skips when finished) every pair x method x seed run in ``OUT/<pair>/<entry>/
 seed<k>/``, training missing teachers first with ``sld train-teacher``'s recipe, then writes
 ``OUT/REPORT.md`` with plots and prints the table: best- and last-epoch test top-1 (mean ± std over
 seeds) next to the published number. Run it again after an interruption: it continues where it stopped.
 
-    sld reproduce --pairs resnet32x4-resnet8x4,wrn40_2-wrn16_2 --methods kd,sld --seeds 3
-    sld reproduce --pairs all --epochs 2 --out runs/smoke        # a quick look (flagged in the report)
+    sld reproduce --pairs all --seeds 3            # the main table: kd, dkd, mlkd, ls-mlkd, sld
+    sld reproduce --pairs resnet32x4-resnet8x4 --methods kd,sld-dkd,sld
+    sld reproduce --study ablations --pairs wrn40_2-wrn16_2   # processing, cswap, pseudo-teacher, gamma
+    sld reproduce --study conditional-swap --thresholds 0.1,0.5,0.9
+    sld reproduce --pairs all --epochs 2 --out runs/smoke            # a quick look (flagged in the report)
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.commands._common import common_overrides, resolve_device, shared_options, user_errors
-from harness.config import METHOD_CONFIGS, ConfigError, OptimConfig
+from harness.commands._common import common_overrides, floats, resolve_device, shared_options, user_errors
+from harness.config import OptimConfig
+from harness.reproduce import DEFAULT_GAMMAS, DEFAULT_THRESHOLDS, MAIN_METHODS, STUDIES, STUDY_PAIR
 from harness.runs import DEFAULT_RUNS_DIR
 
 DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
@@ -37,8 +41,42 @@ DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
     "limit_test",
 )
 def reproduce(
-    pairs: Annotated[str, typer.Option("--pairs", help="Comma-separated pairs (see `sld pairs`), or 'all'.")],
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: ce, kd, dkd, sld.")] = "kd,sld",
+    pairs: Annotated[
+        str | None,
+        typer.Option(
+            "--pairs",
+            help=f"Comma-separated pairs (`sld pairs`) or 'all' (default: all; {STUDY_PAIR} with --study).",
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help=f"Comma-separated method names (default without --study: {','.join(MAIN_METHODS)}).",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            "--study",
+            help="Comma-separated studies: " + "; ".join(f"{k}: {v[0]}" for k, v in STUDIES.items()) + ".",
+        ),
+    ] = None,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            "--thresholds",
+            help="conditional-swap study: the probability gaps "
+            f"(default {','.join(f'{t:g}' for t in DEFAULT_THRESHOLDS)}).",
+        ),
+    ] = None,
+    gammas: Annotated[
+        str | None,
+        typer.Option(
+            "--gammas",
+            help=f"gamma study: the epochs (default {','.join(f'{g:g}' for g in DEFAULT_GAMMAS)}).",
+        ),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Runs per pair and method (seeds 0..N-1).")] = 3,
     out: Annotated[Path, typer.Option("--out", help="Root of the grid; REPORT.md goes here.")] = DEFAULT_OUT,
     *,
@@ -50,18 +88,24 @@ def reproduce(
 
         from harness.pairs import PAIRS, get_pair
         from harness.report import write_report
-        from harness.reproduce import ensure_teacher, grid_configs, run_grid, teacher_trainer
+        from harness.reproduce import ensure_teacher, grid_configs, run_grid, study_entries, teacher_trainer
         from harness.runs import RunDir
 
+        studies = _split(study) if study else []
+        if pairs is None:
+            pairs = STUDY_PAIR if studies else "all"
         pair_names = (
             list(PAIRS) if pairs.strip().lower() == "all" else [get_pair(p).name for p in _split(pairs)]
         )
-        method_names = _split(methods)
-        for method in method_names:
-            if method not in METHOD_CONFIGS:
-                raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
+        method_names = _split(methods) if methods is not None else ([] if studies else list(MAIN_METHODS))
+        entries = study_entries(
+            studies,
+            method_names,
+            thresholds=floats(thresholds, "--thresholds") if thresholds else DEFAULT_THRESHOLDS,
+            gammas=floats(gammas, "--gammas") if gammas else DEFAULT_GAMMAS,
+        )
         overrides = common_overrides(options)  # every grid run and teacher: where and how it trains
-        configs = grid_configs(pair_names, method_names, seeds, out, overrides)
+        configs = grid_configs(pair_names, entries, seeds, out, overrides)
         torch_device = resolve_device(options["device"])
         console = Console(soft_wrap=True)
 

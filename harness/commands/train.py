@@ -1,4 +1,5 @@
-"""``sld train``: distill a CIFAR-100 student from its teacher (ce, kd, dkd or sld).
+"""``sld train``: distill a CIFAR-100 student from its teacher with any method name
+(:mod:`harness.method_names`: ce, kd, dkd, mlkd, sld and their switches).
 
 The command only builds a :class:`harness.config.TrainConfig` (from a pair's official recipe, a
 ``--config`` file, or the run being resumed, then the flags on top) and hands it to
@@ -6,6 +7,8 @@ The command only builds a :class:`harness.config.TrainConfig` (from a pair's off
 
     sld train --pair resnet32x4-resnet8x4                  # SLD, official recipe
     sld train --pair resnet32x4-resnet8x4 --method kd      # the KD baseline (mdistiller recipe)
+    sld train --pair wrn40_2-wrn16_2 --method ls-mlkd      # MLKD + logit standardization, as published
+    sld train --pair wrn40_2-wrn16_2 --method dkd --teacher-processing swap --pseudo-teacher  # = sld-dkd
     sld train --config runs/resnet32x4-resnet8x4/sld/config.json   # repeat a run exactly
     sld train --out runs/resnet32x4-resnet8x4/sld --resume         # continue an interrupted run
     sld train --pair resnet32x4-resnet8x4 --nproc 4                # 4 GPUs (DDP); --batch-size is global
@@ -31,18 +34,36 @@ from harness.commands._common import (
     shared_options,
     user_errors,
 )
-from harness.config import METHOD_CONFIGS, ConfigError, TrainConfig, load_config, with_overrides
-from harness.recipes import pair_config
+from harness.config import (
+    METHOD_CONFIGS,
+    ROW_CHOICE_PROCESSINGS,
+    TEACHER_PROCESSINGS,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    load_config,
+    with_overrides,
+)
+from harness.method_names import canonical_name, method_label, parse_method
+from harness.recipes import MLKD_EPOCHS, logit_standardized, method_config, pair_config
 from harness.runs import DEFAULT_RUNS_DIR, RunDir, find_teacher
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
 _LOSS_FLAGS = {
-    "loss.teacher_swap": "--no-teacher-swap",
-    "loss.pseudo_teacher": "--no-pseudo-teacher",
+    "loss.teacher_processing": "--teacher-processing",
+    "loss.swap_threshold": "--swap-threshold",
+    "loss.swap_mode": "--swap-mode",
+    "loss.processing_rows": "--processing-rows",
+    "loss.pseudo_teacher": "--pseudo-teacher/--no-pseudo-teacher",
     "loss.detach_pseudo_teacher": "--detach-pseudo-teacher",
     "loss.gamma": "--gamma",
     "loss.temperatures": "--temperatures",
-    "loss.swap_teacher": "--swap-teacher",
+}
+# Flags that only mean something for one teacher processing (checked on the resulting config).
+_PROCESSING_FLAGS = {
+    "loss.swap_threshold": ("--swap-threshold", ("conditional_swap",)),
+    "loss.swap_mode": ("--swap-mode", ("conditional_swap",)),
+    "loss.processing_rows": ("--processing-rows", tuple(sorted(ROW_CHOICE_PROCESSINGS))),
 }
 
 
@@ -51,7 +72,14 @@ def train(
     pair: Annotated[
         str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")
     ] = None,
-    method: Annotated[str | None, typer.Option("--method", help="ce, kd, dkd or sld (default sld).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="A method name (default sld): ce, kd, dkd, mlkd, sld, ls-mlkd, sld-dkd, kd+pt, sld@max-add, "
+            "... (`sld pairs --pair P` lists them; README: the names).",
+        ),
+    ] = None,
     teacher: Annotated[
         Path | None,
         typer.Option(
@@ -65,32 +93,66 @@ def train(
     teacher_model: Annotated[
         str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")
     ] = None,
-    no_teacher_swap: Annotated[
-        bool, typer.Option("--no-teacher-swap", help="SLD ablation: teacher logits unswapped.")
-    ] = False,
-    no_pseudo_teacher: Annotated[
-        bool, typer.Option("--no-pseudo-teacher", help="SLD ablation: no pseudo-teacher term.")
-    ] = False,
+    teacher_processing: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher-processing",
+            help=f"How the teacher's logits are fixed first: {', '.join(TEACHER_PROCESSINGS)}.",
+        ),
+    ] = None,
+    swap_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--swap-threshold",
+            help="conditional_swap: swap the wrong rows whose teacher gap p_top - p_target is below this.",
+        ),
+    ] = None,
+    swap_mode: Annotated[
+        str | None,
+        typer.Option("--swap-mode", help="conditional_swap: below (gap < threshold) or at_least (>=)."),
+    ] = None,
+    processing_rows: Annotated[
+        str | None,
+        typer.Option("--processing-rows", help="soft/double/halve/label smoothing: wrong (default) or all."),
+    ] = None,
+    pseudo_teacher: Annotated[
+        bool | None,
+        typer.Option(
+            "--pseudo-teacher/--no-pseudo-teacher",
+            help="The student's own swapped logits as a second target after epoch --gamma.",
+        ),
+    ] = None,
     detach_pseudo_teacher: Annotated[
         bool,
-        typer.Option(
-            "--detach-pseudo-teacher", help="SLD ablation: no gradient through the swapped student logits."
-        ),
+        typer.Option("--detach-pseudo-teacher", help="No gradient through the swapped student logits."),
     ] = False,
     gamma: Annotated[
-        float | None, typer.Option("--gamma", help="SLD: pseudo-teacher on after this epoch (150).")
+        float | None, typer.Option("--gamma", help="Pseudo-teacher on after this epoch (150).")
     ] = None,
-    temperatures: Annotated[str | None, typer.Option("--temperatures", help="SLD: e.g. 1,2,3,4,5,6.")] = None,
-    swap_teacher: Annotated[
-        bool, typer.Option("--swap-teacher", help="kd/dkd: swap the teacher's logits first.")
+    temperatures: Annotated[str | None, typer.Option("--temperatures", help="sld: e.g. 1,2,3,4,5,6.")] = None,
+    logit_stand: Annotated[
+        bool,
+        typer.Option(
+            "--logit-stand",
+            help="Logit standardization with its published rewrite of the method's temperature and weights "
+            "(= the ls- name of the method).",
+        ),
     ] = False,
+    base_temp: Annotated[
+        float | None,
+        typer.Option("--base-temp", help="Logit standardization: base temperature (the pair's, else 2)."),
+    ] = None,
+    kd_weight: Annotated[
+        float | None,
+        typer.Option("--kd-weight", help="Logit standardization: KD weight (the pair's, else 9)."),
+    ] = None,
     *,
     options: dict[str, Any],
 ) -> None:
     """Distill a student on CIFAR-100 and log every epoch to OUT/metrics.jsonl."""
     with user_errors():
-        if method is not None and method not in METHOD_CONFIGS:
-            raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_CONFIGS)}")
+        if method is not None:
+            parse_method(method)  # a bad name fails here, before anything is loaded
         base = _base_config(
             pair=pair,
             method=method,
@@ -99,19 +161,25 @@ def train(
             config=options["config"],
             out=options["out"],
             resume=options["resume"],
+            logit_stand=logit_stand,
+            base_temp=base_temp,
+            kd_weight=kd_weight,
         )
         overrides = common_overrides(options)
+        # Processing first: its parameters are checked against the processing they end up with.
         overrides.update(
             {
                 "teacher_checkpoint": str(teacher) if teacher is not None else None,
-                "loss.teacher_swap": False if no_teacher_swap else None,
-                "loss.pseudo_teacher": False if no_pseudo_teacher else None,
+                "loss.teacher_processing": teacher_processing,
+                "loss.swap_threshold": swap_threshold,
+                "loss.swap_mode": swap_mode,
+                "loss.processing_rows": processing_rows,
+                "loss.pseudo_teacher": pseudo_teacher,
                 "loss.detach_pseudo_teacher": True if detach_pseudo_teacher else None,
                 "loss.gamma": gamma,
                 "loss.temperatures": floats(temperatures, "--temperatures")
                 if temperatures is not None
                 else None,
-                "loss.swap_teacher": True if swap_teacher else None,
             }
         )
         cfg = _apply(base, overrides)
@@ -130,9 +198,14 @@ def _base_config(
     config: Path | None,
     out: Path | None,
     resume: bool,
+    logit_stand: bool = False,
+    base_temp: float | None = None,
+    kd_weight: float | None = None,
 ) -> TrainConfig:
-    """The config the flags apply to: ``--config``, else the resumed run's, else the pair's recipe or
-    ``--student``/``--teacher-model`` with the default recipe."""
+    """The config the flags apply to: ``--config``, else the resumed run's, else the pair's recipe for
+    the method name (``harness.recipes.pair_config``) or ``--student``/``--teacher-model`` with the
+    method's default settings. ``--logit-stand`` is the ``ls-`` name of the method (on a ``--config``,
+    the LS rewrite of its loss)."""
     if config is None and resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
@@ -143,35 +216,47 @@ def _base_config(
         if pair or student or teacher_model:
             raise ConfigError("--config already names the models; drop --pair/--student/--teacher-model")
         base = load_config(config)
-        if method is not None and method != base.method:
+        if method is not None and canonical_name(method) not in (method_label(base), base.method):
             raise ConfigError(
-                f"--method {method} conflicts with {config} (method {base.method!r}); "
+                f"--method {method} conflicts with {config} (method {method_label(base)!r}); "
                 "edit the file or start from --pair"
             )
+        if logit_stand:
+            loss = logit_standardized(
+                base.loss, pair=base.pair, base_temperature=base_temp, kd_weight=kd_weight
+            )
+            base = with_overrides(base, {"loss": loss})
+        elif base_temp is not None or kd_weight is not None:
+            raise ConfigError("--base-temp and --kd-weight are parameters of --logit-stand")
         return base
-    method = method or "sld"
+    name = method or "sld"
+    if logit_stand and not name.strip().lower().startswith("ls-"):
+        name = f"ls-{name.strip()}"
     if pair is not None:
         if student or teacher_model:
             raise ConfigError("give either --pair or --student/--teacher-model, not both")
-        return pair_config(pair, method)
+        return pair_config(pair, name, base_temperature=base_temp, kd_weight=kd_weight)
     if student is None:
         raise ConfigError(
             "say what to train: --pair P (see `sld pairs`), --student S [--teacher-model T], or --config FILE"
         )
-    if method != "ce" and teacher_model is None:
-        raise ConfigError(f"method {method!r} needs --teacher-model with --student (or use --pair)")
+    base_method, loss = method_config(name, base_temperature=base_temp, kd_weight=kd_weight)
+    if base_method != "ce" and teacher_model is None:
+        raise ConfigError(f"method {name!r} needs --teacher-model with --student (or use --pair)")
     check_model_names(student, teacher_model)
     return TrainConfig(
         student=student,
         teacher=teacher_model,
-        method=method,
-        loss=METHOD_CONFIGS[method](),
-        out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{method}",
+        method=base_method,
+        loss=loss,
+        optim=OptimConfig(epochs=MLKD_EPOCHS) if base_method == "mlkd" else OptimConfig(),
+        out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{canonical_name(name)}",
     )
 
 
 def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """:func:`with_overrides`, but a loss flag that the method does not have is named as the flag."""
+    """:func:`with_overrides`, but a loss flag that the method does not have is named as the flag, and so
+    is a teacher-processing parameter given for a processing that has no such parameter."""
     for field_path, flag in _LOSS_FLAGS.items():
         name = field_path.split(".")[1]
         if overrides.get(field_path) is not None and not hasattr(base.loss, name):
@@ -179,6 +264,11 @@ def _apply(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
                 m for m, cls in METHOD_CONFIGS.items() if name in getattr(cls, "__dataclass_fields__", {})
             ]
             raise ConfigError(f"{flag} applies to method {' / '.join(users)}, not {base.method!r}")
-    return with_overrides(base, overrides)
-
-
+    config = with_overrides(base, overrides)
+    for field_path, (flag, processings) in _PROCESSING_FLAGS.items():
+        processing = getattr(config.loss, "teacher_processing", None)
+        if overrides.get(field_path) is not None and processing not in processings:
+            raise ConfigError(
+                f"{flag} applies to --teacher-processing {' / '.join(processings)}, not {processing!r}"
+            )
+    return config

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import ConfigError, TrainConfig, resume_conflicts, train_config_from_dict
+from harness.config import (
+    ConfigError,
+    TrainConfig,
+    resume_conflicts,
+    train_config_from_dict,
+    upgrade_config_dict,
+)
 from harness.models import CheckpointError, load_weights
 from harness.models.weights import read_checkpoint
 from harness.runs import RunDir
@@ -275,7 +281,7 @@ def load_resume_state(run: RunDir, config: TrainConfig) -> TrainState:
         )
     state = TrainState.from_payload(load_checkpoint(run.last))
     try:
-        saved = train_config_from_dict(state.config)
+        saved = train_config_from_dict(upgrade_config_dict(state.config))
     except ConfigError as exc:
         raise ConfigError(f"{run.last}: its stored config is invalid: {exc}") from None
     # A class list the request leaves open is the run's (the trainer takes it from the checkpoint).

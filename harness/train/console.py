@@ -55,6 +55,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     swaps = f" student {record['student_swap_rate']:.3f}"
     if "teacher_swap_rate" in record:
         swaps = f" teacher {record['teacher_swap_rate']:.3f}," + swaps
+    if "teacher_processed_rate" in record:
+        swaps = f" conditional {record['teacher_processed_rate']:.3f}," + swaps
     return (
         f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, lr {record['lr']:.4g}, "
         f"swap rate{swaps}, "

@@ -19,7 +19,7 @@ from .distributed import DistContext
 from .errors import NonFiniteLossError
 from .evaluate import autocast
 from .interrupt import StopSignals, interrupted
-from .methods import Method, StepLogits
+from .methods import Method, StepLogits, processed_rows
 
 __all__ = ["StepParts", "train_epoch", "train_step"]
 
@@ -95,8 +95,8 @@ def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Ten
     -------
     (loss, stats)
         This rank's detached total loss (0-d, before the DDP weight) and this step's device-side sums
-        for the epoch record: every term times the rows trained on, swap counts and correct weak-view
-        predictions.
+        for the epoch record: every term times the rows trained on, swap counts (and, for the
+        conditional swap, the rows it swaps) and correct weak-view predictions.
     """
     config, labels = parts.config, batch.labels
     rows = labels.shape[0]
@@ -120,6 +120,9 @@ def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Ten
         stats[name] = value.detach() * rows
     if teachers:
         stats["teacher_swaps"] = _swap_count(teachers, labels)
+        processed = [processed_rows(config.loss, t, labels) for t in teachers]
+        if processed[0] is not None:  # the conditional swap: the rows it swaps, a subset of the above
+            stats["teacher_processed"] = torch.stack([rows.sum() for rows in processed]).sum()
     stats["student_swaps"] = _swap_count([s.detach() for s in students], labels)
     # train accuracy on the weak view, the one closest to the test images
     stats["train_correct"] = (students[0].detach().argmax(dim=1) == labels).sum()

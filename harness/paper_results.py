@@ -1,4 +1,4 @@
-"""Published CIFAR-100 top-1 accuracies (%) that reproductions are compared against.
+"""Published CIFAR-100 and ImageNet top-1 accuracies (%) that reproductions are compared against.
 
 Facts only, each number with where it was read. Nothing here is computed; a number that could not be
 found in a source is ``None`` rather than guessed. The community protocol behind all of them: mean
@@ -27,6 +27,10 @@ CRD_README = (
 MDISTILLER_README = "https://github.com/megvii-research/mdistiller/blob/master/README.md (DKD main results)"
 LS_README = (
     "https://github.com/sunshangquan/logit-standardization-KD/blob/master/README.md (Results and Logs)"
+)
+SPEC_IMAGENET = (
+    "shared/spec/paper_results.md (copied facts: the SLD paper's ImageNet table, KD/DKD/MLKD/LS-MLKD/SLD "
+    "rows, and torchvision's teacher accuracies); not checked against the paper's own tables"
 )
 SPEC_SLD = (
     "shared/spec/paper_results.md, quoting arXiv:2504.20108 (https://arxiv.org/html/2504.20108v1); "
@@ -238,5 +242,33 @@ CIFAR100_RESULTS: dict[str, PublishedResult] = {
         sld=71.48,
         ls_kd=69.02,
         ls_dkd=70.45,
+    ),
+}
+
+
+# The seed's two ImageNet rows (top-1 on the 50,000 validation images). The teachers are torchvision's
+# published weights (the official code loads them with pretrained=True); no student-alone number is given.
+IMAGENET_RESULTS: dict[str, PublishedResult] = {
+    "resnet34-resnet18": PublishedResult(
+        teacher_model="resnet34",
+        student_model="resnet18",
+        teacher_top1=Top1(73.31, SPEC_IMAGENET),
+        student_top1=None,
+        kd=Top1(71.03, SPEC_IMAGENET),
+        dkd=Top1(71.70, SPEC_IMAGENET),
+        mlkd=Top1(71.90, SPEC_IMAGENET),
+        ls_mlkd=Top1(72.08, SPEC_IMAGENET),
+        sld=Top1(72.15, SPEC_IMAGENET),
+    ),
+    "resnet50-mobilenetv1": PublishedResult(
+        teacher_model="resnet50",
+        student_model="mobilenet_v1",
+        teacher_top1=Top1(76.13, SPEC_IMAGENET),
+        student_top1=None,
+        kd=Top1(70.50, SPEC_IMAGENET),
+        dkd=Top1(72.05, SPEC_IMAGENET),
+        mlkd=Top1(73.01, SPEC_IMAGENET),
+        ls_mlkd=Top1(73.22, SPEC_IMAGENET),
+        sld=Top1(73.27, SPEC_IMAGENET),
     ),
 }

@@ -41,6 +41,7 @@ from harness.runs import DEFAULT_RUNS_DIR, teacher_run_dir
 
 __all__ = [
     "DKD_BETA_BY_PAIR",
+    "IMAGENET_DKD_BETA",
     "LS_DEFAULT",
     "LS_DKD_BY_PAIR",
     "LS_KD_BY_PAIR",
@@ -126,13 +127,35 @@ LS_MLKD_BY_PAIR = {
 _LS_CE_WEIGHT = 1.0
 
 
+# ImageNet baselines, per pair: mdistiller's configs/imagenet/{r34_r18,r50_mv1}/{kd,dkd}.yaml (KD: T 1,
+# CE 0.5, KD 0.5; DKD: CE 1, alpha 1 (cfg.py), beta 0.5 / 2, T 1, one warm-up epoch) and the LS
+# repository's configs/imagenet/r50_mv2/mlkd.yaml (MLKD: T0 1, CE 0.5, KD 0.5), which has no r34_r18 MLKD
+# config: the same settings are used there.
+IMAGENET_DKD_BETA = {"resnet34-resnet18": 0.5, "resnet50-mobilenetv1": 2.0}
+
+
+def _imagenet_loss(base: str, pair: str) -> Any:
+    if base == "kd":
+        return KDConfig(temperature=1.0, ce_weight=0.5, kd_weight=0.5)
+    if base == "dkd":
+        return DKDConfig(
+            ce_weight=1.0, alpha=1.0, beta=IMAGENET_DKD_BETA[pair], temperature=1.0, warmup_epochs=1
+        )
+    return MLKDConfig(temperature=1.0, ce_weight=0.5, kd_weight=0.5)
+
+
 def base_recipe_loss(base: str, pair: str | None = None) -> Any:
     """The loss settings of base method ``base`` as published; with ``pair``, that pair's (DKD's beta
-    is per pair, SLD's settings are read from the pair's :class:`harness.pairs.Recipe`).
+    is per pair, SLD's settings are read from the pair's :class:`harness.pairs.Recipe`, the ImageNet
+    pairs have their own baselines).
 
     >>> base_recipe_loss("dkd", "wrn40_2-wrn16_2").beta, base_recipe_loss("sld") == SLDConfig()
     (6.0, True)
+    >>> base_recipe_loss("kd", "resnet34-resnet18").temperature
+    1.0
     """
+    if pair is not None and base in ("kd", "dkd", "mlkd") and get_pair(pair).dataset == "imagenet":
+        return _imagenet_loss(base, get_pair(pair).name)
     if base == "dkd":
         return DKDConfig(beta=DKD_BETA_BY_PAIR.get(pair or "", DKDConfig.beta))
     if base == "sld" and pair is not None:
@@ -273,12 +296,11 @@ def pair_config(
     """
     pair = get_pair(pair_name)
     base, loss = method_config(method, pair.name, base_temperature=base_temperature, kd_weight=kd_weight)
-    recipe = pair.recipe
-    lr = {"sld": recipe.lr, "mlkd": MLKD_LR_BY_PAIR.get(pair.name, _MLKD_FALLBACK_LR)}.get(
-        base, recipe.baseline_lr
-    )
+    recipe, imagenet = pair.recipe, pair.dataset == "imagenet"
+    mlkd_lr = recipe.lr if imagenet else MLKD_LR_BY_PAIR.get(pair.name, _MLKD_FALLBACK_LR)
+    lr = {"sld": recipe.lr, "mlkd": mlkd_lr}.get(base, recipe.baseline_lr)
     optim = OptimConfig(
-        epochs=MLKD_EPOCHS if base == "mlkd" else recipe.epochs,
+        epochs=MLKD_EPOCHS if base == "mlkd" and not imagenet else recipe.epochs,
         batch_size=recipe.batch_size,
         lr=lr,
         momentum=recipe.momentum,
@@ -286,7 +308,12 @@ def pair_config(
         lr_milestones=tuple(recipe.lr_decay_epochs),
         lr_decay=recipe.lr_decay_rate,
     )
-    data = DataConfig(views=recipe.num_views if base in ("sld", "mlkd") else 1)
+    views = recipe.num_views if base in ("sld", "mlkd") else 1
+    data = (
+        DataConfig(views=views, dataset="imagenet", eval_batch_size=recipe.test_batch_size)
+        if imagenet
+        else DataConfig(views=views)
+    )
     return TrainConfig(
         student=pair.student,
         teacher=pair.teacher,

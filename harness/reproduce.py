@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from harness.config import ConfigError, SLDConfig, TrainConfig, resume_conflicts, with_overrides
 from harness.method_names import canonical_name
 from harness.recipes import pair_config, teacher_config
-from harness.runs import RunDir, RunState, find_teacher, grid_run_dir, teacher_run_dir
+from harness.runs import (
+    RunDir,
+    RunState,
+    find_teacher,
+    grid_run_dir,
+    published_teacher_file,
+    teacher_run_dir,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -197,11 +204,15 @@ def ensure_teacher(
     min_epochs: int | None = None,
 ) -> Path:
     """A checkpoint for teacher ``model``: our own finished teacher run in ``RUNS/teachers/<model>``,
-    else mdistiller's file (:func:`harness.runs.find_teacher`), else a new one trained by
-    ``train_teacher(model, resume)``; an interrupted teacher run is resumed (``resume=True``) first.
+    else the published file (mdistiller's, or torchvision's for an ImageNet teacher:
+    :func:`harness.runs.find_teacher`), else a new one trained by ``train_teacher(model, resume)``; an
+    interrupted teacher run is resumed (``resume=True``) first. ImageNet teachers are never trained
+    here: the official runs use torchvision's published weights.
 
     Raises
     ------
+    harness.runs.TeacherNotFoundError
+        An ImageNet teacher's file is missing; the message names the file to fetch and where.
     ConfigError
         Our own teacher run was trained for fewer than ``min_epochs`` epochs: a 1-epoch smoke-test
         teacher must not silently teach a full reproduction.
@@ -214,6 +225,8 @@ def ensure_teacher(
         try:
             return find_teacher(model, runs_dir)
         except FileNotFoundError:
+            if published_teacher_file(model) is not None:
+                raise
             train_teacher(model, False)
     if min_epochs is not None and own.config.is_file():
         trained = own.read_config().optim.epochs

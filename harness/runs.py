@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, TrainConfig, load_config, save_config
-from harness.pairs import PAIRS
+from harness.pairs import ALL_PAIRS
 
 __all__ = [
     "ACCURACY_KEYS",
@@ -48,7 +48,7 @@ __all__ = [
     "load_runs",
     "read_metrics",
     "SWAP_KEYS",
-    "TORCHVISION_TEACHERS",
+    "published_teacher_file",
     "teacher_candidates",
     "teacher_run_dir",
     "torch_hub_dir",
@@ -63,9 +63,7 @@ BOOKKEEPING_KEYS = ("epoch", "lr", "best_test_top1", "epoch_time_s", "images_per
 _COUNTS = ("rows", "teacher_swaps", "teacher_processed", "student_swaps", "train_correct")
 MDISTILLER_CKPT_DIR = "download_ckpts"  # where mdistiller's README untars cifar_teachers.tar
 MDISTILLER_TEACHERS_URL = "https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"
-# The ImageNet teachers of the official SLD code (torchvision's pretrained=True files, raw state_dicts).
-TORCHVISION_TEACHERS = {"resnet34": "resnet34-333f7ec4.pth", "resnet50": "resnet50-19c8e357.pth"}
-TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"  # the ImageNet teachers' files
 
 
 class RunDirError(ValueError):
@@ -351,18 +349,28 @@ def torch_hub_dir() -> Path:
 
 def teacher_candidates(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> list[Path]:
     """Where a checkpoint for teacher ``model`` is looked for, in order: our own teacher run's
-    ``best.pt``, then mdistiller's community file for that model (if any CIFAR pair uses it as
-    teacher), then torchvision's published file (the ImageNet teachers of the official code, loaded
-    there with ``pretrained=True``) in torch's download cache and in ``download_ckpts/``."""
+    ``best.pt``, then the published file of the first pair that uses it as teacher: mdistiller's
+    community file for a CIFAR-100 teacher (in ``download_ckpts/``), torchvision's for an ImageNet one
+    (the official code loads it with ``pretrained=True``) in torch's download cache, then in
+    ``download_ckpts/``."""
     candidates = [teacher_run_dir(model, runs_dir) / "best.pt"]
-    for pair in PAIRS.values():
-        if pair.teacher == model:
-            candidates.append(pair.teacher_checkpoint_path(MDISTILLER_CKPT_DIR))
-            break
-    if model in TORCHVISION_TEACHERS:
-        name = TORCHVISION_TEACHERS[model]
-        candidates += [torch_hub_dir() / name, Path(MDISTILLER_CKPT_DIR) / name]
+    pair = _teaching_pair(model)
+    if pair is not None and pair.dataset == "imagenet":
+        candidates.append(torch_hub_dir() / pair.teacher_checkpoint)
+    if pair is not None:
+        candidates.append(pair.teacher_checkpoint_path(MDISTILLER_CKPT_DIR))
     return candidates
+
+
+def published_teacher_file(model: str) -> str | None:
+    """The file name of torchvision's published weights for an ImageNet teacher ``model``: they are
+    fetched, never trained here; ``None`` for other models."""
+    pair = _teaching_pair(model)
+    return pair.teacher_checkpoint if pair is not None and pair.dataset == "imagenet" else None
+
+
+def _teaching_pair(model: str) -> Any:
+    return next((pair for pair in ALL_PAIRS.values() if pair.teacher == model), None)
 
 
 def find_teacher(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> Path:
@@ -379,8 +387,8 @@ def find_teacher(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in candidates)
-    if model in TORCHVISION_TEACHERS:
-        name = TORCHVISION_TEACHERS[model]
+    name = published_teacher_file(model)
+    if name is not None:
         raise TeacherNotFoundError(
             f"no checkpoint for teacher {model!r} (looked in: {looked}). The official code uses "
             f"torchvision's published weights: fetch {TORCHVISION_WEIGHTS_URL}{name} into "

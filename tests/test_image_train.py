@@ -120,3 +120,49 @@ def test_imagenet_teachers_are_looked_up_as_torchvision_files(
     cached.parent.mkdir(parents=True)
     torch.save(build_model("resnet34").state_dict(), cached)
     assert find_teacher("resnet34", tmp_path / "runs") == cached
+
+
+def test_imagenet_pairs_carry_the_official_recipes() -> None:
+    from harness.pairs import IMAGENET_PAIRS, PAIRS, get_pair
+    from harness.recipes import pair_config
+
+    assert list(IMAGENET_PAIRS) == ["resnet34-resnet18", "resnet50-mobilenetv1"] and len(PAIRS) == 12
+    assert get_pair("resnet50-mobilenetv1").student == "mobilenet_v1"
+    sld = pair_config("resnet34-resnet18", "sld")
+    optim, data = sld.optim, sld.data
+    assert (optim.epochs, optim.batch_size, optim.lr, optim.lr_milestones) == (100, 512, 0.2, (30, 60, 90))
+    assert (optim.weight_decay, data.dataset, data.views, data.eval_batch_size) == (1e-4, "imagenet", 2, 128)
+    assert (sld.loss.ce_weight, sld.loss.kd_weight, sld.loss.gamma) == (0.5, 0.5, 150)  # off in 100 epochs
+    assert pair_config("resnet50-mobilenetv1", "sld").loss.ce_weight == 1.0
+    kd = pair_config("resnet34-resnet18", "kd").loss
+    assert (kd.temperature, kd.ce_weight, kd.kd_weight) == (1.0, 0.5, 0.5)
+    dkd = pair_config("resnet50-mobilenetv1", "dkd").loss
+    assert (dkd.ce_weight, dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 1.0, 2.0, 1.0, 1)
+    mlkd = pair_config("resnet34-resnet18", "mlkd")
+    assert (mlkd.optim.epochs, mlkd.loss.temperature, mlkd.data.views) == (100, 1.0, 2)
+    assert get_pair("resnet34-resnet18").published.sld.value == 72.15
+
+
+def test_reproduce_an_imagenet_pair_with_a_torchvision_teacher(
+    imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    grid = ["reproduce", "--pairs", "resnet34-resnet18", "--methods", "sld", "--seeds", "1",
+            "--epochs", "1", "--data-dir", str(imagenet), "--out", str(tmp_path / "grid"),
+            "--runs-dir", str(tmp_path / "runs"),
+            "--batch-size", "6", "--image-size", "32", "--workers", "0", "--device", "cpu"]
+    missing = invoke(*grid)
+    assert missing.exit_code == 1 and "resnet34-333f7ec4.pth" in missing.output  # fetched, never trained
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "resnet34-333f7ec4.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(build_model("resnet34", num_classes=3).state_dict(), weights)
+    result = invoke(*grid)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "grid" / "resnet34-resnet18" / "sld" / "seed0"
+    (record,) = read_metrics(run)
+    assert json.loads((run / "config.json").read_text())["teacher_checkpoint"] == str(weights)
+    assert record["kl_teacher"] > 0
+    assert "72.15" in (tmp_path / "grid" / "REPORT.md").read_text()  # the published number beside it
+    mixed = invoke("reproduce", "--pairs", "resnet34-resnet18,resnet56-resnet20", "--methods", "sld")
+    assert mixed.exit_code == 1 and "different data sets" in mixed.output

@@ -13,7 +13,7 @@ def models() -> None:
 
     from harness.models import MODELS, build_model, count_parameters, model_info
     from harness.models.registry import plugin_models
-    from harness.pairs import PAIRS
+    from harness.pairs import ALL_PAIRS as PAIRS
 
     table = Table(title="Models", box=box.SIMPLE_HEAD)
     for header, justify in (("model", "left"), ("data set", "left"), ("input", "right"),

@@ -1,4 +1,5 @@
-"""``sld pairs``: the 12 CIFAR-100 pairs with each base method's learning rate and the published top-1;
+"""``sld pairs``: the 12 CIFAR-100 pairs with each base method's learning rate and the published top-1,
+and the two ImageNet pairs;
 ``sld pairs --pair P``: every named method's recipe for P (lr, epochs, views, loss settings) beside
 its published number."""
 
@@ -14,7 +15,7 @@ from rich.table import Table
 from harness.commands._common import user_errors
 from harness.config import CEConfig, DKDConfig, KDConfig, MLKDConfig, SLDConfig, TrainConfig
 from harness.method_names import NAMED_METHODS, processing_token
-from harness.pairs import PAIRS, get_pair
+from harness.pairs import IMAGENET_PAIRS, PAIRS, get_pair
 from harness.paper_results import Top1
 from harness.recipes import pair_config
 
@@ -76,6 +77,23 @@ def pairs(
         "2 views for sld and mlkd, 1 for kd/dkd/ce"
     )
     console.print(published)
+    imagenet = _table("ImageNet pairs (official SLD configs; published top-1 %)")
+    columns = {k: v for k, v in _PUBLISHED.items() if k not in ("LS-KD", "LS-DKD")}  # not published there
+    for header in ("pair", "CE/KD"):  # the models: `sld pairs --pair P`, `sld models`
+        imagenet.add_column(header, no_wrap=True)
+    for header in columns:
+        imagenet.add_column(header, justify="right", no_wrap=True)
+    for p in IMAGENET_PAIRS.values():
+        weights = f"{p.recipe.ce_weight:g}/{p.recipe.kd_weight:g}"
+        imagenet.add_row(p.name, weights,
+                         *(_fmt(getattr(p.published, f)) for f in columns.values()))
+    console.print(imagenet)
+    console.print(
+        "ImageNet: 100 epochs, batch 512, lr 0.2 x0.1 after 30/60/90, wd 1e-4, 2 views for sld and mlkd; "
+        "teachers: torchvision's published weights. gamma stays the official 150, so in 100 epochs the "
+        "pseudo-teacher never switches on, as in the official runs; the paper recommends 30: "
+        "sld train --pair resnet34-resnet18 --gamma 30"
+    )
     console.print(f"{_MISSING} = not found in the sources listed in harness/paper_results.py")
     console.print("sld pairs --pair P: every named method's recipe for P")
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from harness.commands._common import common_overrides, floats, resolve_device, shared_options, user_errors
-from harness.config import OptimConfig
+from harness.config import ConfigError, OptimConfig
 from harness.reproduce import DEFAULT_GAMMAS, DEFAULT_THRESHOLDS, MAIN_METHODS, STUDIES, STUDY_PAIR
 from harness.runs import DEFAULT_RUNS_DIR
 
@@ -39,6 +39,8 @@ DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
     "compile",
     "limit_train",
     "limit_test",
+    "image_size",
+    "workers",
 )
 def reproduce(
     pairs: Annotated[
@@ -97,6 +99,12 @@ def reproduce(
         pair_names = (
             list(PAIRS) if pairs.strip().lower() == "all" else [get_pair(p).name for p in _split(pairs)]
         )
+        datasets = {get_pair(p).dataset for p in pair_names}
+        if len(datasets) > 1:
+            raise ConfigError(
+                f"these pairs train on different data sets ({', '.join(sorted(datasets))}), each with its "
+                "own --data-dir: run one sld reproduce per data set"
+            )
         method_names = _split(methods) if methods is not None else ([] if studies else list(MAIN_METHODS))
         entries = study_entries(
             studies,

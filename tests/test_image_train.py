@@ -166,3 +166,33 @@ def test_reproduce_an_imagenet_pair_with_a_torchvision_teacher(
     assert "72.15" in (tmp_path / "grid" / "REPORT.md").read_text()  # the published number beside it
     mixed = invoke("reproduce", "--pairs", "resnet34-resnet18,resnet56-resnet20", "--methods", "sld")
     assert mixed.exit_code == 1 and "different data sets" in mixed.output
+
+
+def test_a_plug_in_student_survives_a_config_replay_in_a_new_process(tmp_path: Path) -> None:
+    """A model given by import path is recorded in config.json and rebuilt from it by a new process."""
+    import os
+    import subprocess
+
+    from .train_helpers import SLD, subprocess_env, write_tiny_cifar
+
+    plugins = tmp_path / "plugins"
+    (plugins / "tiny_zoo").mkdir(parents=True)
+    (plugins / "tiny_zoo" / "__init__.py").write_text(
+        "import torch.nn as nn\n\n"
+        "def build(num_classes=100):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n"
+    )
+    data = write_tiny_cifar(tmp_path / "data", n_train=40, n_test=20)
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]))
+
+    def sld(*args: str) -> None:
+        done = subprocess.run([SLD, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    first, replay = tmp_path / "first", tmp_path / "replay"
+    sld("train", "--student", "tiny_zoo:build", "--method", "ce", "--epochs", "1", "--batch-size", "20",
+        "--data-dir", str(data), "--device", "cpu", "--out", str(first))
+    assert json.loads((first / "config.json").read_text())["student"] == "tiny_zoo:build"
+    sld("train", "--config", str(first / "config.json"), "--out", str(replay))
+    assert_same_state(final_state(first), final_state(replay))  # same seed, same spec: the same model

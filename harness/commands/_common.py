@@ -200,7 +200,10 @@ def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
     if nproc is not None and nproc > 1:
         if distributed.torchrun_env() is not None:
             raise ConfigError("--nproc is for the sld command line; under torchrun leave it out")
-        distributed.check_global_batch(cfg.optim.batch_size, nproc)  # fail here once, not in N processes
+        # Fail here once, not in N processes (each behind torchrun's own failure report).
+        distributed.check_global_batch(cfg.optim.batch_size, nproc)
+        resolve_device(options.get("device"))
+        RunDir(cfg.out_dir).check_unlocked()  # rank 0 takes the lock itself; this only fails early
         args = sys.argv[1:]
         if not args or args[0] != command:  # e.g. called from Python, not from `sld COMMAND ...`
             raise ConfigError(f"--nproc works from the command line (sld {command} ... --nproc N) only")

@@ -339,6 +339,8 @@ def _build(cls: type, values: Any, where: str) -> Any:
     kwargs = {k: _coerce(v, hints[k], _dotted(where, k)) for k, v in values.items()}
     try:
         return cls(**kwargs)
+    except ConfigError:  # the dataclass's own range checks name the field already
+        raise
     except TypeError as exc:  # a required key is missing
         raise ConfigError(f"{where or 'config'}: {exc}") from None
     except ValueError as exc:  # SLDConfig's own validation raises plain ValueError

@@ -172,7 +172,10 @@ class Probe:
 
 PROBES = {
     "literal": ({"mode": "max"}, 'mode must be one of "mean", "median"; got \'max\''),
-    "fixed-tuple-length": ({"window": (1, 2, 3)}, "window must be a list of 2 (an integer, an integer); got (1, 2, 3)"),
+    "fixed-tuple-length": (
+        {"window": (1, 2, 3)},
+        "window must be a list of 2 (an integer, an integer); got (1, 2, 3)",
+    ),
     "fixed-tuple-item": ({"window": (1, 2.5)}, "window[1] must be an integer; got 2.5"),
     "optional": ({"limit": "3"}, "limit must be an integer or null; got '3'"),
     "list-item": ({"names": ["a", 3]}, "names[1] must be a string; got 3"),

@@ -5,11 +5,15 @@ deep inside torch. ``harness.commands._common.resolve_device`` is this, named fo
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
+import torch.nn.functional as F
 
 from harness.config import ConfigError
 
-__all__ = ["as_device"]
+__all__ = ["as_device", "float16_slowdown"]
 
 _KNOWN = "cpu, cuda, cuda:N (or mps / xpu where torch has them)"
 
@@ -77,3 +81,34 @@ def as_device(spec: str | torch.device | None, *, label: str = "device") -> torc
     if not available:
         raise ConfigError(f"{named}: no {device.type} device is available here; use {label} cpu")
     return device
+
+
+def float16_slowdown(repeats: int = 3) -> float:
+    """How many times longer a small convolution (forward and backward) takes under CPU autocast
+    float16 than in float32, measured now: CPUs without native float16 units emulate it (8-35x
+    slower here with oneDNN capped below the newest ISA), the newest Xeons run it as fast or faster, and
+    no CPU flag says which reliably (benchmarks/RESULTS.md). Takes milliseconds; draws nothing from
+    torch's global random state.
+
+    Example
+    -------
+    >>> float16_slowdown() > 0
+    True
+    """
+    generator = torch.Generator().manual_seed(0)  # a private stream: a run's seeded draws stay intact
+    x = torch.randn(8, 16, 16, 16, generator=generator)
+    weight = torch.randn(16, 16, 3, 3, generator=generator, requires_grad=True)
+
+    def step(half: bool) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=half):
+            y = F.conv2d(x, weight, padding=1)
+        y.float().sum().backward()
+        return time.perf_counter() - started
+
+    step(False), step(True)  # warm-up: the first call of each picks (and may build) its kernels
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):  # interleaved, so a machine that slows down meanwhile slows both
+        for half in (False, True):
+            times[half].append(step(half))
+    return statistics.median(times[True]) / statistics.median(times[False])

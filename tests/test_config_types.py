@@ -22,8 +22,10 @@ from harness.config import (
     CEConfig,
     ConfigError,
     DataConfig,
+    DKDConfig,
     KDConfig,
     MethodConfig,
+    OptimConfig,
     SLDConfig,
     TrainConfig,
     check_field_types,
@@ -146,11 +148,27 @@ def test_overrides_are_type_checked_too() -> None:
     assert with_overrides(BASE, {"loss.temperatures": [3, 4]}).loss.temperatures == (3.0, 4.0)
 
 
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: OptimConfig(lr="0.1"), "optim.lr must be a finite number; got '0.1'"),
+        (lambda: OptimConfig(lr_milestones=[150]), "optim.lr_milestones must be a list of integers"),
+        (lambda: DataConfig(views=2.0), "data.views must be an integer; got 2.0"),
+        (lambda: KDConfig(temperature="4"), "kd.temperature must be a finite number; got '4'"),
+        (lambda: DKDConfig(warmup_epochs=True), "dkd.warmup_epochs must be an integer; got True"),
+    ],
+    ids=["optim-lr", "optim-milestones-list", "data-views", "kd-temperature", "dkd-warmup"],
+)
+def test_a_section_built_in_python_names_the_field(build, expected: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        build()
+
+
 def test_a_config_built_in_python_is_checked_down_to_its_nested_sections() -> None:
-    with pytest.raises(ConfigError, match=r"^loss.swap_teacher must be true or false; got 'yes'$"):
-        TrainConfig(student="resnet8", teacher="resnet8", method="kd", loss=KDConfig(swap_teacher="yes"))
+    data = DataConfig()
+    object.__setattr__(data, "download", "no")  # a section class that does not check itself
     with pytest.raises(ConfigError, match=r"^data.download must be true or false; got 'no'$"):
-        TrainConfig(student="resnet8", method="ce", loss=CEConfig(), data=DataConfig(download="no"))
+        TrainConfig(student="resnet8", method="ce", loss=CEConfig(), data=data)
 
 
 def test_every_method_config_is_in_the_loss_annotation() -> None:

@@ -74,7 +74,6 @@ __all__ = [
     "scan_runs",
     "teacher_candidates",
     "teacher_run_dir",
-    "write_error_reason",
 ]
 
 DEFAULT_RUNS_DIR = "runs"
@@ -103,32 +102,26 @@ class RunLockedError(RunDirError):
 
 class RunWriteError(OSError):
     """A file of a run could not be written (disk full, permissions, ...); the message names the path and
-    says that the previous file is untouched. ``errno`` is the underlying error's."""
+    the reason in words and says that the previous file is untouched. ``errno`` is the underlying error's."""
 
-
-def write_error_reason(exc: BaseException) -> str:
-    """Why a write failed, in words (``"no space left on device"``): the OS error's text, also when it
-    hides inside another error (``torch.save`` wraps a failed write in a RuntimeError about "unexpected
-    pos"; the OS error is its ``__context__``)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return os.strerror(seen.errno).lower() if seen.errno == errno.ENOSPC else _lower(seen.strerror)
-        seen = seen.__cause__ or seen.__context__
-    return str(exc)
-
-
-def _lower(text: str | None) -> str:
-    return (text[:1].lower() + text[1:]) if text else "unknown error"
-
-
-def _write_errno(exc: BaseException) -> int | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return seen.errno
-        seen = seen.__cause__ or seen.__context__
-    return None
+    @classmethod
+    def of(cls, path: Path, exc: BaseException, *, what: str = "", advice: str = "") -> RunWriteError:
+        """The error for a failed write of ``path`` (``what`` names its kind, ``advice`` ends the
+        message). The reason is the OS error's text, also when it hides inside another error:
+        ``torch.save`` reports a failed write as a RuntimeError ("unexpected pos ...") whose
+        ``__context__`` is the OS error."""
+        cause: BaseException | None = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OSError):
+            text = cause.strerror or os.strerror(cause.errno)
+            reason = text[:1].lower() + text[1:]  # "no space left on device"
+        else:
+            reason = str(exc)
+        kept = "the previous file is untouched" if path.exists() else "no earlier file existed"
+        error = cls(f"could not write {what}{path}: {reason}; {kept}{advice}")
+        error.errno = cause.errno if isinstance(cause, OSError) else None
+        return error
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -185,10 +178,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
         with atomic_writer(path) as f:
             f.write(text.encode())
     except OSError as exc:
-        kept = "the previous file is untouched" if path.exists() else "nothing was written"
-        error = RunWriteError(f"could not write {path}: {write_error_reason(exc)}; {kept}")
-        error.errno = _write_errno(exc)
-        raise error from exc
+        raise RunWriteError.of(path, exc) from exc
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

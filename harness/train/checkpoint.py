@@ -32,7 +32,7 @@ import torch
 from harness.config import ConfigError, TrainConfig, resume_conflicts, train_config_from_dict
 from harness.models import CheckpointError, load_weights
 from harness.models.weights import read_checkpoint
-from harness.runs import RunDir, RunWriteError, atomic_writer, write_error_reason
+from harness.runs import RunDir, RunWriteError, atomic_writer
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -122,22 +122,18 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
         with atomic_writer(path) as f:
             torch.save({"format": CHECKPOINT_FORMAT, "version": _VERSION, **payload}, f)
     except (OSError, RuntimeError) as exc:
-        # torch.save reports a failed write as a RuntimeError ("unexpected pos ...") whose context is the
-        # OS error; write_error_reason digs that out.
+        # RuntimeError: how torch.save reports a failed write (RunWriteError.of finds the OS error in it).
         raise _write_error(path, exc) from exc
 
 
-def _write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
-    kept = "the previous file is untouched" if path.exists() else "no earlier file existed"
-    error = CheckpointWriteError(
-        f"could not write checkpoint {path}: {write_error_reason(exc)}; {kept} and the partial copy was "
-        "removed. Free some space (or fix the permissions) and resume with --resume"
+def _write_error(path: Path, exc: BaseException) -> RunWriteError:
+    return CheckpointWriteError.of(
+        path,
+        exc,
+        what="checkpoint ",
+        advice=" and the partial copy was removed. Free some space (or fix the permissions) and resume "
+        "with --resume",
     )
-    cause: BaseException | None = exc
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
-        cause = cause.__cause__ or cause.__context__
-    error.errno = cause.errno if cause is not None else None
-    return error
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from .step import StepParts, train_epoch
 
 __all__ = ["NonFiniteLossError", "RunResult", "TrainingInterrupted", "train"]
 
-_SLOW_FP16 = 3.0  # float16_slowdown() above this: emulated float16 (measured 8-35x), worth a warning
+_SLOW_FP16 = 3.0  # float16_slowdown() above this is emulated float16 (8.5-35x measured): worth a warning
 
 
 @dataclass(frozen=True)

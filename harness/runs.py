@@ -188,6 +188,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     ------
     FileNotFoundError
         No file at ``path``.
+
+    Example
+    -------
+    >>> file_sha256("download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth")  # doctest: +SKIP
+    '3a1f...'
     """
     path = Path(path)
     digest = hashlib.sha256()
@@ -310,7 +315,12 @@ class RunDir:
 
     def check_unlocked(self) -> None:
         """Raise :class:`RunLockedError` if a process holds :meth:`lock` now (``sld reproduce`` asks
-        before it starts anything); a directory that does not exist is unlocked."""
+        before it starts anything); a directory that does not exist is unlocked.
+
+        Example
+        -------
+        >>> RunDir("runs/reproduce/resnet56-resnet20/kd/seed0").check_unlocked()  # doctest: +SKIP
+        """
         if fcntl is None or not self.lock_file.is_file():
             return
         fd = os.open(self.lock_file, os.O_RDONLY | _CLOEXEC)
@@ -383,6 +393,12 @@ class RunDir:
         RunDirError
             Without ``history``: a line before the last is unreadable, or records of epochs up to
             ``epoch`` are missing; the message names the file and what is lost.
+
+        Example
+        -------
+        >>> state = TrainState.from_payload(load_checkpoint(run.last))  # doctest: +SKIP
+        >>> run.recover_metrics(state.epoch, state.history)  # doctest: +SKIP
+        'runs/x/metrics.jsonl: its last line was cut short (...); rewrote epochs 1-2 from runs/x/last.pt'
         """
         try:
             unreadable = None

@@ -240,6 +240,11 @@ def stored_config(path: str | os.PathLike[str]) -> TrainConfig:
         No such file, or not a readable training checkpoint.
     ConfigError
         The stored config is invalid.
+
+    Example
+    -------
+    >>> stored_config("runs/x/last.pt").optim.lr  # doctest: +SKIP
+    0.025
     """
     data = load_checkpoint(path)
     try:
@@ -257,6 +262,10 @@ def resume_config(run: RunDir) -> TrainConfig:
     ------
     ConfigError
         The directory holds neither.
+
+    Example
+    -------
+    >>> train(resume_config(RunDir("runs/x")), "cuda", resume=True)  # doctest: +SKIP
     """
     try:
         return stored_config(run.last)
@@ -331,6 +340,11 @@ def check_teacher(state: TrainState, sha256: str | None, path: str | None, run: 
     ------
     ConfigError
         The fingerprints differ; the message names the file and both fingerprints.
+
+    Example
+    -------
+    >>> path = config.teacher_checkpoint  # doctest: +SKIP
+    >>> check_teacher(state, file_sha256(path), path, run)  # doctest: +SKIP
     """
     recorded = state.teacher_sha256
     if recorded is None or sha256 is None or recorded == sha256:
@@ -350,6 +364,11 @@ def repair_best(run: RunDir, state: TrainState) -> str | None:
     new best leaves ``best.pt`` one best behind while ``last.pt`` *is* that epoch: it is copied over
     ``best.pt``. A ``best.pt`` of another epoch while the best one lies in the past cannot be rebuilt;
     the message says so (the run goes on; the next new best replaces it).
+
+    Example
+    -------
+    >>> repair_best(run, TrainState.from_payload(load_checkpoint(run.last)))  # doctest: +SKIP
+    'runs/x/best.pt held epoch 1 but the best epoch is 2, the one last.pt holds (...); copied last.pt over it'
     """
     try:
         held: int | None = int(load_checkpoint(run.best)["epoch"])

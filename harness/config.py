@@ -4,6 +4,13 @@ The CLI only builds a :class:`TrainConfig`; the trainer only reads one. ``config
 every run loads back with :func:`load_config`, so any run can be repeated exactly. No torch here: the
 CLI builds and checks configs before it pays for importing torch.
 
+Every value that enters a config from JSON (:func:`train_config_from_dict`) or as an override
+(:func:`with_overrides`, the CLI's flags) is checked against its field's annotation before the
+dataclass checks its range: ``"teacher_swap": "no"`` or ``"temperatures": "123"`` is refused with the
+field named, never read as something else. The check is driven by the annotations alone, so it covers
+every config dataclass, also those added later; :class:`TrainConfig` checks its nested configs the same
+way when it is built directly in Python.
+
 Defaults are the official CIFAR-100 recipe of the SLD code (built on mdistiller): 240 epochs, batch 64,
 SGD momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210; a pair's recipe sets its lr.
 
@@ -16,12 +23,16 @@ logit standardization). Readable names such as ``ls-mlkd`` or ``sld-dkd`` are a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import sld_core
 
@@ -46,6 +57,7 @@ __all__ = [
     "OptimConfig",
     "SLDConfig",
     "TrainConfig",
+    "check_field_types",
     "flat_config",
     "load_config",
     "resume_conflicts",
@@ -70,6 +82,9 @@ RESUMABLE_FIELDS = frozenset(
         "data.workers",
     }
 )
+
+
+INFINITY_OK = "inf allowed"  # Annotated[float, INFINITY_OK]: a field where inf means "no bound"
 
 
 class ConfigError(ValueError):
@@ -113,7 +128,8 @@ class LogitSwitches:
     Subclasses set their own defaults (SLD: swap and the pseudo-teacher on)."""
 
     teacher_processing: str = "none"  # a TEACHER_PROCESSINGS name, applied to the teacher's logits first
-    swap_threshold: float = 0.5  # conditional_swap only: the gap p_top - p_target that splits the wrong rows
+    # conditional_swap only: the gap p_top - p_target that splits the wrong rows (inf, or >= 1: all of them)
+    swap_threshold: Annotated[float, INFINITY_OK] = 0.5
     swap_mode: str = "below"  # conditional_swap only: swap where the gap is "below" it, or "at_least" it
     processing_rows: str = "wrong"  # soft/double/halve/label smoothing: the wrong rows (the swap's), or "all"
     pseudo_teacher: bool = False  # the student's own swapped logits as a second target after epoch gamma
@@ -136,7 +152,7 @@ class LogitSwitches:
             _is_number(threshold) and not math.isnan(threshold) and threshold >= 0,
             f"{p}.swap_threshold",
             threshold,
-            "must be a probability gap >= 0 (inf: every wrong row)",
+            "must be a probability gap >= 0 (>= 1 or inf: every wrong row)",
         )
         _check(
             self.swap_mode in SWAP_MODES,
@@ -182,6 +198,7 @@ class KDConfig(LogitSwitches):
     _prefix: ClassVar[str] = "kd"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "kd")
         self._check_switches()
         _check(
             _is_number(self.temperature) and self.temperature > 0,
@@ -208,6 +225,7 @@ class DKDConfig(LogitSwitches):
     _prefix: ClassVar[str] = "dkd"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "dkd")
         self._check_switches()
         _check(
             _is_number(self.temperature) and self.temperature > 0,
@@ -241,6 +259,7 @@ class MLKDConfig(LogitSwitches):
     _prefix: ClassVar[str] = "mlkd"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "mlkd")
         self._check_switches()
         for name in ("mask_per_row", "strong_reads_strong"):
             value = getattr(self, name)
@@ -283,6 +302,7 @@ class SLDConfig(LogitSwitches):
     _prefix: ClassVar[str] = "sld"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "sld")
         self._check_switches()
         temperatures = self.temperatures
         _check(
@@ -339,6 +359,7 @@ class OptimConfig:
     lr_decay: float = 0.1  # official recipe
 
     def __post_init__(self) -> None:
+        check_field_types(self, "optim")
         _check(
             _is_int(self.epochs) and self.epochs >= 1, "optim.epochs", self.epochs, "must be an integer >= 1"
         )
@@ -386,6 +407,7 @@ class DataConfig:
     classes: tuple[str, ...] | None = None  # class names in label order, recorded at the first start
 
     def __post_init__(self) -> None:
+        check_field_types(self, "data")
         _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"must be one of {list(DATASETS)}")
         _check(
             self.augment in (None, "imagenet", "cifar"),
@@ -461,6 +483,7 @@ class TrainConfig:
     log_every: int = 50  # steps between progress updates; each is a CPU-GPU sync, so not every step
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # also the nested configs: a TrainConfig built in Python is checked too
         _check(
             isinstance(self.student, str) and self.student != "", "student", self.student, "must name a model"
         )
@@ -508,6 +531,8 @@ def _replace_path(obj: Any, parts: list[str], value: Any, path: str) -> Any:
         raise ConfigError(f"{path}: {type(obj).__name__} has no field {parts[0]!r}; fields: {sorted(names)}")
     if len(parts) > 1:
         value = _replace_path(getattr(obj, parts[0]), parts[1:], value, path)
+    else:
+        value = _coerce(value, _field_types(type(obj))[parts[0]], path)
     try:
         return dataclasses.replace(obj, **{parts[0]: value})
     except ValueError as exc:
@@ -527,11 +552,9 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     method = data.get("method", "sld")
     if method not in METHOD_CONFIGS:
         raise ConfigError(f"method must be one of {sorted(METHOD_CONFIGS)}; got {method!r}")
-    nested = {"loss": METHOD_CONFIGS[method], "optim": OptimConfig, "data": DataConfig}
-    for key, cls in nested.items():
-        if key in data:
-            data[key] = _build(cls, data[key], key)
-    return _build(TrainConfig, data, "config")
+    if "loss" in data:  # the one union-typed section: the method says which dataclass it is
+        data["loss"] = _build(METHOD_CONFIGS[method], data["loss"], "loss")
+    return _build(TrainConfig, data, "")
 
 
 def flat_config(config: TrainConfig) -> dict[str, Any]:
@@ -606,9 +629,14 @@ def upgrade_config_dict(data: Any) -> Any:
     {'temperature': 4.0, 'teacher_processing': 'swap'}
     """
     loss = data.get("loss") if isinstance(data, dict) else None
-    if not isinstance(loss, dict) or "teacher_processing" in loss:
+    if not isinstance(loss, dict):
         return data
-    legacy = [key for key in _LEGACY_SWAP_KEYS if isinstance(loss.get(key), bool)]
+    for key in _LEGACY_SWAP_KEYS:  # a hand-edited legacy flag is checked like any other bool
+        if key in loss and not isinstance(loss[key], bool):
+            raise ConfigError(f"loss.{key} must be true or false; got {loss[key]!r}")
+    if "teacher_processing" in loss:
+        return data
+    legacy = [key for key in _LEGACY_SWAP_KEYS if key in loss]
     if len(legacy) != 1:
         return data
     loss = dict(loss)
@@ -617,20 +645,160 @@ def upgrade_config_dict(data: Any) -> Any:
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
-    """``cls(**values)`` with JSON lists turned back into tuples and a clear error for bad keys."""
+    """``cls(**values)`` from JSON: each value checked against its field's annotation (lists become
+    tuples, objects nested dataclasses), a clear error for bad keys. ``where`` is the dotted path of
+    ``values`` in the whole config ("" at the top)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a JSON object; got {type(values).__name__}")
+        what = where or "a training config"
+        raise ConfigError(f"{what} must be a JSON object; got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    hints = _field_types(cls)
+    kwargs = {k: _coerce(v, hints[k], _dotted(where, k)) for k, v in values.items()}
     try:
         return cls(**kwargs)
+    except ConfigError:  # the dataclass's own range checks name the field already
+        raise
     except TypeError as exc:  # a required key is missing
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
     except ValueError as exc:  # SLDConfig's own validation raises plain ValueError
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def check_field_types(obj: Any, where: str = "") -> None:
+    """Check every field of the dataclass ``obj`` (and of the dataclasses nested in it) against its
+    annotation, strictly (a tuple field holds a tuple); :class:`ConfigError` names the first field off.
+
+    Every config class here calls it first in ``__post_init__``; :class:`TrainConfig` also checks its
+    nested sections with it, so a section class that does not call it itself is covered inside a run.
+
+    >>> check_field_types(OptimConfig(), "optim")  # every field holds its annotated type: no error
+    """
+    for name, hint in _field_types(type(obj)).items():
+        value = getattr(obj, name)
+        _coerce(value, hint, _dotted(where, name), strict=True)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_field_types(value, _dotted(where, name))
+
+
+def _dotted(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a dataclass's fields (``from __future__ import annotations`` leaves
+    strings; ``typing.get_type_hints`` resolves them in the class's module)."""
+    hints = typing.get_type_hints(cls, include_extras=True)  # keeps INFINITY_OK
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, hint: Any, where: str, *, strict: bool = False) -> Any:
+    """``value`` as the field ``where`` of annotation ``hint`` takes it, or :class:`ConfigError`.
+
+    JSON-shaped values are accepted and converted (lists for tuples, objects for dataclasses) unless
+    ``strict``. bool is never an int or a float here (``True`` is not 1 epoch); floats must be finite;
+    an int is a float (PEP 484's numeric tower)."""
+    problem = f"{where} must be {_describe(hint)}; got {value!r}"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Annotated:
+        # inf passes; nan too, for the field's range check to name what the field takes
+        unbounded = INFINITY_OK in args[1:] and args[0] is float
+        if unbounded and isinstance(value, float) and not math.isfinite(value):
+            return value
+        return _coerce(value, args[0], where, strict=strict)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(problem)
+        for arg in args:
+            if arg is type(None) or (dataclasses.is_dataclass(arg) and not isinstance(value, arg)):
+                continue  # a union of dataclasses takes instances only: a dict does not say which one
+            try:
+                return _coerce(value, arg, where, strict=strict)
+            except ConfigError:
+                continue
+        raise ConfigError(problem)
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(problem)
+    if origin in (tuple, list):
+        if not isinstance(value, origin if strict else (tuple, list)) or isinstance(value, str):
+            raise ConfigError(problem)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[X, Y]: one type per place
+            if len(value) != len(args):
+                raise ConfigError(problem)
+            pairs = enumerate(zip(value, args))
+            items = [_coerce(v, a, f"{where}[{i}]", strict=strict) for i, (v, a) in pairs]
+        else:
+            item = args[0] if args else Any
+            items = [_coerce(v, item, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
+        return origin(items)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict) and not strict:
+            return _build(hint, value, where)
+        raise ConfigError(problem)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(problem)
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value
+        raise ConfigError(problem)
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return value
+        raise ConfigError(problem)
+    if isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        raise ConfigError(problem)
+    return value  # an annotation this checker does not know (a TypeVar, a Callable, ...)
+
+
+def _describe(hint: Any) -> str:
+    """An annotation in words, for messages: ``tuple[float, ...]`` -> "a list of numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _describe(args[0]) + (" (or inf)" if INFINITY_OK in args[1:] else "")
+    if origin in (Union, types.UnionType):
+        named = [_describe(a) for a in args if a is not type(None)]
+        text = " or ".join(named)
+        return f"{text} or null" if type(None) in args else text
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in args)
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+        item = _describe(args[0]) if args else "values"
+        return f"a list of {_plural(item)}"
+    if dataclasses.is_dataclass(hint):
+        return f"a JSON object ({hint.__name__})"
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(description: str) -> str:
+    words = {
+        "true or false": "true/false values",
+        "an integer": "integers",
+        "a finite number": "finite numbers",
+        "a string": "strings",
+    }
+    return words.get(description, description)
 
 
 def _is_int(value: Any) -> bool:

@@ -314,10 +314,15 @@ def _caption(summaries: Sequence[GroupSummary]) -> str:
 
 
 def write_markdown(
-    summaries: Sequence[GroupSummary], path: str | os.PathLike[str], *, plots: Sequence[Path] = ()
+    summaries: Sequence[GroupSummary],
+    path: str | os.PathLike[str],
+    *,
+    plots: Sequence[Path] = (),
+    broken: Sequence[tuple[Path, str]] = (),
 ) -> Path:
     """Write REPORT.md: the table, how many epochs were run (flagging rows that cannot be compared
-    with the 240-epoch published numbers), one line per run, and links to ``plots``."""
+    with the 240-epoch published numbers), one line per run, links to ``plots``, and the ``broken``
+    runs (path, reason) that are not in it."""
     path = Path(path)
     lines = [
         "# SLD reproduction report",
@@ -366,6 +371,9 @@ def write_markdown(
                 f"| {r.run_dir} | {r.config.seed} | {r.epochs_done}/{r.config.optim.epochs} | "
                 f"{100 * r.best_top1:.2f} ({best_epoch}) | {100 * r.last_top1:.2f} |"
             )
+    if broken:
+        lines += ["", "## Runs that could not be read (not in the table)", ""]
+        lines += [f"- `{run_dir}`: {reason}" for run_dir, reason in broken]
     lines += _side_by_side(summaries)
     lines += _sources(summaries)
     if plots:
@@ -528,10 +536,16 @@ def _curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[
 
 
 def write_report(
-    runs: Sequence[Run], out_dir: str | os.PathLike[str], console: Any = None
+    runs: Sequence[Run],
+    out_dir: str | os.PathLike[str],
+    console: Any = None,
+    *,
+    broken: Sequence[tuple[Path, str]] = (),
 ) -> list[GroupSummary]:
     """Summarize ``runs``, write ``out_dir/REPORT.md`` and the plots, and print the table on
-    ``console`` (a Rich console; a new one on stdout by default). Returns the summaries."""
+    ``console`` (a Rich console; a new one on stdout by default). ``broken`` (path, reason) are runs
+    that could not be read (:func:`harness.runs.scan_runs`): REPORT.md lists them. Returns the
+    summaries."""
     from rich.console import Console
 
     if not runs:
@@ -539,7 +553,7 @@ def write_report(
     out_dir = Path(out_dir)
     summaries = summarize(runs)
     plots = write_plots(summaries, out_dir)
-    report = write_markdown(summaries, out_dir / "REPORT.md", plots=plots)
+    report = write_markdown(summaries, out_dir / "REPORT.md", plots=plots, broken=broken)
     console = console or Console()
     table = render_table(summaries)
     width = console.width

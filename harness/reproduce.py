@@ -32,6 +32,7 @@ from harness.method_names import canonical_name
 from harness.recipes import pair_config, teacher_config
 from harness.runs import (
     RunDir,
+    RunLockedError,
     RunState,
     find_teacher,
     grid_run_dir,
@@ -255,10 +256,11 @@ def teacher_trainer(
     def train_teacher(model: str, resume: bool) -> None:
         from rich.console import Console
 
+        from harness.train.checkpoint import resume_config
         from harness.train.loop import train
 
         run = RunDir(teacher_run_dir(model, runs_dir))
-        base = run.read_config() if resume else teacher_config(model, runs_dir)
+        base = resume_config(run) if resume else teacher_config(model, runs_dir)
         config = with_overrides(base, overrides or {})
         out = console or Console(soft_wrap=True)
         out.rule(f"[bold]{'resuming' if resume else 'training'} teacher {model}: {config.out_dir}")
@@ -284,12 +286,23 @@ def run_grid(
     ConfigError
         A finished run's config differs from the requested one (e.g. other ``--epochs``): the message
         lists the fields; choose another output directory. The trainer raises the same for a run to resume.
+    harness.runs.RunLockedError
+        Another process trains in one of the grid's directories (checked before anything starts; the
+        message names each such directory and its PID).
     """
     from rich.console import Console
 
     from harness.train.loop import train
 
     console = console or Console(soft_wrap=True)
+    locked = []
+    for config in configs:
+        try:
+            RunDir(config.out_dir).check_unlocked()
+        except RunLockedError as exc:
+            locked.append(str(exc))
+    if locked:
+        raise RunLockedError("; ".join(locked))
     todo: list[tuple[TrainConfig, RunState]] = []
     for config in configs:
         state = RunDir(config.out_dir).state()

@@ -252,7 +252,7 @@ def test_switches_change_the_loss_only() -> None:
         ({"swap_threshold": math.nan}, "kd.swap_threshold must be a probability gap >= 0"),
         ({"swap_mode": "above"}, "kd.swap_mode must be one of"),
         ({"processing_rows": "some"}, "kd.processing_rows must be one of"),
-        ({"gamma": math.nan}, "kd.gamma must be a number"),
+        ({"gamma": math.nan}, "kd.gamma must be a finite number"),
         ({"pseudo_teacher": 1}, "kd.pseudo_teacher must be true or false"),
     ],
 )

@@ -261,3 +261,26 @@ def test_method_names_group_rows_and_find_their_published_numbers(tmp_path: Path
     assert "240 for kd, kd+pt, sld-dkd; 480 for mlkd, ls-mlkd" in text
     assert "- ls-mlkd (MLKD on standardized logits (the LS repository's rewrite)): " in text
     assert "- kd+pt (KD + the pseudo-teacher): none published" in text
+
+
+def test_one_broken_run_does_not_hide_the_good_ones(three_seeds: Path, tmp_path: Path) -> None:
+    (three_seeds / "s1" / "metrics.jsonl").write_text("{oops\n")
+    broken_config = make_run(three_seeds, "s3", [0.5], seed=3)
+    (broken_config / "config.json").write_text('{"student": "resnet8", "optim": {"epochs": "3"}}')
+    out = tmp_path / "rep"
+    paths = [str(three_seeds), str(tmp_path / "nope")]
+    result = CliRunner().invoke(app, ["report", *paths, "--out", str(out)])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "error: 3 run(s) could not be read and are not in the report:" in output
+    assert f"{three_seeds / 's1'}: {three_seeds / 's1' / 'metrics.jsonl'} line 1: not valid JSON" in output
+    assert f"{broken_config}: {broken_config / 'config.json'}: optim.epochs must be an integer" in output
+    assert f"{tmp_path / 'nope'}: {tmp_path / 'nope'}: no such directory" in output
+    assert "Traceback" not in result.output
+    report = (out / "REPORT.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith(f"| {three_seeds}")]
+    runs = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert runs == [str(three_seeds / "s0"), str(three_seeds / "s2")]  # the good ones, reported
+    assert f"| 2 | 3* | 32.50 ± {sample_std([30.0, 35.0]):.2f} |" in report  # s0 and s2: best 30 and 35
+    assert "## Runs that could not be read (not in the table)" in report
+    assert f"- `{three_seeds / 's1'}`: " in report and f"- `{broken_config}`: " in report

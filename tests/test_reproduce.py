@@ -254,6 +254,8 @@ def fake_run(directory: Path, epochs: int, recorded: int, *, checkpoint: bool = 
     if checkpoint:
         (directory / "last.pt").write_bytes(b"")
         (directory / "best.pt").write_bytes(b"")
+    if checkpoint and recorded >= epochs:  # what a finished run leaves last
+        (directory / "summary.json").write_text("{}\n")
     return directory
 
 
@@ -262,6 +264,12 @@ def test_run_state(tmp_path: Path) -> None:
     assert RunDir(fake_run(tmp_path / "a", 3, 1, checkpoint=False)).state() is RunState.NEW
     assert RunDir(fake_run(tmp_path / "b", 3, 2)).state() is RunState.PARTIAL
     assert RunDir(fake_run(tmp_path / "c", 3, 3)).state() is RunState.DONE
+    (tmp_path / "c" / "summary.json").unlink()  # killed after its last checkpoint, before its summary
+    assert RunDir(tmp_path / "c").state() is RunState.PARTIAL  # resuming repairs and finishes it
+    torn = fake_run(tmp_path / "d", 3, 2)
+    with (torn / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 3, "test_to')  # cut short while written (no newline): not a record, no error
+    assert RunDir(torn).state() is RunState.PARTIAL
     (tmp_path / "c" / "metrics.jsonl").write_text('{"epoch": 1, "test_top1": 0.1}\nnot json\n')
     with pytest.raises(
         ReportError, match=re.escape(f"{tmp_path / 'c' / 'metrics.jsonl'} line 2: not valid JSON")
@@ -296,7 +304,8 @@ def test_short_teacher_does_not_teach_a_longer_reproduction(tmp_path: Path) -> N
 
 def test_teacher_trainer_raises_python_errors_not_cli_exits(tmp_path: Path) -> None:
     train_teacher = teacher_trainer(tmp_path, torch.device("cpu"))
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'teachers/resnet8/config.json'}: no such")):
+    missing = f"cannot resume: {tmp_path / 'teachers/resnet8/config.json'} does not exist"
+    with pytest.raises(ConfigError, match=re.escape(missing)):
         train_teacher("resnet8", True)  # resume a teacher run that does not exist
 
 

@@ -4,6 +4,7 @@ on a synthetic CIFAR-format archive (64 train / 32 test images, resnet8)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -374,6 +375,7 @@ def test_two_epoch_run_writes_sane_metrics(
         assert json.loads(teacher_file.read_text()) == {
             "teacher": "resnet8",
             "teacher_checkpoint": str(teacher_ckpt),
+            "teacher_sha256": hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest(),
             "teacher_top1": result.teacher_top1,
             "teacher_train_error": result.teacher_train_error,
         }
@@ -402,7 +404,8 @@ def test_resume_after_interruption_is_bit_identical(
     assert teacher["teacher_top1"] == whole_result.teacher_top1
     with pytest.raises(ConfigError, match="already holds a run"):
         train(parts, CPU)  # never silently overwrites a run
-    with pytest.raises(ConfigError, match=r"config differs from the run's \(optim.lr: 0.05 -> 0.1\)"):
+    differs = r"config differs from the one the run was started with \(optim.lr: 0.05 -> 0.1\)"
+    with pytest.raises(ConfigError, match=differs):
         train(with_overrides(parts, {"optim.lr": 0.1}), CPU, resume=True)
     train(parts, CPU, resume=True)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from harness.config import AMP_MODES, ConfigError, TrainConfig
-from harness.runs import DEFAULT_RUNS_DIR
+from harness.runs import DEFAULT_RUNS_DIR, RunDir
 from harness.train.errors import NonFiniteLossError
 from harness.train.interrupt import DistributedAbort, TrainingInterrupted
 
@@ -35,8 +35,11 @@ __all__ = [
     "floats",
     "LAUNCH_FLAGS",
     "Nodes",
+    "ints",
     "launch_command",
+    "print_error",
     "resolve_device",
+    "resumed_config",
     "run",
     "shared_options",
     "strip_option",
@@ -247,8 +250,8 @@ def common_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     overrides.update(
         {field: str(options[name]) for name, field in as_str.items() if options.get(name) is not None}
     )
-    if milestones:
-        overrides["optim.lr_milestones"] = tuple(int(e) for e in floats(milestones, "--lr-milestones"))
+    if milestones is not None:
+        overrides["optim.lr_milestones"] = ints(milestones, "--lr-milestones")
     if options.get("sync_bn"):  # a flag left out keeps the config's (e.g. a resumed run's)
         overrides["sync_bn"] = True
     return overrides
@@ -265,8 +268,10 @@ def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
     if nproc > 1 or nodes.count > 1:
         if distributed.torchrun_env() is not None:
             raise ConfigError("--nproc/--nnodes are for the sld command line; under torchrun leave them out")
-        # fail here once, not in N processes
+        # Fail here once, not in N processes (each behind torchrun's own failure report).
         distributed.check_global_batch(cfg.optim.batch_size, nproc * nodes.count)
+        resolve_device(options.get("device"))
+        RunDir(cfg.out_dir).check_unlocked()  # rank 0 takes the lock itself; this only fails early
         args = sys.argv[1:]
         if not args or args[0] != command:  # e.g. called from Python, not from `sld COMMAND ...`
             raise ConfigError(f"--nproc works from the command line (sld {command} ... --nproc N) only")
@@ -276,7 +281,7 @@ def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
 
     from harness.train.loop import train as train_loop
 
-    torch_device, joined = distributed.setup(options.get("device"))
+    torch_device, joined = distributed.setup(resolve_device(options.get("device")))
     try:
         train_loop(cfg, torch_device, resume=options["resume"], stop_after=options.get("stop_after"))
     finally:
@@ -285,10 +290,20 @@ def run(cfg: TrainConfig, *, command: str, options: Mapping[str, Any]) -> None:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``--device`` as a ``torch.device``: the one given, else CUDA when available, else the CPU."""
-    import torch
+    """``--device`` as a ``torch.device``: the one given, else CUDA when available, else the CPU;
+    :class:`ConfigError` (one line) for a device that is no device or is not here
+    (:func:`harness.train.device.as_device`)."""
+    from harness.train.device import as_device
 
-    return torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return as_device(device, label="--device")
+
+
+def resumed_config(out: Path) -> TrainConfig:
+    """:func:`harness.train.checkpoint.resume_config` of the run in ``out`` (torch is imported here,
+    not when the CLI starts)."""
+    from harness.train.checkpoint import resume_config
+
+    return resume_config(RunDir(out))
 
 
 def check_model_names(*names: str | None) -> None:
@@ -305,13 +320,24 @@ def check_model_names(*names: str | None) -> None:
 
 
 def floats(text: str, flag: str) -> tuple[float, ...]:
+    """``"1,2,3"`` as ``(1.0, 2.0, 3.0)``; an empty item (``1,,2``, a trailing comma) or a word is an
+    error naming ``flag``, never skipped."""
+    return tuple(float(v) for v in _items(text, flag, float, "numbers, e.g. 1,2,3"))
+
+
+def ints(text: str, flag: str) -> tuple[int, ...]:
+    """``"150,180"`` as ``(150, 180)``; ``1.5`` or an empty item is an error naming ``flag``."""
+    return tuple(int(v) for v in _items(text, flag, int, "integers, e.g. 150,180,210"))
+
+
+def _items(text: str, flag: str, kind: type, example: str) -> list[Any]:
+    parts = [part.strip() for part in text.split(",")]
+    if any(part == "" for part in parts):
+        raise ConfigError(f"{flag} takes comma-separated {example}, with no empty item; got {text!r}")
     try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
+        return [kind(part) for part in parts]
     except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 1,2,3; got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{flag} needs at least one number; got {text!r}")
-    return values
+        raise ConfigError(f"{flag} takes comma-separated {example}; got {text!r}") from None
 
 
 @contextlib.contextmanager
@@ -329,17 +355,18 @@ def user_errors() -> Iterator[None]:
         yield
     except TrainingInterrupted as exc:
         if rank == "0":
-            _print_error(str(exc), "stopped: ")
+            print_error(str(exc), "stopped: ")
         raise typer.Exit(code=exc.exit_code) from None
     except DistributedAbort:
         raise typer.Exit(code=1) from None  # rank 0 prints the cause
     except (ValueError, OSError, DatasetError, NonFiniteLossError) as exc:
         # OSError: a full disk or a permission problem, which the message names (FileNotFoundError too).
-        _print_error(str(exc), "error: " if rank == "0" else f"[rank {rank}] error: ")
+        print_error(str(exc), "error: " if rank == "0" else f"[rank {rank}] error: ")
         raise typer.Exit(code=1) from None
 
 
-def _print_error(message: str, label: str) -> None:
+def print_error(message: str, label: str = "error: ") -> None:
+    """One line on stderr, ``label`` in bold red (how every command reports a problem)."""
     from rich.console import Console
     from rich.text import Text
 

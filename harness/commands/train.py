@@ -11,11 +11,14 @@ The command only builds a :class:`harness.config.TrainConfig` (from a pair's off
     sld train --pair wrn40_2-wrn16_2 --method dkd --teacher-processing swap --pseudo-teacher  # = sld-dkd
     sld train --config runs/resnet32x4-resnet8x4/sld/config.json   # repeat a run exactly
     sld train --out runs/resnet32x4-resnet8x4/sld --resume         # continue an interrupted run
+    sld train --pair resnet32x4-resnet8x4 --resume                 # the same: the first command + --resume
     sld train --pair resnet32x4-resnet8x4 --nproc 4                # 4 GPUs (DDP); --batch-size is global
     torchrun --standalone --nproc_per_node 4 -m harness train --pair ...   # the same, by hand
 
 Ctrl-C (SIGINT) or SIGTERM stops a run between steps; ``--resume`` continues from the last complete
-epoch. Exit codes: 1 for an error, 130/143 for SIGINT/SIGTERM.
+epoch, with the config its ``last.pt`` was saved with (or the one the repeated command builds, which
+must agree with it). One process at a time trains in an ``--out`` directory (a second one is refused
+with the first one's PID). Exit codes: 1 for an error, 130/143 for SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from harness.commands._common import (
     check_model_names,
     common_overrides,
     floats,
+    resumed_config,
     run,
     shared_options,
     user_errors,
@@ -46,7 +50,7 @@ from harness.config import (
 )
 from harness.method_names import canonical_name, method_label, parse_method
 from harness.recipes import MLKD_EPOCHS, logit_standardized, method_config, pair_config
-from harness.runs import DEFAULT_RUNS_DIR, RunDir, find_teacher
+from harness.runs import DEFAULT_RUNS_DIR, find_teacher
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
 _LOSS_FLAGS = {
@@ -202,16 +206,24 @@ def _base_config(
     base_temp: float | None = None,
     kd_weight: float | None = None,
 ) -> TrainConfig:
-    """The config the flags apply to: ``--config``, else the resumed run's, else the pair's recipe for
-    the method name (``harness.recipes.pair_config``) or ``--student``/``--teacher-model`` with the
-    method's default settings. ``--logit-stand`` is the ``ls-`` name of the method (on a ``--config``,
-    the LS rewrite of its loss)."""
-    if config is None and resume:
+    """The config the flags apply to: ``--config``, else the pair's recipe for the method name
+    (``harness.recipes.pair_config``) or ``--student``/``--teacher-model`` with the method's default
+    settings, else (``--resume`` alone) the resumed run's. So both ``sld train --out DIR --resume`` and
+    the command that started a run plus ``--resume`` continue it; the trainer checks that the config
+    agrees with the run's. ``--logit-stand`` is the ``ls-`` name of the method (on a ``--config``, the
+    LS rewrite of its loss)."""
+    if config is None and resume and not (pair or student or teacher_model):
         if out is None:
-            raise ConfigError("--resume needs --out DIR (the run to continue)")
-        config = RunDir(out).config
-        if not config.is_file():
-            raise ConfigError(f"cannot resume: {config} does not exist (is {out} a run directory?)")
+            raise ConfigError(
+                "--resume needs --out DIR (the run to continue), or the --pair/--student options the run "
+                "was started with"
+            )
+        base = resumed_config(out)
+        if method is not None and canonical_name(method) not in (method_label(base), base.method):
+            raise ConfigError(
+                f"--method {method} conflicts with the run in {out} (method {method_label(base)!r})"
+            )
+        return base
     if config is not None:
         if pair or student or teacher_model:
             raise ConfigError("--config already names the models; drop --pair/--student/--teacher-model")

@@ -11,10 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.commands._common import SHARED_OPTIONS, common_overrides, run, shared_options, user_errors
+from harness.commands._common import (
+    SHARED_OPTIONS,
+    common_overrides,
+    resumed_config,
+    run,
+    shared_options,
+    user_errors,
+)
 from harness.config import ConfigError, load_config, with_overrides
 from harness.recipes import teacher_config
-from harness.runs import RunDir, teacher_run_dir
+from harness.runs import teacher_run_dir
 
 
 @shared_options(*SHARED_OPTIONS)
@@ -29,8 +36,11 @@ def train_teacher(
         if config is None and options["resume"]:
             if out is None and model is None:
                 raise ConfigError("--resume needs --model (or --out DIR) to find the run")
-            config = RunDir(out or teacher_run_dir(model, options["runs_dir"])).config
-        if config is not None:
+            directory = out or teacher_run_dir(model, options["runs_dir"])
+            base = resumed_config(directory)
+            if base.method != "ce":
+                raise ConfigError(f"{directory} holds a {base.method!r} run, not a teacher (ce) run")
+        elif config is not None:
             base = load_config(config)
             if base.method != "ce":
                 raise ConfigError(f"{config} is a {base.method!r} run, not a teacher (ce) run")

@@ -4,9 +4,14 @@ Each epoch the dataset (:mod:`harness.train.data`; for CIFAR-100 ``uint8`` image
 augmented there per batch) yields this rank's views of every global batch; the student runs one forward
 per view, the teacher (eval mode) one per view, the method (:mod:`harness.train.methods`) sees all of
 them at once, and one backward follows. Running sums stay on the device and are read every
-``log_every`` steps. After every epoch: evaluation, the metric record (``metrics.jsonl``) and the
-checkpoint (:class:`~harness.train.checkpoint.TrainState`), written through
-:class:`harness.runs.RunDir`. The loop never calls ``.cuda()``: everything goes ``.to(device)``.
+``log_every`` steps. After every epoch: evaluation, the checkpoint
+(:class:`~harness.train.checkpoint.TrainState`) and the metric record (``metrics.jsonl``), written
+through :class:`harness.runs.RunDir`. The loop never calls ``.cuda()``: everything goes ``.to(device)``.
+
+A run owns its directory: the process (rank 0 under DDP) holds :meth:`harness.runs.RunDir.lock` for as
+long as it trains. ``last.pt`` is the commit point of an epoch (written first); a resumed run rebuilds
+``metrics.jsonl`` and ``best.pt`` from it, so a crash between any two writes leaves nothing that resuming
+does not repair, and refuses a teacher file whose SHA-256 is not the one recorded when the run started.
 
 Under ``torchrun`` (``sld train --nproc N``) the same function trains data-parallel: the student is
 wrapped in ``DistributedDataParallel``, each rank takes its share of every global batch, sums and
@@ -18,6 +23,7 @@ exactly what is split how). SIGINT/SIGTERM stop a run between steps with a messa
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -30,22 +36,24 @@ import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.config import ConfigError, TrainConfig, save_config, train_config_to_dict, with_overrides
-from harness.models import build_model, load_weights
-from harness.runs import RunDir, epoch_record
+from harness.config import ConfigError, TrainConfig, train_config_to_dict, with_overrides
+from harness.models import CheckpointError, build_model, load_weights
+from harness.runs import RunDir, epoch_record, file_sha256
 
 from .checkpoint import (
     TrainState,
     capture_rng,
+    check_teacher,
     load_model_state,
     load_resume_state,
-    remove_partial_writes,
+    repair_best,
     restore_rng,
     save_checkpoint,
 )
 from .console import epoch_line, print_config
 from .data import load_data
-from .distributed import check_global_batch, context
+from .device import as_device, float16_slowdown
+from .distributed import DistContext, check_global_batch, context
 from .errors import NonFiniteLossError
 from .evaluate import evaluate
 from .interrupt import StopSignals, TrainingInterrupted, interrupted
@@ -53,6 +61,8 @@ from .methods import METHODS
 from .step import StepParts, train_epoch
 
 __all__ = ["NonFiniteLossError", "RunResult", "TrainingInterrupted", "train"]
+
+_SLOW_FP16 = 3.0  # float16_slowdown() above this is emulated float16 (8.5-35x measured): worth a warning
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class RunResult:
 
 def train(
     config: TrainConfig,
-    device: torch.device,
+    device: torch.device | str,
     *,
     resume: bool = False,
     console: Console | None = None,
@@ -91,12 +101,15 @@ def train(
         The whole run; saved to ``config.out_dir / "config.json"``. ``config.sync_bn`` (CUDA only)
         makes BatchNorm use the global batch's statistics under DDP.
     device
-        Where everything runs (``torch.device("cuda")``, ``torch.device("cpu")``, ...); under DDP this
-        rank's device.
+        Where everything runs (``torch.device("cuda")``, ``"cpu"``, ``"cuda:1"``, ...; checked by
+        :func:`harness.train.device.as_device`); under DDP this rank's device.
     resume
         Continue from ``config.out_dir / "last.pt"``; the checkpoint's config must match ``config``
-        except in where/how-fast fields (output dir, logging interval, compile, data location). The
-        world size may differ. Without ``resume`` an existing ``last.pt`` there is an error, never
+        except in where/how-fast fields (output dir, logging interval, compile, data location), and
+        the teacher file must be the one the run started with (same SHA-256). The world size may
+        differ. ``metrics.jsonl`` and ``best.pt`` are repaired from ``last.pt`` first (a message says
+        what was repaired); a run killed after its last epoch but before its summary is finished
+        without training. Without ``resume`` an existing ``last.pt`` there is an error, never
         overwritten.
     console
         Where the Rich output goes (default: a new stdout console; silent on ranks other than 0).
@@ -114,7 +127,10 @@ def train(
     Raises
     ------
     ConfigError, FileNotFoundError, harness.models.CheckpointError, harness.data.cifar.DatasetError
-        Bad configuration, missing data or teacher, unreadable or mismatched checkpoints.
+        Bad configuration or device, missing data or teacher, a teacher with non-finite weights or
+        another than the run started with, unreadable or mismatched checkpoints.
+    harness.runs.RunLockedError
+        Another process trains in ``config.out_dir``; the message names its PID.
     NonFiniteLossError
         The loss became NaN/inf; the message names the epoch and step; ``last.pt`` keeps the last good epoch.
     TrainingInterrupted
@@ -124,8 +140,9 @@ def train(
 
     Example
     -------
-    >>> result = train(TrainConfig(student="resnet8", method="ce"), torch.device("cpu"))  # doctest: +SKIP
+    >>> result = train(TrainConfig(student="resnet8", method="ce"), "cpu")  # doctest: +SKIP
     """
+    device = as_device(device)
     dist = context(device)
     if dist.active:
         check_global_batch(config.optim.batch_size, dist.world_size)
@@ -139,7 +156,32 @@ def train(
     console = console or Console(soft_wrap=True)
     if not dist.is_main:
         console = Console(quiet=True)
+    if config.amp == "fp16" and device.type == "cpu" and (slowdown := float16_slowdown()) > _SLOW_FP16:
+        console.print(
+            f"[bold yellow]warning:[/bold yellow] --amp fp16 on this CPU: a float16 convolution ran "
+            f"{slowdown:.0f}x slower than float32 (float16 is emulated here); --amp off trains faster"
+        )
     run = RunDir(config.out_dir)
+    # One process trains in a directory; held until this call returns (the kernel drops it if we die).
+    lock = dist.on_main(run.lock)
+    try:
+        return _train_in(run, config, device, dist, console, resume, on_epoch_end, stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(
+    run: RunDir,
+    config: TrainConfig,
+    device: torch.device,
+    dist: DistContext,
+    console: Console,
+    resume: bool,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    stop_after: int | None,
+) -> RunResult:
+    """:func:`train`'s body, run while holding the directory's lock."""
     if run.last.exists() and not resume:
         raise ConfigError(
             f"{run.path} already holds a run ({run.last.name}); pass --resume to continue "
@@ -161,7 +203,9 @@ def train(
     )
     if config.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # same state_dict keys
-    teacher = _load_teacher(config, data.num_classes, device)
+    teacher, teacher_sha256 = _load_teacher(config, data.num_classes, device)
+    if resumed is not None:
+        check_teacher(resumed, teacher_sha256, config.teacher_checkpoint, run)
     optimizer, scheduler = _optimizer(student, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     generator = torch.Generator(device=device)
@@ -177,13 +221,25 @@ def train(
         start_epoch, best_top1, best_epoch = resumed.epoch + 1, resumed.best_acc, resumed.best_epoch
 
     def prepare_directory() -> None:
+        """Make the directory agree with last.pt: its records, its best epoch, no stale temp files."""
         run.path.mkdir(parents=True, exist_ok=True)
-        # Records past the checkpoint were written just before a crash that lost their checkpoint.
-        run.truncate_metrics(resumed.epoch if resumed is not None else 0)
-        remove_partial_writes(run.path)  # temp files of a checkpoint write that a kill -9 cut short
-        save_config(config, run.config)
+        run.remove_partial_writes()  # temp files of a write that a kill -9 cut short (we hold the lock)
+        if resumed is None:
+            run.write_metrics([])  # records of an earlier attempt that never wrote a checkpoint
+            repairs: list[str | None] = []
+        else:
+            repairs = [run.recover_metrics(resumed.epoch, resumed.history), repair_best(run, resumed)]
+        for message in filter(None, repairs):
+            console.print(f"[yellow]{message}[/yellow]")
+        run.write_config(config)
 
     dist.on_main(prepare_directory)
+    if resumed is None:
+        records: list[dict[str, Any]] = []
+    elif resumed.history is not None:
+        records = list(resumed.history)
+    else:  # a checkpoint of an older version keeps no records: the repaired file's (rank 0 writes them)
+        records = dist.on_main(run.read_metrics) or []
     print_config(console, config, device, dist, resume_from=start_epoch - 1 if resumed else None)
     evaluate_on = functools.partial(
         evaluate,
@@ -198,7 +254,8 @@ def train(
         teacher_train_error = 1.0 - evaluate_on(teacher, split="train")[0]
         # Written now, not only in summary.json at the end: a report can show it for unfinished runs.
         measured = {"teacher": config.teacher, "teacher_checkpoint": config.teacher_checkpoint,
-                    "teacher_top1": teacher_top1, "teacher_train_error": teacher_train_error}
+                    "teacher_sha256": teacher_sha256, "teacher_top1": teacher_top1,
+                    "teacher_train_error": teacher_train_error}
         dist.on_main(functools.partial(run.write_teacher, measured))
         console.print(
             f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
@@ -217,7 +274,6 @@ def train(
     parts = StepParts(forward, teacher, METHODS[config.method], optimizer, scaler, config, dist)
     last_epoch = config.optim.epochs if stop_after is None else min(stop_after, config.optim.epochs)
     history: list[dict[str, Any]] = []
-    record: dict[str, Any] = {}
     with StopSignals() as stop:
         for epoch in range(start_epoch, last_epoch + 1):
             lr = optimizer.param_groups[0]["lr"]
@@ -250,9 +306,11 @@ def train(
                 config=train_config_to_dict(config),
                 rng=capture_rng(generator),
                 world_size=dist.world_size,
+                history=(records := [*records, record]),
+                teacher_sha256=teacher_sha256,
             )
             is_best = best_epoch == epoch
-            dist.on_main(functools.partial(_write_epoch, run, record, state.to_payload(), is_best))
+            dist.on_main(functools.partial(_write_epoch, run, records, state.to_payload(), is_best))
             console.print(epoch_line(record, config.optim.epochs))
             history.append(record)
             if on_epoch_end is not None:
@@ -260,13 +318,14 @@ def train(
             if dist.any(stop.received is not None) and epoch < config.optim.epochs:
                 raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=True)
 
+    last = records[-1] if records else {}
     result = RunResult(
         out_dir=run.path,
-        epochs=record.get("epoch", start_epoch - 1),
+        epochs=int(last.get("epoch", start_epoch - 1)),
         best_top1=best_top1,
         best_epoch=best_epoch,
-        last_top1=record.get("test_top1", float("nan")),
-        last_top5=record.get("test_top5", float("nan")),
+        last_top1=last.get("test_top1", math.nan),
+        last_top5=last.get("test_top5", math.nan),
         teacher_top1=teacher_top1,
         teacher_train_error=teacher_train_error,
         history=history,
@@ -286,12 +345,16 @@ def train(
     return result
 
 
-def _write_epoch(run: RunDir, record: dict[str, Any], payload: dict[str, Any], is_best: bool) -> None:
-    # Metrics first: a crash before the checkpoint lands leaves a record that resuming truncates.
-    run.append_metrics(record)
+def _write_epoch(
+    run: RunDir, records: list[dict[str, Any]], payload: dict[str, Any], is_best: bool
+) -> None:
+    # last.pt is the commit point: it carries the records and its best epoch, so a crash after it and
+    # before best.pt or metrics.jsonl is repaired on resume (repair_best, recover_metrics), and a crash
+    # before it leaves the previous epoch's set whole. metrics.jsonl never shows an uncommitted epoch.
     save_checkpoint(run.last, payload)
     if is_best:
         save_checkpoint(run.best, payload)
+    run.write_metrics(records)
 
 
 # --------------------------------------------------------------------------------------------------- set-up
@@ -321,16 +384,28 @@ def _optimizer(
     return optimizer, scheduler
 
 
-def _load_teacher(config: TrainConfig, num_classes: int, device: torch.device) -> torch.nn.Module | None:
+def _load_teacher(
+    config: TrainConfig, num_classes: int, device: torch.device
+) -> tuple[torch.nn.Module | None, str | None]:
+    """The teacher in eval mode, no grad, and its file's SHA-256 (None, None for method ``ce``)."""
     if config.method == "ce":
-        return None
+        return None, None
     if not config.teacher_checkpoint:
         raise ConfigError(f"method {config.method!r} needs a teacher checkpoint (config.teacher_checkpoint)")
     teacher = build_model(config.teacher, num_classes=num_classes)
-    load_weights(teacher, config.teacher_checkpoint)
+    load_weights(teacher, config.teacher_checkpoint)  # checks the file first: its errors name it best
+    sha256 = file_sha256(config.teacher_checkpoint)
+    state = teacher.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"teacher checkpoint {config.teacher_checkpoint} holds NaN or infinite values in {len(bad)} "
+            f"tensor(s) ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it cannot teach; "
+            "retrain or re-download it"
+        )
     teacher = teacher.to(device, memory_format=_memory_format(config)).eval()
     teacher.requires_grad_(False)  # no grads are ever taken; also skips autograd bookkeeping
-    return teacher
+    return teacher, sha256
 
 
 def _model_options(config: TrainConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ steps (progress, the non-finite check, under DDP the stop agreement)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -56,21 +57,25 @@ def train_epoch(
     parts.student.train()
     sums: dict[str, torch.Tensor] = {}
     first_bad_step = torch.full((), -1, dtype=torch.long, device=generator.device)
+    # Whether the student's and the teacher's logits were finite at that step: what the message blames.
+    first_bad_logits = torch.ones(2, dtype=torch.bool, device=generator.device)
     steps = data.steps_per_epoch(dist.world_size)
     rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
     batches = data.train_batches(epoch, generator=generator, rank=dist.rank, world_size=dist.world_size)
     with progress(console) as bar:
         task = bar.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
         for step, batch in enumerate(batches):
-            loss, stats = train_step(parts, batch, epoch=epoch)
+            loss, stats, logits_finite = train_step(parts, batch, epoch=epoch)
             for name, value in stats.items():
                 sums[name] = sums[name] + value if name in sums else value
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+            newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
+            first_bad_step = torch.where(newly_bad, step, first_bad_step)
+            first_bad_logits = torch.where(newly_bad, logits_finite, first_bad_logits)
             at_log_step = (step + 1) % config.log_every == 0
-            if at_log_step:
-                _check_finite(first_bad_step, epoch, steps, run, dist)  # a sync: every log_every steps
+            if at_log_step:  # a sync: every log_every steps
+                _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
                 bar.update(task, completed=step + 1, loss=float(sums["loss"]) / local_rows)
             # One process polls its flag every step for free; ranks must agree, at the log steps.
             if dist.active:
@@ -79,11 +84,13 @@ def train_epoch(
                 stopping = stop.received is not None
             if stopping:
                 raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=False)
-    _check_finite(first_bad_step, epoch, steps, run, dist)
+    _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
     return {**_reduce_sums(sums, dist), "rows": rows}
 
 
-def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(
+    parts: StepParts, batch: Batch, *, epoch: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step on this rank's rows of one global batch: the student's and the teacher's
     logits of every view, the method's loss terms, one backward. Nothing here waits for the device.
 
@@ -93,10 +100,12 @@ def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Ten
 
     Returns
     -------
-    (loss, stats)
-        This rank's detached total loss (0-d, before the DDP weight) and this step's device-side sums
+    (loss, stats, logits_finite)
+        This rank's detached total loss (0-d, before the DDP weight); this step's device-side sums
         for the epoch record: every term times the rows trained on, swap counts (and, for the
-        conditional swap, the rows it swaps) and correct weak-view predictions.
+        conditional swap, the rows it swaps) and correct weak-view predictions; and whether the
+        student's and the teacher's logits were all finite (bool, (2,)), which says what to blame when
+        the loss is not.
     """
     config, labels = parts.config, batch.labels
     rows = labels.shape[0]
@@ -122,17 +131,26 @@ def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Ten
         stats["teacher_swaps"] = _swap_count(teachers, labels)
         processed = [processed_rows(config.loss, t, labels) for t in teachers]
         if processed[0] is not None:  # the conditional swap: the rows it swaps, a subset of the above
-            stats["teacher_processed"] = torch.stack([rows.sum() for rows in processed]).sum()
+            stats["teacher_processed"] = torch.stack([mask.sum() for mask in processed]).sum()
     stats["student_swaps"] = _swap_count([s.detach() for s in students], labels)
     # train accuracy on the weak view, the one closest to the test images
     stats["train_correct"] = (students[0].detach().argmax(dim=1) == labels).sum()
+    # One sum per view is finite exactly when every logit is (or the sum overflows: divergence too).
+    logits_finite = torch.stack([_all_finite(students, labels.device), _all_finite(teachers, labels.device)])
     weight = parts.dist.world_size * rows / batch.global_rows
     parts.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     loss = loss.detach()
     stats["loss"] = loss * rows
-    return loss, stats
+    return loss, stats, logits_finite
+
+
+def _all_finite(logits: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    if not logits:  # no teacher
+        return torch.ones((), dtype=torch.bool, device=device)
+    total = torch.stack([z.detach().sum(dtype=torch.float32) for z in logits]).sum()
+    return torch.isfinite(total)
 
 
 def _swap_count(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -141,15 +159,27 @@ def _swap_count(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tenso
 
 
 def _check_finite(
-    first_bad_step: torch.Tensor, epoch: int, steps: int, run: RunDir, dist: DistContext
+    first_bad_step: torch.Tensor,
+    first_bad_logits: torch.Tensor,
+    epoch: int,
+    steps: int,
+    run: RunDir,
+    config: TrainConfig,
+    dist: DistContext,
 ) -> None:
+    first = first_bad_step
     if dist.active:  # the first bad step on any rank; every rank then raises the same error
         never = torch.full_like(first_bad_step, steps)
         first = dist.all_reduce_min(torch.where(first_bad_step < 0, never, first_bad_step))
-        first_bad_step = torch.where(first == steps, -1, first)
-    bad = int(first_bad_step)
+        first = torch.where(first == steps, -1, first)
+    bad = int(first)
     if bad < 0:
         return
+    if dist.active:  # the logits of the ranks that failed at that step (a collective on every rank)
+        failed = first_bad_step == first
+        mine = torch.where(failed, ~first_bad_logits, torch.zeros_like(first_bad_logits))
+        first_bad_logits = dist.all_reduce_sum(mine.long()) == 0
+    student_ok, teacher_ok = first_bad_logits.tolist()
     kept = (
         f"the last good checkpoint {run.last} (epoch {epoch - 1}) is kept"
         if run.last.exists()
@@ -157,7 +187,29 @@ def _check_finite(
     )
     raise NonFiniteLossError(
         f"non-finite loss (NaN/inf) at epoch {epoch}, step {bad + 1}/{steps}; training "
-        f"stopped and {kept}. Lower the learning rate or try --amp off."
+        f"stopped and {kept}. {_likely_cause(student_ok, teacher_ok, config)}"
+    )
+
+
+def _likely_cause(student_ok: bool, teacher_ok: bool, config: TrainConfig) -> str:
+    """What to blame for a non-finite loss, from which logits were finite at the first bad step."""
+    if not student_ok:
+        return "The student's logits were not finite: it diverged. Lower the learning rate or try --amp off."
+    if not teacher_ok:
+        fix = (
+            "under --amp fp16 they overflow float16: try --amp bf16 or off"
+            if config.amp == "fp16"
+            else "check the teacher checkpoint and the input data"
+        )
+        return f"The teacher's logits were not finite (its weights are checked when it loads); {fix}."
+    settings = ", ".join(
+        f"loss.{f.name}={getattr(config.loss, f.name)!r}"
+        for f in dataclasses.fields(config.loss)
+        if "temperature" in f.name
+    )
+    return (
+        "The student's and the teacher's logits were finite, so the loss itself overflowed: the method's "
+        f"settings are the cause, not the learning rate; check them{f' ({settings})' if settings else ''}."
     )
 
 

@@ -33,6 +33,7 @@ DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
     "amp",
     "channels_last",
     "compile",
+    "cuda_graphs",
     "limit_train",
     "limit_test",
 )

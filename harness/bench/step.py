@@ -31,7 +31,7 @@ import torch
 
 from harness.bench.ops import PHASES, OpCounter, OpCounts
 from harness.bench.timing import time_interleaved
-from harness.config import AMP_MODES, DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
+from harness.config import AMP_MODES, ConfigError, DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
 from harness.data.base import Batch
 from harness.data.resident import DeviceResidentData
 from harness.models import build_model
@@ -219,13 +219,12 @@ def training_step(
         batch_size=batch_size,
         views=views,
     )
-    config = TrainConfig(
+    config = _config(
+        method,
+        batch_size,
+        views,
         student=student,
         teacher=teacher,
-        method=method,
-        loss=KDConfig() if method == "kd" else SLDConfig(),
-        optim=OptimConfig(batch_size=batch_size),
-        data=DataConfig(views=views),
         amp=amp,
         channels_last=channels_last,
         cuda_graphs=cuda_graphs,
@@ -238,6 +237,18 @@ def training_step(
     graph = StepGraph(CudaGraphs(device)) if cuda_graphs else None
     parts = StepParts(net, teacher_net, METHODS[method], optimizer, scaler, config, graph=graph)
     return StepRunner(parts, data, generator, epoch)
+
+
+def _config(method: str, batch_size: int, views: int, **fields: Any) -> TrainConfig:
+    """The trainer's config of one bench step: ``method``'s default recipe."""
+    fields = {"student": "resnet8x4", "teacher": "resnet32x4", **fields}
+    return TrainConfig(
+        method=method,
+        loss=KDConfig() if method == "kd" else SLDConfig(),
+        optim=OptimConfig(batch_size=batch_size),
+        data=DataConfig(views=views),
+        **fields,
+    )
 
 
 def count_step_ops(runner: StepRunner) -> OpCounts:
@@ -322,6 +333,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        check_cuda_graphs(
+            _config("sld", 2, 2, amp=args.amp, cuda_graphs=args.cuda_graphs),
+            torch.device(args.device),
+            DistContext(),
+        )
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     times = measure_step_times(
         device=args.device,
         repeats=args.repeats,

@@ -75,7 +75,7 @@ def test_one_teacher_forward_over_both_views_is_bit_identical_to_two(model: str,
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     amp = "bf16" if layout == "bf16-autocast" else "off"
     with torch.no_grad(), autocast(amp, CPU):
-        both = teacher_forward(net, views)
+        both = teacher_forward(net, views, at_once=True)
         separately = [net(v) for v in views]
     assert both.shape == (32, 100)
     assert both.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
@@ -87,14 +87,14 @@ def test_one_teacher_forward_at_the_recipe_batch_is_bit_identical() -> None:
     net = eval_teacher("resnet8")
     views = [torch.randn(64, 3, 32, 32) for _ in range(2)]
     with torch.no_grad():
-        assert torch.equal(teacher_forward(net, views), torch.cat([net(v) for v in views]))
+        assert torch.equal(teacher_forward(net, views, at_once=True), torch.cat([net(v) for v in views]))
 
 
 def test_a_teacher_in_training_mode_runs_each_view_on_its_own() -> None:
     net = build_model("resnet8").train()  # BatchNorm normalizes with the batch's own statistics
     views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32) * 3 + 1]
     with torch.no_grad():
-        got = teacher_forward(net, views)
+        got = teacher_forward(net, views, at_once=True)
         separately = torch.cat([net(v) for v in views])
         mixed = net(torch.cat(views))
     assert torch.equal(got, separately)
@@ -184,8 +184,9 @@ def _batches(n: int, rows: int, seed: int) -> list[tuple[list[torch.Tensor], tor
     ]
 
 
+@pytest.mark.parametrize("teacher_at_once", [True, None], ids=["teacher-at-once", "teacher-cpu-default"])
 @pytest.mark.parametrize(("amp", "channels_last"), [("off", False), ("off", True), ("bf16", False)])
-def test_train_step_equals_the_step_written_out(amp: str, channels_last: bool) -> None:
+def test_train_step_equals_the_step_written_out(amp: str, channels_last: bool, teacher_at_once: bool) -> None:
     """Per view: student forward, teacher forward, SLD summed over the views, backward, torch's
     per-parameter SGD (the step before this change) -- bit for bit, parameters, BatchNorm statistics
     and every logged sum."""
@@ -196,8 +197,9 @@ def test_train_step_equals_the_step_written_out(amp: str, channels_last: bool) -
     student = build_model("resnet8").to(memory_format=memory_format).train()
     reference = copy.deepcopy(student)
     optimizer, _ = build_optimizer(student, config)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     parts = StepParts(
-        student, teacher, METHODS["sld"], optimizer, torch.amp.GradScaler("cpu", enabled=False), config
+        student, teacher, METHODS["sld"], optimizer, scaler, config, teacher_at_once=teacher_at_once
     )
     plain_sgd = torch.optim.SGD(
         reference.parameters(), lr=config.optim.lr, momentum=0.9, weight_decay=5e-4, foreach=False
@@ -309,6 +311,7 @@ def _three_epochs(
         torch.amp.GradScaler(device.type, enabled=False),
         config,
         graph=graph,
+        teacher_at_once=True,
     )
     generator = torch.Generator(device=device).manual_seed(0)
     sums = []
@@ -453,10 +456,15 @@ def test_op_counter_counts_each_op_once_by_phase() -> None:
     assert torch.equal(w.grad, x)
 
 
-def test_a_counted_step_runs_the_teacher_once_and_sgd_in_a_few_ops() -> None:
+@pytest.mark.parametrize(("at_once", "forwards"), [(True, 1), (None, 2)], ids=["at-once", "cpu-default"])
+def test_a_counted_step_runs_the_teacher_once_and_sgd_in_a_few_ops(
+    at_once: bool | None, forwards: int
+) -> None:
     torch.manual_seed(0)
     teacher = build_model("resnet8").eval().requires_grad_(False)
-    step = training_step("sld", teacher, teacher="resnet8", student="resnet8", batch_size=8)
+    step = training_step(
+        "sld", teacher, teacher="resnet8", student="resnet8", batch_size=8, teacher_at_once=at_once
+    )
     step()
     counts = count_step_ops(step)
 
@@ -464,11 +472,12 @@ def test_a_counted_step_runs_the_teacher_once_and_sgd_in_a_few_ops() -> None:
     one_forward = OpCounter("teacher forward")
     with torch.no_grad(), one_forward:
         teacher(x)
-    assert counts.launching["teacher forward"] == one_forward.counts.launching["teacher forward"]
-    parameters = len(list(step.parts.student.parameters()))
+    per_forward = one_forward.counts.launching["teacher forward"]
+    # (the per-view path's cat of the two logits happens outside the teacher: rest of the step)
+    assert counts.launching["teacher forward"] == forwards * per_forward
+    assert len(list(step.parts.student.parameters())) > 10
     assert (
         counts.launching["optimizer"] == 4
     )  # weight decay, momentum (mul, add), update: all tensors at once
-    assert parameters > 10
     assert counts.launching["augmentation"] > 0 and counts.launching["backward"] > 0
     assert counts.total == sum(counts.all.values()) >= counts.total_launching

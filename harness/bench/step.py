@@ -113,6 +113,7 @@ def measure_step_times(
     amp: str = "off",
     channels_last: bool = False,
     cuda_graphs: bool = False,
+    teacher_at_once: bool | None = None,
     count_ops: bool = False,
 ) -> StepTimes:
     """Median time of one training step with KD and with SLD, interleaved, and (``count_ops``) the ops
@@ -132,6 +133,9 @@ def measure_step_times(
         own warm-up and recording come first, untimed).
     device, amp, channels_last, cuda_graphs
         Where and how the step runs, as the trainer's config fields of the same names.
+    teacher_at_once
+        One teacher forward over both views, or one per view; None: as the trainer does on ``device``
+        (:func:`harness.train.step.teacher_forward`).
     count_ops
         Also count one more step of each method (:func:`count_step_ops`).
 
@@ -158,6 +162,7 @@ def measure_step_times(
             amp=amp,
             channels_last=channels_last,
             cuda_graphs=cuda_graphs,
+            teacher_at_once=teacher_at_once,
         )
         for method in ("kd", "sld")
     }
@@ -192,6 +197,7 @@ def training_step(
     amp: str = "off",
     channels_last: bool = False,
     cuda_graphs: bool = False,
+    teacher_at_once: bool | None = None,
 ) -> StepRunner:
     """A :class:`StepRunner`: one training step per call of a fresh ``student`` taught by
     ``teacher_net`` (the model named ``teacher``, eval mode, in the memory format asked for) with
@@ -235,7 +241,16 @@ def training_step(
     optimizer, _ = build_optimizer(net, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     graph = StepGraph(CudaGraphs(device)) if cuda_graphs else None
-    parts = StepParts(net, teacher_net, METHODS[method], optimizer, scaler, config, graph=graph)
+    parts = StepParts(
+        net,
+        teacher_net,
+        METHODS[method],
+        optimizer,
+        scaler,
+        config,
+        graph=graph,
+        teacher_at_once=teacher_at_once,
+    )
     return StepRunner(parts, data, generator, epoch)
 
 
@@ -325,6 +340,12 @@ def main() -> None:
     parser.add_argument("--amp", choices=AMP_MODES, default="off")
     parser.add_argument("--channels-last", action="store_true", help="NHWC activations")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay each step as one CUDA graph")
+    parser.add_argument(
+        "--teacher-forward",
+        choices=("auto", "at-once", "per-view"),
+        default="auto",
+        help="one teacher forward over both views or one per view (auto: per view on the CPU only)",
+    )
     parser.add_argument("--no-ops", action="store_true", help="skip the op count")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument(
@@ -349,10 +370,13 @@ def main() -> None:
         amp=args.amp,
         channels_last=args.channels_last,
         cuda_graphs=args.cuda_graphs,
+        teacher_at_once={"auto": None, "at-once": True, "per-view": False}[args.teacher_forward],
         count_ops=not args.no_ops,
     )
-    setting = f"amp {args.amp}, {'channels-last' if args.channels_last else 'NCHW'}, " + (
-        "CUDA graphs" if args.cuda_graphs else "eager"
+    setting = (
+        f"amp {args.amp}, {'channels-last' if args.channels_last else 'NCHW'}, "
+        + ("CUDA graphs" if args.cuda_graphs else "eager")
+        + f", teacher forward {args.teacher_forward}"
     )
     print(f"resnet32x4 -> resnet8x4, batch {args.batch_size}, {args.views} views, {args.device}, {setting}")
     print(f"KD  step {1000 * times.kd_s:8.2f} ms  {times.kd_images_per_s:8.1f} img/s")
@@ -375,6 +399,7 @@ def main() -> None:
             "amp": args.amp,
             "channels_last": args.channels_last,
             "cuda_graphs": args.cuda_graphs,
+            "teacher_forward": args.teacher_forward,
             "kd_ms": 1000 * times.kd_s,
             "sld_ms": 1000 * times.sld_s,
             "ratio": times.ratio,

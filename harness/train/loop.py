@@ -2,10 +2,10 @@
 
 Each epoch the dataset (:mod:`harness.train.data`; for CIFAR-100 ``uint8`` images held on the device,
 augmented there per batch) yields this rank's views of every global batch; the student runs one forward
-per view, the teacher (eval mode) one over all views at once, the method (:mod:`harness.train.methods`)
-sees all of them at once, and one backward follows. Running sums stay on the device and are read every
-``log_every`` steps. After every epoch: evaluation, the metric record (``metrics.jsonl``) and the
-checkpoint (:class:`~harness.train.checkpoint.TrainState`), written through
+per view, the teacher (eval mode) one over all views (on the CPU one per view), the method
+(:mod:`harness.train.methods`) sees all of them at once, and one backward follows. Running sums stay on
+the device and are read every ``log_every`` steps. After every epoch: evaluation, the metric record
+(``metrics.jsonl``) and the checkpoint (:class:`~harness.train.checkpoint.TrainState`), written through
 :class:`harness.runs.RunDir`. The loop never calls ``.cuda()``: everything goes ``.to(device)``.
 
 Under ``torchrun`` (``sld train --nproc N``) the same function trains data-parallel: the student is

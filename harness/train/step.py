@@ -38,6 +38,7 @@ class StepParts:
     config: TrainConfig
     dist: DistContext = field(default_factory=DistContext)
     graph: StepGraph | None = None  # --cuda-graphs: full-batch steps replay one recorded CUDA graph
+    teacher_at_once: bool | None = None  # one teacher forward over all views; None: except on the CPU
 
 
 def train_epoch(
@@ -90,8 +91,8 @@ def train_epoch(
 def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on this rank's rows of one global batch: the student's logits of every view
     (one forward per view: BatchNorm normalizes each view with its own statistics, as officially), the
-    teacher's in one forward over all views (:func:`teacher_forward`), the method's loss terms, one
-    backward, one multi-tensor SGD update. Nothing here waits for the device.
+    teacher's in one forward over all views off the CPU (:func:`teacher_forward`), the method's loss
+    terms, one backward, one multi-tensor SGD update. Nothing here waits for the device.
 
     With ``parts.graph`` (``--cuda-graphs``) every full batch replays one recorded CUDA graph of this
     step (:class:`harness.train.graphs.StepGraph`); a short batch runs eagerly.
@@ -120,7 +121,9 @@ def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Ten
     return parts.graph.run(step, (*batch.views, batch.labels), key=(epoch, lrs))
 
 
-def teacher_forward(teacher: torch.nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+def teacher_forward(
+    teacher: torch.nn.Module, views: Sequence[torch.Tensor], *, at_once: bool | None = None
+) -> torch.Tensor:
     """The teacher's logits of every view, view after view along the rows: ``(len(views) * B, C)``.
 
     In eval mode a network's rows do not interact (BatchNorm uses its running statistics), so one
@@ -135,6 +138,11 @@ def teacher_forward(teacher: torch.nn.Module, views: Sequence[torch.Tensor]) -> 
         Any module mapping ``(B, ...)`` inputs to ``(B, C)`` logits.
     views
         Inputs of equal shape and memory format (``cat`` keeps channels-last).
+    at_once
+        One forward over all views (default on every device but the CPU) or one per view (default on
+        the CPU, where launches cost next to nothing and the doubled batch ran ~25 % slower: its
+        activations pass 32 MiB, which glibc's malloc maps afresh, page fault by page fault, at every
+        call; benchmarks/RESULTS.md).
 
     Returns
     -------
@@ -144,12 +152,15 @@ def teacher_forward(teacher: torch.nn.Module, views: Sequence[torch.Tensor]) -> 
     -------
     >>> net = torch.nn.Linear(4, 3).eval()
     >>> weak, strong = torch.randn(2, 4), torch.randn(2, 4)
-    >>> torch.equal(teacher_forward(net, [weak, strong]), torch.cat([net(weak), net(strong)]))
+    >>> together = teacher_forward(net, [weak, strong], at_once=True)
+    >>> torch.equal(together, torch.cat([net(weak), net(strong)]))
     True
     """
+    if at_once is None:
+        at_once = views[0].device.type != "cpu"
     if len(views) == 1:
         return teacher(views[0])
-    if teacher.training:
+    if teacher.training or not at_once:
         return torch.cat([teacher(x) for x in views])
     return teacher(torch.cat(list(views)))
 
@@ -174,7 +185,7 @@ def _step(
         students = tuple(parts.student(x) for x in xs)
         if parts.teacher is not None:
             with torch.no_grad():
-                teacher_rows = teacher_forward(parts.teacher, xs)
+                teacher_rows = teacher_forward(parts.teacher, xs, at_once=parts.teacher_at_once)
     teachers = teacher_rows.split(rows) if parts.teacher is not None else None
     terms = parts.method(StepLogits(students, teachers, labels), epoch=epoch, config=config.loss)
     losses = [value for name, value in terms.items() if name.startswith("loss")]

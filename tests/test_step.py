@@ -330,7 +330,9 @@ def test_graphed_steps_equal_eager_steps_with_a_replaying_stand_in() -> None:
         lambda model, opt: StepGraph(ReplayingBackend(model, opt), warmup_steps=1), CPU
     )
     assert graph is not None
-    assert graph.warm == 1 and graph.captures == 3  # one recording per epoch; the short batches ran eagerly
+    # per epoch: one eager step (the warm-up, then the first of each new epoch), one recorded and
+    # replayed; the short batches bypass the graph
+    assert (graph.warm, graph.eager_steps, graph.captures) == (1, 3, 3)
     assert graph_sums == eager_sums
     for name, value in eager_state.items():
         assert torch.equal(graph_state[name], value), name
@@ -358,18 +360,20 @@ def test_step_graph_records_again_when_the_key_or_the_shapes_change() -> None:
     assert calls == []
     graph.run(lambda a: a.sum(), (x * 2,), key=1)  # records, then replays from the copied input
     graph.run(lambda a: a.sum(), (x * 3,), key=1)  # replays with the new input copied in
-    graph.run(lambda a: a.sum(), (x * 4,), key=2)  # a new key records again
-    graph.run(lambda a: a.sum(), (torch.ones(5),), key=2)  # so do new shapes
+    assert float(graph.run(lambda a: a.sum(), (x * 4,), key=2)) == 12.0  # a new key: one step eagerly,
+    graph.run(lambda a: a.sum(), (x * 5,), key=2)  # then recorded
+    graph.run(lambda a: a.sum(), (torch.ones(5),), key=2)  # new shapes count as a new key
+    graph.run(lambda a: a.sum(), (torch.ones(5) * 2,), key=2)
     assert calls == [
         "capture",
         ("replay", 6.0),
         ("replay", 9.0),
         "capture",
-        ("replay", 12.0),
+        ("replay", 15.0),
         "capture",
-        ("replay", 5.0),
+        ("replay", 10.0),
     ]
-    assert graph.captures == 3
+    assert (graph.warm, graph.eager_steps, graph.captures) == (2, 4, 3)
     with pytest.raises(ValueError, match="warmup_steps must be >= 1"):
         StepGraph(Counting(), warmup_steps=0)
 
@@ -426,8 +430,9 @@ def test_cuda_graphed_steps_equal_eager_steps(amp: str, channels_last: bool) -> 
         )
     finally:
         torch.backends.cudnn.deterministic = was
-    # warm-up: epoch 1's two full batches and epoch 2's first; recordings in epochs 2 and 3
-    assert graph is not None and graph.captures == 2
+    # warm-up: epoch 1's two full batches and epoch 2's first; epoch 3's first runs eagerly (a new
+    # key); recordings at the second full batch of epochs 2 and 3
+    assert graph is not None and (graph.warm, graph.eager_steps, graph.captures) == (3, 4, 2)
     # the same kernels on the same addresses: expected bit-equal; allow float32 rounding in case
     # cuBLAS/cuDNN chose another algorithm while capturing
     for got, want in zip(graph_sums, eager_sums):

@@ -12,14 +12,17 @@ What a replay needs, and where it is handled:
   keeps (``train_epoch`` clones its running sums from the first step's).
 - Python numbers are baked in at recording: the epoch (SLD's pseudo-teacher switch, DKD's warm-up) and
   the learning rate (a float in SGD's update). They are part of the key the step passes; a new key
-  records a new graph (once per epoch, a few hundred milliseconds).
+  records a new graph (once per epoch), after one eager step with the new key.
 - No host sync inside the step: the loss runs with ``check_targets=False``, the non-finite check reads
   the loss outside the step, and the GradScaler of ``--amp fp16`` (it reads its inf check on the host
   before stepping the multi-tensor SGD) is refused, as are DDP (its buckets and collectives need their
   own warm-up and graph-safe NCCL settings) and ``--compile`` (``torch.compile`` keeps graphs of its own).
-- Lazily created state (SGD's momentum buffers, cuBLAS handles, Triton and autocast caches) must exist
-  before recording: the warm-up steps, real training steps, run on a side stream as torch's
-  whole-network capture recipe asks; autocast runs with its weight cache off inside the step.
+- Lazily created state must exist before recording, since creating it may copy between host and
+  device, which a capture forbids: SGD's momentum buffers, cuBLAS handles, compiled Triton kernels, the
+  loss's constant tables (cached per setting, so a new pseudo-teacher setting builds new ones). The
+  first ``warmup_steps`` steps, and the first step after every key change, run eagerly on a side
+  stream (as torch's whole-network capture recipe asks); they are real training steps. Autocast runs
+  with its weight cache off inside the step.
 """
 
 from __future__ import annotations
@@ -134,26 +137,28 @@ class StepGraph:
         self.backend = backend
         self.warmup_steps = warmup_steps
         self.warm = 0  # eager warm-up steps run so far
+        self.eager_steps = 0  # steps run eagerly through run(): the warm-up, one per new key
         self.captures = 0  # graphs recorded so far
-        self._key: Hashable = None
+        self._key: Hashable = None  # what the current graph was recorded with
+        self._eager_key: Hashable = None  # what the last eager step ran with
         self._inputs: tuple[torch.Tensor, ...] = ()
         self._outputs: Any = None
 
     def run(self, step: Callable[..., Any], inputs: tuple[torch.Tensor, ...], *, key: Hashable) -> Any:
-        """``step(*inputs)``: eagerly while warming up, else by replaying the graph recorded for ``key``
-        (recorded now if the last recording had another key or other input shapes). ``key`` must hold
-        every Python value the step's arithmetic depends on besides ``inputs``.
+        """``step(*inputs)``: eagerly while warming up and at the first step of a new ``key`` (or new
+        input shapes), else by replaying the graph recorded for ``key`` (recorded at its second step).
+        ``key`` must hold every Python value the step's arithmetic depends on besides ``inputs``.
 
         Returns
         -------
         What ``step`` returns; after warm-up the same tensors every call, overwritten by the next one.
         """
-        if self.warm < self.warmup_steps:
-            with self.backend.warmup():
-                outputs = step(*inputs)
-            self.warm += 1
-            return outputs
         key = (key, tuple((x.shape, x.dtype, x.device) for x in inputs))
+        if self.warm < self.warmup_steps:
+            self.warm += 1
+            return self._eager(step, inputs, key)
+        if key != self._key and key != self._eager_key:
+            return self._eager(step, inputs, key)
         if key != self._key:
             self._record(step, inputs, key)
         else:
@@ -161,6 +166,13 @@ class StepGraph:
                 buffer.copy_(x)
         self.backend.replay()
         return self._outputs
+
+    def _eager(self, step: Callable[..., Any], inputs: tuple[torch.Tensor, ...], key: Hashable) -> Any:
+        with self.backend.warmup():
+            outputs = step(*inputs)
+        self.eager_steps += 1
+        self._eager_key = key
+        return outputs
 
     def _record(self, step: Callable[..., Any], inputs: tuple[torch.Tensor, ...], key: Hashable) -> None:
         same_shapes = self._key is not None and key[1] == self._key[1]

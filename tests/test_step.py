@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from rich.console import Console  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from harness.bench.ops import OpCounter  # noqa: E402
 from harness.bench.step import count_step_ops, training_step  # noqa: E402
@@ -269,10 +270,8 @@ class ReplayingBackend:
 
     def replay(self) -> None:
         assert self.fn is not None and self._lrs() == self.lrs
-        loss, stats = self.fn()
-        self.outputs[0].copy_(loss)
-        for name, value in stats.items():
-            self.outputs[1][name].copy_(value)
+        for recorded, value in zip(tree_leaves(self.outputs), tree_leaves(self.fn()), strict=True):
+            recorded.copy_(value)
 
     def _state(self) -> list[torch.Tensor]:
         buffers = [s["momentum_buffer"] for s in self.optimizer.state.values() if "momentum_buffer" in s]

@@ -1,7 +1,8 @@
 """A training step replayed as one CUDA graph (``--cuda-graphs``): :class:`StepGraph` runs a step
 function eagerly for a few warm-up steps, then records it once into a graph and from then on only
-copies each batch into the graph's input buffers and replays it, so the ~1000 kernel launches of a
-step become one. :func:`check_cuda_graphs` refuses the settings a graph cannot replay.
+copies each batch into the graph's input buffers and replays it, so the several hundred kernel
+launches of forward, loss, backward and update become one (the augmentation, which makes the batch,
+stays outside). :func:`check_cuda_graphs` refuses the settings a graph cannot replay.
 
 What a replay needs, and where it is handled:
 

@@ -76,6 +76,7 @@ RESUMABLE_FIELDS = frozenset(
         "out_dir",
         "log_every",
         "compile",
+        "cuda_graphs",
         "data.data_dir",
         "data.download",
         "data.eval_batch_size",
@@ -475,6 +476,7 @@ class TrainConfig:
     amp: str = "off"  # exact float32 by default; "bf16" is the fast choice on recent GPUs
     channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
     compile: bool = False  # torch.compile the student: minutes of warm-up, pays off only on long runs
+    cuda_graphs: bool = False  # CUDA: replay each full-batch step as one graph (launch-bound small models)
     sync_bn: bool = False  # DDP, CUDA only: BatchNorm over the global batch; off: per rank, as officially
     # WRN students: three BatchNorm layers update their running statistics twice per step, as the
     # official WRN forward does (docs/official_differences.md); False: once, the clean behaviour.
@@ -506,6 +508,7 @@ class TrainConfig:
             )
         _check(self.amp in AMP_MODES, "amp", self.amp, f"must be one of {list(AMP_MODES)}")
         _check(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "must be true or false")
+        _check(isinstance(self.cuda_graphs, bool), "cuda_graphs", self.cuda_graphs, "must be true or false")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         _check(
             _is_int(self.log_every) and self.log_every >= 1,

@@ -66,6 +66,13 @@ ChannelsLastOpt = Annotated[
     ),
 ]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student.")]
+CudaGraphsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="CUDA: replay every full-batch training step as one CUDA graph (not with fp16, DDP, --compile).",
+    ),
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (config, metrics, checkpoints).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
@@ -168,6 +175,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "amp": (AmpOpt, None),
     "channels_last": (ChannelsLastOpt, None),
     "compile": (CompileOpt, None),
+    "cuda_graphs": (CudaGraphsOpt, None),
     "device": (DeviceOpt, None),
     "out": (OutOpt, None),
     "resume": (ResumeOpt, False),
@@ -236,6 +244,7 @@ def common_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         "amp": "amp",
         "channels_last": "channels_last",
         "compile": "compile",
+        "cuda_graphs": "cuda_graphs",
         "official_wrn_bn": "official_wrn_bn",
         "views": "data.views",
         "limit_train": "data.limit_train",

@@ -37,6 +37,7 @@ DEFAULT_OUT = Path(DEFAULT_RUNS_DIR) / "reproduce"
     "amp",
     "channels_last",
     "compile",
+    "cuda_graphs",
     "limit_train",
     "limit_test",
     "image_size",

@@ -51,8 +51,11 @@ def evaluate(
     return c1 / total, c5 / total
 
 
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """The mixed-precision context of ``amp`` (``"off"``, ``"bf16"``, ``"fp16"``) on ``device``."""
+def autocast(amp: str, device: torch.device, *, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """The mixed-precision context of ``amp`` (``"off"``, ``"bf16"``, ``"fp16"``) on ``device``.
+    ``cache=False`` casts a weight at every use instead of once per context (two uses then get two
+    casts, and their gradients meet in float32; CUDA-graph capture needs it too)."""
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

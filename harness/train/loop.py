@@ -2,9 +2,9 @@
 
 Each epoch the dataset (:mod:`harness.train.data`; for CIFAR-100 ``uint8`` images held on the device,
 augmented there per batch) yields this rank's views of every global batch; the student runs one forward
-per view, the teacher (eval mode) one per view, the method (:mod:`harness.train.methods`) sees all of
-them at once, and one backward follows. Running sums stay on the device and are read every
-``log_every`` steps. After every epoch: evaluation, the checkpoint
+per view, the teacher (eval mode) one over all views (on the CPU one per view), the method
+(:mod:`harness.train.methods`) sees all of them at once, and one backward follows. Running sums stay on
+the device and are read every ``log_every`` steps. After every epoch: evaluation, the checkpoint
 (:class:`~harness.train.checkpoint.TrainState`) and the metric record (``metrics.jsonl``), written
 through :class:`harness.runs.RunDir`. The loop never calls ``.cuda()``: everything goes ``.to(device)``.
 
@@ -56,8 +56,10 @@ from .device import as_device, float16_slowdown
 from .distributed import DistContext, check_global_batch, context
 from .errors import NonFiniteLossError
 from .evaluate import evaluate
+from .graphs import CudaGraphs, StepGraph, check_cuda_graphs
 from .interrupt import StopSignals, TrainingInterrupted, interrupted
 from .methods import METHODS
+from .optim import build_optimizer, load_optimizer_state
 from .step import StepParts, train_epoch
 
 __all__ = ["NonFiniteLossError", "RunResult", "TrainingInterrupted", "train"]
@@ -150,6 +152,7 @@ def train(
         raise ConfigError(
             "sync_bn (--sync-bn) needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)"
         )
+    check_cuda_graphs(config, device, dist)
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be an epoch >= 1; got {stop_after}")
     # Metric lines stay one line each in logs; the other ranks compute the same numbers silently.
@@ -206,7 +209,7 @@ def _train_in(
     teacher, teacher_sha256 = _load_teacher(config, data.num_classes, device)
     if resumed is not None:
         check_teacher(resumed, teacher_sha256, config.teacher_checkpoint, run)
-    optimizer, scheduler = _optimizer(student, config)
+    optimizer, scheduler = build_optimizer(student, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -214,7 +217,7 @@ def _train_in(
     start_epoch, best_top1, best_epoch = 1, -1.0, 0
     if resumed is not None:
         load_model_state(student, resumed.model, run.last)
-        optimizer.load_state_dict(resumed.optimizer)
+        load_optimizer_state(optimizer, resumed.optimizer)
         scheduler.load_state_dict(resumed.scheduler)
         scaler.load_state_dict(resumed.scaler)
         restore_rng(resumed.rng, generator)
@@ -271,7 +274,8 @@ def _train_in(
     # Under DDP evaluate the plain module: ranks may run different numbers of evaluation batches,
     # and the DDP wrapper's buffer broadcast inside forward would then wait forever.
     eval_model = student if dist.active else forward
-    parts = StepParts(forward, teacher, METHODS[config.method], optimizer, scaler, config, dist)
+    graph = StepGraph(CudaGraphs(device)) if config.cuda_graphs else None
+    parts = StepParts(forward, teacher, METHODS[config.method], optimizer, scaler, config, dist, graph)
     last_epoch = config.optim.epochs if stop_after is None else min(stop_after, config.optim.epochs)
     history: list[dict[str, Any]] = []
     with StopSignals() as stop:
@@ -364,24 +368,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the legacy global state, for code that draws from np.random.*)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _optimizer(
-    student: torch.nn.Module, config: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD and its multistep schedule, stepped once per epoch."""
-    optim = config.optim
-    optimizer = torch.optim.SGD(
-        student.parameters(),
-        lr=optim.lr,
-        momentum=optim.momentum,
-        nesterov=optim.nesterov,
-        weight_decay=optim.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(optim.lr_milestones), gamma=optim.lr_decay
-    )
-    return optimizer, scheduler
 
 
 def _load_teacher(

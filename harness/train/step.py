@@ -5,6 +5,7 @@ steps (progress, the non-finite check, under DDP the stop agreement)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,10 +20,11 @@ from .console import progress
 from .distributed import DistContext
 from .errors import NonFiniteLossError
 from .evaluate import autocast
+from .graphs import StepGraph
 from .interrupt import StopSignals, interrupted
 from .methods import Method, StepLogits, processed_rows
 
-__all__ = ["StepParts", "train_epoch", "train_step"]
+__all__ = ["StepParts", "teacher_forward", "train_epoch", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class StepParts:
     scaler: torch.amp.GradScaler
     config: TrainConfig
     dist: DistContext = field(default_factory=DistContext)
+    graph: StepGraph | None = None  # --cuda-graphs: full-batch steps replay one recorded CUDA graph
+    teacher_at_once: bool | None = None  # one teacher forward over all views; None: except on the CPU
 
 
 def train_epoch(
@@ -67,7 +71,8 @@ def train_epoch(
         for step, batch in enumerate(batches):
             loss, stats, logits_finite = train_step(parts, batch, epoch=epoch)
             for name, value in stats.items():
-                sums[name] = sums[name] + value if name in sums else value
+                # clone: a graphed step overwrites its outputs at the next step
+                sums[name] = sums[name] + value if name in sums else value.clone()
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
             newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
@@ -91,8 +96,13 @@ def train_epoch(
 def train_step(
     parts: StepParts, batch: Batch, *, epoch: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step on this rank's rows of one global batch: the student's and the teacher's
-    logits of every view, the method's loss terms, one backward. Nothing here waits for the device.
+    """One optimizer step on this rank's rows of one global batch: the student's logits of every view
+    (one forward per view: BatchNorm normalizes each view with its own statistics, as officially), the
+    teacher's in one forward over all views off the CPU (:func:`teacher_forward`), the method's loss
+    terms, one backward, one multi-tensor SGD update. Nothing here waits for the device.
+
+    With ``parts.graph`` (``--cuda-graphs``) every full batch replays one recorded CUDA graph of this
+    step (:class:`harness.train.graphs.StepGraph`); a short batch runs eagerly.
 
     Under DDP the loss is weighted by ``world_size * rows / global_rows``: DDP averages gradients over
     ranks, and this makes that the global batch mean (exactly 1 when the shards are equal, i.e. every
@@ -105,39 +115,106 @@ def train_step(
         for the epoch record: every term times the rows trained on, swap counts (and, for the
         conditional swap, the rows it swaps) and correct weak-view predictions; and whether the
         student's and the teacher's logits were all finite (bool, (2,)), which says what to blame when
-        the loss is not.
+        the loss is not. A graphed step returns the same tensors every time and the next step
+        overwrites them: copy what you keep.
     """
-    config, labels = parts.config, batch.labels
+    rows = batch.global_rows
+    if parts.graph is None or rows != parts.config.optim.batch_size:
+        return _step(parts, batch.views, batch.labels, global_rows=rows, epoch=epoch)
+
+    def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        return _step(parts, tensors[:-1], tensors[-1], global_rows=rows, epoch=epoch)
+
+    # The epoch and the learning rates are Python numbers that the recorded kernels hold as constants.
+    lrs = tuple(group["lr"] for group in parts.optimizer.param_groups)
+    return parts.graph.run(step, (*batch.views, batch.labels), key=(epoch, lrs))
+
+
+def teacher_forward(
+    teacher: torch.nn.Module, views: Sequence[torch.Tensor], *, at_once: bool | None = None
+) -> torch.Tensor:
+    """The teacher's logits of every view, view after view along the rows: ``(len(views) * B, C)``.
+
+    In eval mode a network's rows do not interact (BatchNorm uses its running statistics), so one
+    forward over the views concatenated gives the logits of one forward per view with half the
+    launches; on the CPU they are bit-identical (tests/test_step.py), on CUDA cuDNN may pick another
+    algorithm for the larger batch and round differently. A teacher in training mode (its BatchNorm
+    would mix the views) runs one forward per view.
+
+    Parameters
+    ----------
+    teacher
+        Any module mapping ``(B, ...)`` inputs to ``(B, C)`` logits.
+    views
+        Inputs of equal shape and memory format (``cat`` keeps channels-last).
+    at_once
+        One forward over all views (default on every device but the CPU) or one per view (default on
+        the CPU, where launches cost next to nothing and the doubled batch ran ~25 % slower: its
+        activations pass 32 MiB, which glibc's malloc maps afresh, page fault by page fault, at every
+        call; benchmarks/RESULTS.md).
+
+    Returns
+    -------
+    Tensor, shape (len(views) * B, C)
+
+    Example
+    -------
+    >>> net = torch.nn.Linear(4, 3).eval()
+    >>> weak, strong = torch.randn(2, 4), torch.randn(2, 4)
+    >>> together = teacher_forward(net, [weak, strong], at_once=True)
+    >>> torch.equal(together, torch.cat([net(weak), net(strong)]))
+    True
+    """
+    if at_once is None:
+        at_once = views[0].device.type != "cpu"
+    if len(views) == 1:
+        return teacher(views[0])
+    if teacher.training or not at_once:
+        return torch.cat([teacher(x) for x in views])
+    return teacher(torch.cat(list(views)))
+
+
+def _step(
+    parts: StepParts,
+    views: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    global_rows: int,
+    epoch: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    config = parts.config
     rows = labels.shape[0]
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     parts.optimizer.zero_grad(set_to_none=True)  # frees the grads instead of writing zeros into them
-    students, teachers = [], []
-    for view in batch.views:
-        x = view.contiguous(memory_format=memory_format)
-        with autocast(config.amp, x.device):
-            students.append(parts.student(x))
-            if parts.teacher is not None:
-                with torch.no_grad():
-                    teachers.append(parts.teacher(x))
-    logits = StepLogits(tuple(students), tuple(teachers) if parts.teacher is not None else None, labels)
-    terms = parts.method(logits, epoch=epoch, config=config.loss)
-    loss = torch.zeros((), device=labels.device)
-    stats: dict[str, torch.Tensor] = {}
-    for name, value in terms.items():
-        if name.startswith("loss"):
-            loss = loss + value
-        stats[name] = value.detach() * rows
-    if teachers:
-        stats["teacher_swaps"] = _swap_count(teachers, labels)
-        processed = [processed_rows(config.loss, t, labels) for t in teachers]
-        if processed[0] is not None:  # the conditional swap: the rows it swaps, a subset of the above
-            stats["teacher_processed"] = torch.stack([mask.sum() for mask in processed]).sum()
-    stats["student_swaps"] = _swap_count([s.detach() for s in students], labels)
-    # train accuracy on the weak view, the one closest to the test images
-    stats["train_correct"] = (students[0].detach().argmax(dim=1) == labels).sum()
+    xs = [view.contiguous(memory_format=memory_format) for view in views]
+    # Without autocast's cast cache a weight is cast anew for each view, as one region per view did:
+    # a shared cast would sum both views' weight gradients in bf16 before the float32 update, and a
+    # CUDA graph cannot hold the cache (it lives outside the graph's memory).
+    with autocast(config.amp, labels.device, cache=False):
+        students = tuple(parts.student(x) for x in xs)
+        if parts.teacher is not None:
+            with torch.no_grad():
+                teacher_rows = teacher_forward(parts.teacher, xs, at_once=parts.teacher_at_once)
+    teachers = teacher_rows.split(rows) if parts.teacher is not None else None
+    terms = parts.method(StepLogits(students, teachers, labels), epoch=epoch, config=config.loss)
+    losses = [value for name, value in terms.items() if name.startswith("loss")]
+    loss = sum(losses[1:], losses[0]) if losses else torch.zeros((), device=labels.device)
+    stats = {name: (value.detach() if value.requires_grad else value) * rows for name, value in terms.items()}
+    # Swap counts of all views at once: their logits stacked along the rows, the labels repeated.
+    view_labels = labels.repeat(len(xs)) if len(xs) > 1 else labels
+    if parts.teacher is not None:
+        stats["teacher_swaps"] = swap_mask(teacher_rows, view_labels, check_targets=False).sum()
+        processed = processed_rows(config.loss, teacher_rows, view_labels)
+        if processed is not None:  # the conditional swap: the rows it swaps, a subset of the above
+            stats["teacher_processed"] = processed.sum()
+    student_rows = torch.cat([s.detach() for s in students]) if len(students) > 1 else students[0].detach()
+    student_wrong = swap_mask(student_rows, view_labels, check_targets=False)
+    stats["student_swaps"] = student_wrong.sum()
+    # train accuracy on the weak view (the first rows), the one closest to the test images
+    stats["train_correct"] = (~student_wrong[:rows]).sum()
     # One sum per view is finite exactly when every logit is (or the sum overflows: divergence too).
     logits_finite = torch.stack([_all_finite(students, labels.device), _all_finite(teachers, labels.device)])
-    weight = parts.dist.world_size * rows / batch.global_rows
+    weight = parts.dist.world_size * rows / global_rows
     parts.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
@@ -146,16 +223,11 @@ def train_step(
     return loss, stats, logits_finite
 
 
-def _all_finite(logits: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _all_finite(logits: Sequence[torch.Tensor] | None, device: torch.device) -> torch.Tensor:
     if not logits:  # no teacher
         return torch.ones((), dtype=torch.bool, device=device)
     total = torch.stack([z.detach().sum(dtype=torch.float32) for z in logits]).sum()
     return torch.isfinite(total)
-
-
-def _swap_count(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Rows the swap changes, summed over the views."""
-    return torch.stack([swap_mask(z, labels, check_targets=False).sum() for z in logits]).sum()
 
 
 def _check_finite(

@@ -3,8 +3,8 @@ ATen ops per step"): the teacher's forward over both views at once vs one per vi
 faults of each), torch's multi-tensor SGD vs its per-parameter loop, the step as it was before the
 multi-tensor update vs now, and a control (the same step twice) that shows the machine's noise.
 
-    python -m benchmarks.step_ab --threads 1                  # CPU
-    python -m benchmarks.step_ab --device cuda --repeats 30
+    python -m harness.bench.step_ab --threads 1                  # CPU
+    python -m harness.bench.step_ab --device cuda --repeats 30
 
 Every pair is timed round-robin (``harness.bench.timing.time_interleaved``), medians reported, and on
 CUDA synchronized around each clock reading.

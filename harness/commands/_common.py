@@ -91,7 +91,9 @@ MilestonesOpt = Annotated[
         help="Comma-separated epochs after which lr is multiplied by 0.1 (recipe: 150,180,210).",
     ),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for init, shuffling and augmentation.")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Seed for init, shuffling and augmentation (default: 0).")
+]
 AmpOpt = Annotated[
     AmpChoice | None,  # type: ignore[valid-type]
     typer.Option("--amp", help="Mixed precision (default: off, exact float32)."),
@@ -103,12 +105,20 @@ WeightDecayOpt = Annotated[
 ChannelsLastOpt = Annotated[
     bool | None,
     typer.Option(
-        "--channels-last/--no-channels-last", help="NHWC activations (faster convolutions on tensor cores)."
+        "--channels-last/--no-channels-last",
+        help="NHWC activations (faster convolutions on tensor cores; default: off).",
     ),
 ]
-CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student.")]
+CompileOpt = Annotated[
+    bool | None, typer.Option("--compile/--no-compile", help="torch.compile the student (default: off).")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (config, metrics, checkpoints).")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Run directory (config, metrics, checkpoints; default: runs/<pair>/<method>)."
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Start from this config.json; flags override it.")
@@ -133,7 +143,9 @@ AugmentOpt = Annotated[
 ]
 ValFractionOpt = Annotated[
     float | None,
-    typer.Option("--val-fraction", help="--dataset folder without val/: held-out fraction per class."),
+    typer.Option(
+        "--val-fraction", help="--dataset folder without val/: held-out fraction per class (required there)."
+    ),
 ]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=0, help="Streamed data: decode processes per rank (4).")

@@ -97,7 +97,8 @@ _KD, _DKD, _SLD = KDConfig(), DKDConfig(), SLDConfig()
 @shared_options(*SHARED_OPTIONS)
 def train(
     pair: Annotated[
-        str | None, typer.Option("--pair", help="Teacher-student pair (see `sld pairs`).")
+        str | None,
+        typer.Option("--pair", help="Teacher-student pair (see `sld pairs`): its official recipe."),
     ] = None,
     method: Annotated[
         str | None,
@@ -133,7 +134,8 @@ def train(
         float | None,
         typer.Option(
             "--swap-threshold",
-            help="conditional_swap: swap the wrong rows whose teacher gap p_top - p_target is below this.",
+            help="conditional_swap: swap the wrong rows whose teacher gap p_top - p_target is below this "
+            "(default: 0.5; inf: every wrong row).",
         ),
     ] = None,
     swap_mode: Annotated[
@@ -150,15 +152,19 @@ def train(
         bool | None,
         typer.Option(
             "--pseudo-teacher/--no-pseudo-teacher",
-            help="The student's own swapped logits as a second target after epoch --gamma.",
+            help="The student's own swapped logits as a second target after epoch --gamma (default: on for "
+            "sld, off otherwise).",
         ),
     ] = None,
     detach_pseudo_teacher: Annotated[
         bool,
-        typer.Option("--detach-pseudo-teacher", help="No gradient through the swapped student logits."),
+        typer.Option(
+            "--detach-pseudo-teacher",
+            help="No gradient through the swapped student logits (default: off, as the official code).",
+        ),
     ] = False,
     gamma: Annotated[
-        float | None, typer.Option("--gamma", help="Pseudo-teacher on after this epoch (150).")
+        float | None, typer.Option("--gamma", help="Pseudo-teacher on after this epoch (recipe: 150).")
     ] = None,
     temperatures: Annotated[
         str | None,
@@ -336,7 +342,7 @@ def _base_config(
             )
             base = with_overrides(base, {"loss": loss})
         elif base_temp is not None or kd_weight is not None:
-            raise ConfigError("--base-temp and --kd-weight are parameters of --logit-stand")
+            raise ConfigError("--base-temp is a parameter of --logit-stand")
         return base
     name = method or "sld"
     if logit_stand and not name.strip().lower().startswith("ls-"):

@@ -73,7 +73,10 @@ def train_epoch(
     first_bad_logits = torch.ones(2, dtype=torch.bool, device=generator.device)
     steps = data.steps_per_epoch(dist.world_size)
     rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
-    logged_loss, logged_rows = 0.0, 0  # the loss sum and rows at the previous log step (host values)
+    # With on_log: the loss summed since the previous log step, on the device (one add per step, no sync),
+    # and the rows it covers (host).
+    window_loss: torch.Tensor | None = None
+    logged_rows = 0
     lr = float(parts.optimizer.param_groups[0]["lr"])  # stepped per epoch: constant within one
     started = time.perf_counter()
     batches = data.train_batches(epoch, generator=generator, rank=dist.rank, world_size=dist.world_size)
@@ -85,6 +88,8 @@ def train_epoch(
             loss, stats, logits_finite = train_step(parts, batch, epoch=epoch)
             for name, value in stats.items():
                 sums[name] = sums[name] + value if name in sums else value
+            if on_log is not None:
+                window_loss = stats["loss"] if window_loss is None else window_loss + stats["loss"]
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
             newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
@@ -93,13 +98,13 @@ def train_epoch(
             at_log_step = step == 0 or (step + 1) % config.log_every == 0
             if at_log_step:  # a sync: the first step, then every log_every steps
                 _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
-                loss_sum = float(sums["loss"])
-                window = local_rows - logged_rows
-                if on_log is not None and window > 0:
-                    # The difference of two float32 running sums: ~1e-6 relative, plenty for a log.
-                    scalars = {"loss": (loss_sum - logged_loss) / window, "lr": lr}
-                    on_log((epoch - 1) * steps + step + 1, scalars)
-                logged_loss, logged_rows = loss_sum, local_rows
+                if window_loss is None:
+                    loss_sum = float(sums["loss"])
+                else:  # both in one transfer: the trackers' step loss costs no extra sync
+                    loss_sum, window_sum = torch.stack([sums["loss"], window_loss]).tolist()
+                    window_rows = local_rows - logged_rows
+                    on_log((epoch - 1) * steps + step + 1, {"loss": window_sum / window_rows, "lr": lr})
+                    window_loss, logged_rows = None, local_rows
                 elapsed, done = time.perf_counter() - started, (step + 1) / steps
                 left = None if eta is None else eta.remaining(epoch=epoch, done=done, elapsed=elapsed)
                 bar.update(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import ConfigError, TrainConfig, train_config_to_dict, with_overrides
@@ -425,9 +426,8 @@ class _Session:
             try:
                 write()
             except Exception as error:
-                self.console.print(
-                    f"[yellow]could not record the session's end in {self.run.run_info}: {error}[/yellow]"
-                )
+                message = f"could not record the session's end in {self.run.run_info}: {error}"
+                self.console.print(Text(message, style="yellow"))
 
 
 def _log_step(trackers: Trackers, epoch: int, step: int, scalars: dict[str, float]) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "ROW_CHOICE_PROCESSINGS",
     "SWAP_MODES",
     "TEACHER_PROCESSINGS",
+    "TRACKERS",
     "CEConfig",
     "ConfigError",
     "DKDConfig",
@@ -70,11 +71,14 @@ __all__ = [
 
 AMP_MODES = ("off", "bf16", "fp16")
 DATASETS = ("cifar100", "imagenet", "folder")
+# Where every epoch record also goes besides metrics.jsonl (harness.train.trackers; sld train --log).
+TRACKERS = ("csv", "tensorboard", "wandb")
 # Fields a resumed run may change: they say where and how fast it runs, not what it computes.
 RESUMABLE_FIELDS = frozenset(
     {
         "out_dir",
         "log_every",
+        "trackers",
         "compile",
         "cuda_graphs",
         "data.data_dir",
@@ -483,6 +487,7 @@ class TrainConfig:
     official_wrn_bn: bool = True
     out_dir: str = "runs/train"  # holds config.json, metrics.jsonl, last.pt and best.pt
     log_every: int = 50  # steps between progress updates; each is a CPU-GPU sync, so not every step
+    trackers: tuple[str, ...] = ()  # TRACKERS names: where the epoch records (and step scalars) also go
 
     def __post_init__(self) -> None:
         check_field_types(self)  # also the nested configs: a TrainConfig built in Python is checked too
@@ -516,13 +521,28 @@ class TrainConfig:
             self.log_every,
             "must be an integer >= 1",
         )
+        _check(
+            all(name in TRACKERS for name in self.trackers) and len(set(self.trackers)) == len(self.trackers),
+            "trackers",
+            self.trackers,
+            f"must name each of {list(TRACKERS)} at most once",
+        )
 
 
-def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """``config`` with dotted fields replaced, e.g. ``{"optim.lr": 0.1, "loss.gamma": 5}``; ``None``
-    values are skipped (an option that was not given). Every dataclass re-validates itself."""
+def with_overrides(
+    config: TrainConfig, overrides: dict[str, Any], *, skip_none: bool = True
+) -> TrainConfig:
+    """``config`` with dotted fields replaced, e.g. ``{"optim.lr": 0.1, "loss.gamma": 5}``. With
+    ``skip_none`` (the default) ``None`` values are skipped (an option that was not given); without it
+    ``None`` is a value like any other (``sld train --set data.image_size=null``). Every dataclass
+    re-validates itself.
+
+    >>> base = TrainConfig(student="resnet8", method="ce", loss=CEConfig())
+    >>> with_overrides(base, {"optim.lr": 0.1, "seed": None}).optim.lr
+    0.1
+    """
     for path, value in overrides.items():
-        if value is None:
+        if value is None and skip_none:
             continue
         config = _replace_path(config, path.split("."), value, path)
     return config

@@ -264,7 +264,7 @@ def method_config(
     spec = parse_method(name)
     if not spec.logit_stand and (base_temperature is not None or kd_weight is not None):
         raise ConfigError(
-            f"--base-temp and --kd-weight are parameters of logit standardization; method {name!r} has "
+            f"--base-temp and the LS weight are parameters of logit standardization; method {name!r} has "
             "none (use --logit-stand or an ls- name)"
         )
     loss = base_recipe_loss(spec.base, pair)

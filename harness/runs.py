@@ -10,6 +10,11 @@ A run directory (``sld train --out DIR``, one grid cell of ``sld reproduce``) ho
     teacher.json    the teacher's path, SHA-256, test top-1 and training-set error, written when the
                     run (re)starts
     summary.json    best and last accuracy, the teacher's accuracy, when the run finishes
+    run.json        what reproducing the run needs, per session (start or resume): the git commit,
+                    package versions, the device, start and end times (UTC)
+    metrics.csv     with ``--log csv``: the records of metrics.jsonl as a table; steps.csv: the step
+                    scalars (loss, lr every ``log_every`` steps)
+    tensorboard/    with ``--log tensorboard``: event files (epochs/ and steps/); wandb/: W&B's files
     .lock           the lock of the process that trains in the directory (its PID inside)
 
 :class:`RunDir` names those files, writes the JSON ones (rank 0 only; the checkpoints' payload is
@@ -29,8 +34,10 @@ relative to the working directory unless ``--runs-dir`` says otherwise. No torch
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -61,6 +68,7 @@ __all__ = [
     "RunLockedError",
     "RunState",
     "RunWriteError",
+    "STEP_COLUMNS",
     "SWAP_KEYS",
     "TEMP_SUFFIX",
     "TeacherNotFoundError",
@@ -72,7 +80,6 @@ __all__ = [
     "grid_run_dir",
     "load_runs",
     "read_metrics",
-    "SWAP_KEYS",
     "published_teacher_file",
     "scan_runs",
     "teacher_candidates",
@@ -85,6 +92,9 @@ DEFAULT_RUNS_DIR = "runs"
 ACCURACY_KEYS = ("test_top1", "test_top5", "train_top1")
 SWAP_KEYS = ("teacher_swap_rate", "teacher_processed_rate", "student_swap_rate")
 BOOKKEEPING_KEYS = ("epoch", "lr", "best_test_top1", "epoch_time_s", "images_per_s")
+# The columns of steps.csv: the global step (1, 2, ... over the whole run), its epoch, the mean loss per
+# image over the steps since the previous row (this rank's rows), the learning rate.
+STEP_COLUMNS = ("step", "epoch", "loss", "lr")
 # Counters among the trainer's epoch sums (epoch_record turns them into rates).
 _COUNTS = ("rows", "teacher_swaps", "teacher_processed", "student_swaps", "train_correct")
 MDISTILLER_CKPT_DIR = "download_ckpts"  # where mdistiller's README untars cifar_teachers.tar
@@ -273,6 +283,27 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def run_info(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def steps_csv(self) -> Path:
+        return self.path / "steps.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def wandb_dir(self) -> Path:
+        """Where W&B keeps the run (``wandb.init(dir=run.path)`` makes this folder)."""
+        return self.path / "wandb"
+
+    @property
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
@@ -367,12 +398,107 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_text_atomic(self.summary, json.dumps(summary, default=str, indent=2) + "\n")
 
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        """``run.json``, atomically (see :meth:`begin_session`)."""
+        _write_text_atomic(self.run_info, json.dumps(info, indent=2) + "\n")
+
+    def begin_session(self, environment: dict[str, Any], *, started: str, first_epoch: int,
+                      resumed: bool) -> dict[str, Any]:
+        """Record in ``run.json`` that a session (a start, or a ``--resume``) begins training at
+        ``first_epoch``, with its ``environment`` (git commit, package versions, device: what
+        reproducing it needs); returns the whole record.
+
+        ``run.json`` holds ``started`` (the first recorded session's start; ``None`` for a run begun by
+        a version that wrote no ``run.json``), ``ended`` (when the last epoch was done; ``None`` until
+        then) and ``sessions``, one object per session: ``started``, ``ended``, ``status``
+        (``running``, then ``finished`` / ``stopped`` / ``interrupted`` / ``failed``), ``first_epoch``,
+        ``last_epoch`` and the environment. A new run (``resumed=False``) starts a new file.
+
+        Raises
+        ------
+        RunDirError
+            A resumed run's ``run.json`` cannot be read (the message names it).
+
+        Example
+        -------
+        >>> RunDir("runs/x").begin_session({"git_commit": "unknown"}, started="2025-01-01T00:00:00+00:00",
+        ...                                first_epoch=1, resumed=False)  # doctest: +SKIP
+        """
+        info = self.read_run_info() if resumed else None
+        if info is None:
+            info = {"started": None if resumed else started, "ended": None, "sessions": []}
+        info["ended"] = None
+        info["sessions"].append(
+            {"started": started, "ended": None, "status": "running", "first_epoch": first_epoch,
+             "last_epoch": None, **environment}
+        )
+        self.write_run_info(info)
+        return info
+
+    def end_session(self, *, ended: str, status: str, last_epoch: int) -> None:
+        """Close the session :meth:`begin_session` opened: its end time, ``status`` and the last epoch
+        it recorded; a ``finished`` session also sets the run's ``ended``."""
+        info = self.read_run_info()
+        if info is None or not info.get("sessions"):
+            raise RunDirError(f"{self.run_info}: no session to end (begin_session writes one first)")
+        info["sessions"][-1].update({"ended": ended, "status": status, "last_epoch": last_epoch})
+        if status == "finished":
+            info["ended"] = ended
+        self.write_run_info(info)
+
+    def write_metrics_csv(self, records: Iterable[dict[str, Any]]) -> None:
+        """``metrics.csv`` rewritten whole and atomically: one row per record, one column per key (in
+        the order the keys first appear), like ``metrics.jsonl``, which it mirrors."""
+        records = list(records)
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        _write_text_atomic(self.metrics_csv, text.getvalue())
+
+    def append_steps(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows of :data:`STEP_COLUMNS` to ``steps.csv`` (the header first when the file is new).
+        A log, appended to rather than rewritten: a crash may cut its last line, which
+        :meth:`trim_steps` drops when the run resumes."""
+        new = not self.steps_csv.is_file() or self.steps_csv.stat().st_size == 0
+        try:
+            with self.steps_csv.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=STEP_COLUMNS, lineterminator="\n")
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+        except OSError as exc:
+            raise RunWriteError.of(self.steps_csv, exc) from exc
+
+    def trim_steps(self, last_epoch: int) -> None:
+        """Keep the rows of ``steps.csv`` up to ``last_epoch`` (the epoch a resumed run's ``last.pt``
+        holds), dropping those of an epoch a crash cut short and a torn last line."""
+        if not self.steps_csv.is_file():
+            return
+        kept = []
+        with self.steps_csv.open(newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    epoch = int(row["epoch"])
+                    float(row["loss"]), float(row["lr"]), int(row["step"])
+                except (KeyError, TypeError, ValueError):
+                    continue  # a line a crash cut short
+                if epoch <= last_epoch:
+                    kept.append({k: row[k] for k in STEP_COLUMNS})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=STEP_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        _write_text_atomic(self.steps_csv, text.getvalue())
+
     def remove_partial_writes(self) -> list[Path]:
         """Delete the temporary files :func:`atomic_writer` leaves when killed mid-write; returns them.
 
         Only while holding :meth:`lock` (the trainer calls it when it starts): another process's
         temporary file would be a write in progress."""
-        names = (self.config, self.metrics, self.last, self.best, self.teacher, self.summary)
+        names = (self.config, self.metrics, self.last, self.best, self.teacher, self.summary,
+                 self.run_info, self.metrics_csv, self.steps_csv)
         stale = [
             p
             for name in names
@@ -457,6 +583,27 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         """The checked records of ``metrics.jsonl`` (see :func:`read_metrics`)."""
         return read_metrics(self.metrics)
+
+    def read_run_info(self) -> dict[str, Any] | None:
+        """``run.json`` as a dict (see :meth:`begin_session`), or None when the run has none.
+
+        Raises
+        ------
+        RunDirError
+            The file is not a JSON object with a ``sessions`` list.
+        """
+        if not self.run_info.is_file():
+            return None
+        try:
+            info = json.loads(self.run_info.read_text())
+        except json.JSONDecodeError:
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("sessions"), list):
+            raise RunDirError(
+                f"{self.run_info}: not a run's {self.run_info.name} (a JSON object with a 'sessions' list); "
+                "delete it to start its record afresh"
+            )
+        return info
 
     def read_teacher(self) -> dict[str, Any] | None:
         """``teacher.json`` as a dict, or None when the run has none."""
@@ -602,12 +749,14 @@ def epoch_record(
     best: float,
     epoch_time_s: float,
     images_per_s: float,
+    test_loss: float | None = None,
 ) -> dict[str, Any]:
     """One epoch's ``metrics.jsonl`` record from the trainer's epoch ``sums``: ``rows`` (images),
     ``train_correct`` (weak-view hits), ``student_swaps`` and, with a teacher, ``teacher_swaps`` (rows
     the swap changes, over all ``views``; ``teacher_processed``: the rows a conditional swap changes),
     and every loss term times the rows. Loss terms become means
-    per image (summed over the views), swap counts rates per view-row, accuracies fractions."""
+    per image (summed over the views), swap counts rates per view-row, accuracies fractions;
+    ``test_loss`` (the mean cross-entropy on the test set) follows the test accuracies."""
     rows = sums["rows"]
     record: dict[str, Any] = {"epoch": epoch, "lr": lr}
     record.update({name: value / rows for name, value in sums.items() if name not in _COUNTS})
@@ -621,6 +770,7 @@ def epoch_record(
         {
             "test_top1": test[0],
             "test_top5": test[1],
+            **({} if test_loss is None else {"test_loss": test_loss}),
             "best_test_top1": best,
             "epoch_time_s": epoch_time_s,
             "images_per_s": images_per_s,

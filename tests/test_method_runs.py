@@ -92,6 +92,7 @@ def test_two_epoch_run_of_each_new_method_has_sane_metrics(
         "train_top1",
         "test_top1",
         "test_top5",
+        "test_loss",
         "best_test_top1",
         "epoch_time_s",
         "images_per_s",
@@ -194,7 +195,8 @@ def test_switch_flags_and_logit_standardization_from_the_command_line(
     assert load_config(tmp_path / "again" / "config.json").loss == config.loss
 
     for flags, message in (
-        (["--kd-weight", "2"], "--base-temp and --kd-weight are parameters of logit standardization"),
+        (["--base-temp", "2"], "--base-temp and the LS weight are parameters of logit standardization"),
+        (["--method", "dkd", "--kd-weight", "2"], "--kd-weight applies to method kd / mlkd / sld, not 'dkd'"),
         (["--logit-stand", "--base-temp", "2"], "sld has no single temperature"),
         (["--method", "ce", "--pseudo-teacher"], "--pseudo-teacher/--no-pseudo-teacher applies to method kd"),
         (["--method", "kd@max-add", "--processing-rows", "all"], "--processing-rows applies to"),

@@ -345,6 +345,7 @@ def test_two_epoch_run_writes_sane_metrics(
         "train_top1",
         "test_top1",
         "test_top5",
+        "test_loss",
         "best_test_top1",
         "epoch_time_s",
         "images_per_s",

@@ -13,6 +13,7 @@ import typer
 
 from harness.commands._common import (
     SHARED_OPTIONS,
+    apply_set,
     common_overrides,
     resumed_config,
     run,
@@ -48,4 +49,6 @@ def train_teacher(
             raise ConfigError("say which teacher to train: --model NAME (see `sld models`)")
         else:
             base = teacher_config(model, options["runs_dir"])
-        run(with_overrides(base, common_overrides(options)), command="train-teacher", options=options)
+        overrides = common_overrides(options)
+        config = apply_set(with_overrides(base, overrides), options["set_values"], flags=overrides)
+        run(config, command="train-teacher", options=options)

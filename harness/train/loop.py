@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import ConfigError, TrainConfig, train_config_to_dict, with_overrides
@@ -50,7 +51,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .console import epoch_line, print_config
+from .console import RunEta, epoch_line, print_config
 from .data import load_data
 from .device import as_device, float16_slowdown
 from .distributed import DistContext, check_global_batch, context
@@ -60,7 +61,9 @@ from .graphs import CudaGraphs, StepGraph, check_cuda_graphs
 from .interrupt import StopSignals, TrainingInterrupted, interrupted
 from .methods import METHODS
 from .optim import build_optimizer, load_optimizer_state
+from .provenance import environment, utc_now
 from .step import StepParts, train_epoch
+from .trackers import Trackers, make_trackers, run_meta
 
 __all__ = ["NonFiniteLossError", "RunResult", "TrainingInterrupted", "train"]
 
@@ -77,6 +80,7 @@ class RunResult:
     best_epoch: int
     last_top1: float
     last_top5: float
+    last_test_loss: float = math.nan  # mean test cross-entropy of the last epoch
     teacher_top1: float | None = None  # teacher's test top-1 (None for method "ce")
     teacher_train_error: float | None = None  # how often the teacher swap fires on the training set
     history: list[dict[str, Any]] = field(default_factory=list)  # this invocation's metric records
@@ -101,7 +105,9 @@ def train(
     ----------
     config
         The whole run; saved to ``config.out_dir / "config.json"``. ``config.sync_bn`` (CUDA only)
-        makes BatchNorm use the global batch's statistics under DDP.
+        makes BatchNorm use the global batch's statistics under DDP; ``config.trackers`` names where
+        the records also go (:mod:`harness.train.trackers`; rank 0 only). ``run.json`` records each
+        session's commit, packages, device and times (:meth:`harness.runs.RunDir.begin_session`).
     device
         Where everything runs (``torch.device("cuda")``, ``"cpu"``, ``"cuda:1"``, ...; checked by
         :func:`harness.train.device.as_device`); under DDP this rank's device.
@@ -130,7 +136,8 @@ def train(
     ------
     ConfigError, FileNotFoundError, harness.models.CheckpointError, harness.data.cifar.DatasetError
         Bad configuration or device, missing data or teacher, a teacher with non-finite weights or
-        another than the run started with, unreadable or mismatched checkpoints.
+        another than the run started with, unreadable or mismatched checkpoints, a tracker whose
+        package is missing or that cannot start.
     harness.runs.RunLockedError
         Another process trains in ``config.out_dir``; the message names its PID.
     NonFiniteLossError
@@ -144,7 +151,7 @@ def train(
     -------
     >>> result = train(TrainConfig(student="resnet8", method="ce"), "cpu")  # doctest: +SKIP
     """
-    device = as_device(device)
+    device = as_device(device)  # "cpu", "cuda:1", ... or a torch.device
     dist = context(device)
     if dist.active:
         check_global_batch(config.optim.batch_size, dist.world_size)
@@ -159,6 +166,9 @@ def train(
     console = console or Console(soft_wrap=True)
     if not dist.is_main:
         console = Console(quiet=True)
+    # Only rank 0 tracks; a tracker's missing package stops the run here, before anything is loaded.
+    trackers = make_trackers(config.trackers) if dist.is_main else Trackers()
+    trackers.console = console
     if config.amp == "fp16" and device.type == "cpu" and (slowdown := float16_slowdown()) > _SLOW_FP16:
         console.print(
             f"[bold yellow]warning:[/bold yellow] --amp fp16 on this CPU: a float16 convolution ran "
@@ -168,7 +178,7 @@ def train(
     # One process trains in a directory; held until this call returns (the kernel drops it if we die).
     lock = dist.on_main(run.lock)
     try:
-        return _train_in(run, config, device, dist, console, resume, on_epoch_end, stop_after)
+        return _train_in(run, config, device, dist, console, resume, on_epoch_end, stop_after, trackers)
     finally:
         if lock is not None:
             lock.release()
@@ -183,6 +193,7 @@ def _train_in(
     resume: bool,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
     stop_after: int | None,
+    trackers: Trackers,
 ) -> RunResult:
     """:func:`train`'s body, run while holding the directory's lock."""
     if run.last.exists() and not resume:
@@ -244,109 +255,187 @@ def _train_in(
     else:  # a checkpoint of an older version keeps no records: the repaired file's (rank 0 writes them)
         records = dist.on_main(run.read_metrics) or []
     print_config(console, config, device, dist, resume_from=start_epoch - 1 if resumed else None)
-    evaluate_on = functools.partial(
-        evaluate,
-        data=data,
-        amp=config.amp,
-        channels_last=config.channels_last,
-        dist=dist,
+    begin = functools.partial(
+        run.begin_session,
+        environment(device, world_size=dist.world_size),
+        started=utc_now(),
+        first_epoch=start_epoch,
+        resumed=resumed is not None,
     )
-    teacher_top1 = teacher_train_error = None
-    if teacher is not None:
-        teacher_top1 = evaluate_on(teacher, split="test")[0]
-        teacher_train_error = 1.0 - evaluate_on(teacher, split="train")[0]
-        # Written now, not only in summary.json at the end: a report can show it for unfinished runs.
-        measured = {"teacher": config.teacher, "teacher_checkpoint": config.teacher_checkpoint,
-                    "teacher_sha256": teacher_sha256, "teacher_top1": teacher_top1,
-                    "teacher_train_error": teacher_train_error}
-        dist.on_main(functools.partial(run.write_teacher, measured))
-        console.print(
-            f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
-            f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)"
-        )
-
-    wrapped = student
-    if dist.active:
-        wrapped = DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    forward = torch.compile(wrapped) if config.compile else wrapped
-    # Under DDP evaluate the plain module: ranks may run different numbers of evaluation batches,
-    # and the DDP wrapper's buffer broadcast inside forward would then wait forever.
-    eval_model = student if dist.active else forward
-    graph = StepGraph(CudaGraphs(device)) if config.cuda_graphs else None
-    parts = StepParts(forward, teacher, METHODS[config.method], optimizer, scaler, config, dist, graph)
+    info = dist.on_main(begin)
+    meta = run_meta(
+        run,
+        config,
+        first_epoch=start_epoch,
+        steps_per_epoch=data.steps_per_epoch(dist.world_size),
+        started=info["started"] if info else None,
+    )
+    if trackers:
+        console.print(f"tracking to {', '.join(trackers.names)} as {meta.name}")
     last_epoch = config.optim.epochs if stop_after is None else min(stop_after, config.optim.epochs)
-    history: list[dict[str, Any]] = []
-    with StopSignals() as stop:
-        for epoch in range(start_epoch, last_epoch + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            started = time.perf_counter()
-            sums = train_epoch(parts, data, epoch, generator, console, run, stop)
-            train_time = time.perf_counter() - started
-            scheduler.step()
-            dist.broadcast_buffers(student)  # every rank evaluates (and rank 0 saves) rank 0's BN statistics
-            top1, top5 = evaluate_on(eval_model, split="test")
-            if top1 > best_top1:
-                best_top1, best_epoch = top1, epoch
-            record = epoch_record(
-                epoch=epoch,
-                lr=lr,
-                sums=sums,
-                views=config.data.views,
-                test=(top1, top5),
-                best=best_top1,
-                epoch_time_s=time.perf_counter() - started,
-                images_per_s=sums["rows"] / train_time,
+    with _Session(run, dist, console, trackers, meta, last_epoch=start_epoch - 1) as session:
+        evaluate_on = functools.partial(
+            evaluate,
+            data=data,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            dist=dist,
+        )
+        teacher_top1 = teacher_train_error = None
+        if teacher is not None:
+            teacher_top1 = evaluate_on(teacher, split="test")[0]
+            teacher_train_error = 1.0 - evaluate_on(teacher, split="train")[0]
+            # Written now, not only in summary.json at the end: a report can show it for unfinished runs.
+            measured = {"teacher": config.teacher, "teacher_checkpoint": config.teacher_checkpoint,
+                        "teacher_sha256": teacher_sha256, "teacher_top1": teacher_top1,
+                        "teacher_train_error": teacher_train_error}
+            dist.on_main(functools.partial(run.write_teacher, measured))
+            console.print(
+                f"teacher {config.teacher}: test top-1 {100 * teacher_top1:.2f}%, "
+                f"training-set error {100 * teacher_train_error:.2f}% (how often the teacher swap fires)"
             )
-            state = TrainState(
-                model=student.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                epoch=epoch,
-                best_acc=best_top1,
-                best_epoch=best_epoch,
-                config=train_config_to_dict(config),
-                rng=capture_rng(generator),
-                world_size=dist.world_size,
-                history=(records := [*records, record]),
-                teacher_sha256=teacher_sha256,
-            )
-            is_best = best_epoch == epoch
-            dist.on_main(functools.partial(_write_epoch, run, records, state.to_payload(), is_best))
-            console.print(epoch_line(record, config.optim.epochs))
-            history.append(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if dist.any(stop.received is not None) and epoch < config.optim.epochs:
-                raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=True)
 
-    last = records[-1] if records else {}
-    result = RunResult(
-        out_dir=run.path,
-        epochs=int(last.get("epoch", start_epoch - 1)),
-        best_top1=best_top1,
-        best_epoch=best_epoch,
-        last_top1=last.get("test_top1", math.nan),
-        last_top5=last.get("test_top5", math.nan),
-        teacher_top1=teacher_top1,
-        teacher_train_error=teacher_train_error,
-        history=history,
-    )
-    if result.epochs < config.optim.epochs:
+        wrapped = student
+        if dist.active:
+            wrapped = DistributedDataParallel(
+                student, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        forward = torch.compile(wrapped) if config.compile else wrapped
+        # Under DDP evaluate the plain module: ranks may run different numbers of evaluation batches,
+        # and the DDP wrapper's buffer broadcast inside forward would then wait forever.
+        eval_model = student if dist.active else forward
+        graph = StepGraph(CudaGraphs(device)) if config.cuda_graphs else None
+        parts = StepParts(forward, teacher, METHODS[config.method], optimizer, scaler, config, dist, graph)
+        history: list[dict[str, Any]] = []
+        eta = RunEta(config.optim.epochs)  # the whole run, also when --stop-after ends this session sooner
+        with StopSignals() as stop:
+            for epoch in range(start_epoch, last_epoch + 1):
+                lr = optimizer.param_groups[0]["lr"]
+                started = time.perf_counter()
+                sums = train_epoch(
+                    parts, data, epoch, generator, console, run, stop, eta=eta,
+                    on_log=functools.partial(_log_step, trackers, epoch) if trackers else None,
+                )
+                train_time = time.perf_counter() - started
+                scheduler.step()
+                # every rank evaluates (and rank 0 saves) rank 0's BN statistics
+                dist.broadcast_buffers(student)
+                top1, top5, test_loss = evaluate_on(eval_model, split="test")
+                if top1 > best_top1:
+                    best_top1, best_epoch = top1, epoch
+                record = epoch_record(
+                    epoch=epoch,
+                    lr=lr,
+                    sums=sums,
+                    views=config.data.views,
+                    test=(top1, top5),
+                    test_loss=test_loss,
+                    best=best_top1,
+                    epoch_time_s=time.perf_counter() - started,
+                    images_per_s=sums["rows"] / train_time,
+                )
+                state = TrainState(
+                    model=student.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict(),
+                    epoch=epoch,
+                    best_acc=best_top1,
+                    best_epoch=best_epoch,
+                    config=train_config_to_dict(config),
+                    rng=capture_rng(generator),
+                    world_size=dist.world_size,
+                    history=(records := [*records, record]),
+                    teacher_sha256=teacher_sha256,
+                )
+                is_best = best_epoch == epoch
+                dist.on_main(functools.partial(_write_epoch, run, records, state.to_payload(), is_best))
+                session.last_epoch = epoch
+                trackers.log_epoch(record)  # after last.pt: a tracker never shows an uncommitted epoch
+                eta.epoch_finished(time.perf_counter() - started)
+                left = eta.remaining(epoch=epoch, done=1.0, elapsed=0.0)
+                console.print(epoch_line(record, config.optim.epochs, run_left=left))
+                history.append(record)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+                if dist.any(stop.received is not None) and epoch < config.optim.epochs:
+                    raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=True)
+
+        last = records[-1] if records else {}
+        result = RunResult(
+            out_dir=run.path,
+            epochs=int(last.get("epoch", start_epoch - 1)),
+            best_top1=best_top1,
+            best_epoch=best_epoch,
+            last_top1=last.get("test_top1", math.nan),
+            last_top5=last.get("test_top5", math.nan),
+            last_test_loss=last.get("test_loss", math.nan),
+            teacher_top1=teacher_top1,
+            teacher_train_error=teacher_train_error,
+            history=history,
+        )
+        session.finished = result.epochs >= config.optim.epochs
+        if not session.finished:
+            console.print(
+                f"[bold]stopped after epoch {result.epochs}/{config.optim.epochs} as asked[/bold]; "
+                f"continue with: sld train --out {run.path} --resume"
+            )
+            return result
+        summary = {k: v for k, v in asdict(result).items() if k != "history"}
+        dist.on_main(functools.partial(run.write_summary, summary))
         console.print(
-            f"[bold]stopped after epoch {result.epochs}/{config.optim.epochs} as asked[/bold]; "
-            f"continue with: sld train --out {run.path} --resume"
+            f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
+            f"last {100 * result.last_top1:.2f}%[/bold] -> {run.path}"
         )
         return result
-    summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    dist.on_main(functools.partial(run.write_summary, summary))
-    console.print(
-        f"[bold]best test top-1 {100 * best_top1:.2f}% (epoch {best_epoch}), "
-        f"last {100 * result.last_top1:.2f}%[/bold] -> {run.path}"
-    )
-    return result
+
+
+class _Session:
+    """This process's part of a run, as a ``with`` block: on entry the trackers start (every rank
+    learns if one fails), on exit they are closed and ``run.json`` records how the session ended:
+    ``finished`` / ``stopped`` (:attr:`finished` says which), ``interrupted`` or ``failed``."""
+
+    def __init__(
+        self, run: RunDir, dist: DistContext, console: Console, trackers: Trackers, meta: Any, *,
+        last_epoch: int,
+    ) -> None:
+        self.run, self.dist, self.console, self.trackers, self.meta = run, dist, console, trackers, meta
+        self.last_epoch = last_epoch  # the last epoch this session committed
+        self.finished = False  # every epoch of the run is done
+
+    def __enter__(self) -> _Session:
+        try:
+            self.dist.on_main(functools.partial(self.trackers.start, self.meta))
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        failing = exc is not None
+        self.trackers.finish(ok=not failing)
+        if not failing:
+            status = "finished" if self.finished else "stopped"
+        else:
+            status = "interrupted" if isinstance(exc, TrainingInterrupted) else "failed"
+        write = functools.partial(
+            self.run.end_session, ended=utc_now(), status=status, last_epoch=self.last_epoch
+        )
+        if not failing:
+            self.dist.on_main(write)
+            return
+        # An error is in flight: it says what went wrong, so this write must neither replace it nor
+        # wait on the other ranks (they may not be here).
+        if self.dist.is_main and self.run.run_info.is_file():
+            try:
+                write()
+            except Exception as error:
+                message = f"could not record the session's end in {self.run.run_info}: {error}"
+                self.console.print(Text(message, style="yellow"))
+
+
+def _log_step(trackers: Trackers, epoch: int, step: int, scalars: dict[str, float]) -> None:
+    trackers.log_step(step, epoch, scalars)
 
 
 def _write_epoch(

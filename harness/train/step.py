@@ -1,11 +1,13 @@
 """One epoch and one optimizer step of training (:func:`train_epoch`, :func:`train_step`), and what
-every step uses (:class:`StepParts`). Nothing here waits for the device except every ``log_every``
-steps (progress, the non-finite check, under DDP the stop agreement)."""
+every step uses (:class:`StepParts`). Nothing here waits for the device except at the log steps, the
+first step of an epoch and every ``log_every``-th (progress, the step scalars of the trackers, the
+non-finite check, under DDP the stop agreement)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +18,7 @@ from harness.data.base import Batch, TrainData
 from harness.runs import RunDir
 from sld_core import swap_mask
 
-from .console import progress
+from .console import NO_LOSS_YET, RunEta, duration, progress
 from .distributed import DistContext
 from .errors import NonFiniteLossError
 from .evaluate import autocast
@@ -50,12 +52,21 @@ def train_epoch(
     console: Console,
     run: RunDir,
     stop: StopSignals,
+    *,
+    eta: RunEta | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over the training set. Running sums stay on the device; the host reads them only
-    every ``config.log_every`` steps (progress and the non-finite check) and at the end.
+    """One pass over the training set. Running sums stay on the device; the host reads them only at
+    the log steps (the epoch's first step, so the bar shows a loss at once, and every
+    ``config.log_every``-th) and at the end.
+
+    At a log step the bar shows the running mean loss and the time left (the epoch's and, with
+    ``eta``, the run's), and ``on_log(global_step, {"loss": ..., "lr": ...})`` gets the mean loss per
+    image since the previous log step (this rank's rows) and the learning rate: the trackers' step
+    scalars, read in the same transfer, so they add no sync. ``global_step`` counts from 1 over the run.
 
     Under DDP every rank walks the same global batches and trains on its share of each; a stop
-    signal is agreed on every ``log_every`` steps (a collective), so all ranks stop at the same step.
+    signal is agreed on at the log steps (a collective), so all ranks stop at the same step.
     """
     config, dist = parts.config, parts.dist
     parts.student.train()
@@ -65,23 +76,44 @@ def train_epoch(
     first_bad_logits = torch.ones(2, dtype=torch.bool, device=generator.device)
     steps = data.steps_per_epoch(dist.world_size)
     rows = local_rows = 0  # images seen this epoch (all ranks, this rank): known on the host, no sync
+    # With on_log: the loss summed since the previous log step, on the device (one add per step, no sync),
+    # and the rows it covers (host).
+    window_loss: torch.Tensor | None = None
+    logged_rows = 0
+    lr = float(parts.optimizer.param_groups[0]["lr"])  # stepped per epoch: constant within one
+    started = time.perf_counter()
     batches = data.train_batches(epoch, generator=generator, rank=dist.rank, world_size=dist.world_size)
     with progress(console) as bar:
-        task = bar.add_task(f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=float("nan"))
+        task = bar.add_task(
+            f"epoch {epoch}/{config.optim.epochs}", total=steps, loss=NO_LOSS_YET, run_eta=duration(None)
+        )
         for step, batch in enumerate(batches):
             loss, stats, logits_finite = train_step(parts, batch, epoch=epoch)
             for name, value in stats.items():
                 # clone: a graphed step overwrites its outputs at the next step
                 sums[name] = sums[name] + value if name in sums else value.clone()
+            if on_log is not None:
+                window_loss = stats["loss"].clone() if window_loss is None else window_loss + stats["loss"]
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
             newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
             first_bad_step = torch.where(newly_bad, step, first_bad_step)
             first_bad_logits = torch.where(newly_bad, logits_finite, first_bad_logits)
-            at_log_step = (step + 1) % config.log_every == 0
-            if at_log_step:  # a sync: every log_every steps
+            at_log_step = step == 0 or (step + 1) % config.log_every == 0
+            if at_log_step:  # a sync: the first step, then every log_every steps
                 _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
-                bar.update(task, completed=step + 1, loss=float(sums["loss"]) / local_rows)
+                if window_loss is None:
+                    loss_sum = float(sums["loss"])
+                else:  # both in one transfer: the trackers' step loss costs no extra sync
+                    loss_sum, window_sum = torch.stack([sums["loss"], window_loss]).tolist()
+                    window_rows = local_rows - logged_rows
+                    on_log((epoch - 1) * steps + step + 1, {"loss": window_sum / window_rows, "lr": lr})
+                    window_loss, logged_rows = None, local_rows
+                elapsed, done = time.perf_counter() - started, (step + 1) / steps
+                left = None if eta is None else eta.remaining(epoch=epoch, done=done, elapsed=elapsed)
+                bar.update(
+                    task, completed=step + 1, loss=f"{loss_sum / local_rows:.4f}", run_eta=duration(left)
+                )
             # One process polls its flag every step for free; ranks must agree, at the log steps.
             if dist.active:
                 stopping = at_log_step and dist.any(stop.received is not None)

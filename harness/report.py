@@ -7,6 +7,7 @@ No torch here, so ``sld report`` is quick.
 Runs are grouped by pair and method, and split further when their configs differ in anything but the
 seed and where/how fast they ran (so a 2-epoch smoke test is never averaged with a 240-epoch run).
 :func:`summarize` is the one place that aggregates; ``sld reproduce`` and ``sld report`` both use it.
+:func:`figures` draws the curves and the method comparison (:func:`term_panel` names each loss term).
 
     >>> runs = harness.runs.load_runs(["runs/reproduce"])  # doctest: +SKIP
     >>> for group in summarize(runs):  # doctest: +SKIP

@@ -481,6 +481,7 @@ def _describe(method: str) -> str:
 # T² · KL over the method's temperatures. Keys not listed keep their own name.
 _TERMS: dict[str, tuple[str, str]] = {
     "loss": ("total loss", "the loss_* terms summed, weights included (what backward sees)"),
+    "test_loss": ("test loss (on the test set)", "per test image"),
     "loss_ce": ("cross-entropy term", "ce_weight × CE"),
     "loss_kd": ("MLKD: instance-level KD term", "kd_weight × Σ_T T²·KL, the weak view's row-masked"),
     "loss_dkd": ("DKD term", "warm-up × (α·TCKD + β·NCKD)"),
@@ -500,7 +501,6 @@ _TERMS: dict[str, tuple[str, str]] = {
     "nckd": ("DKD: non-target KL (NCKD)", "T²·KL, before β and the warm-up"),
     "pseudo_tckd": ("DKD: TCKD to the pseudo-teacher", "T²·KL, before α and the warm-up; 0 until γ"),
     "pseudo_nckd": ("DKD: NCKD to the pseudo-teacher", "T²·KL, before β and the warm-up; 0 until γ"),
-    "test_loss": ("test loss", "per test image"),
     "test_top1": ("test top-1", "% of the test images"),
     "test_top5": ("test top-5", "% of the test images"),
     "train_top1": ("train top-1 (weak view)", "% of the training images"),
@@ -889,7 +889,7 @@ def _unit_lines(unit: str) -> int:
 
 _FIGURE_TITLES = {
     "accuracy": "Accuracy",
-    "loss": "Loss terms (training set, per epoch)",
+    "loss": "Loss terms per epoch (training set, except the test loss)",
     "swap": "Swap rates (training set, per epoch)",
 }
 

@@ -869,6 +869,10 @@ def _plot_rows(
     return fig
 
 
+def _number(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2f}"
+
+
 def _tick_label(s: GroupSummary) -> str:
     views = _views(s)
     method = textwrap.fill(s.method + (f" [{s.variant}]" if s.variant else ""), 18)
@@ -967,20 +971,11 @@ def _plot_methods(rows: dict[str, list[GroupSummary]], colors: dict[tuple[str, s
         # Not from 0: the methods differ by a point or two at ~70%; the axis label says where it starts.
         bottom = float(max(0, math.floor(low - 3 * margin)))
         ax.set_ylim(bottom, min(100.0, high + 1.5 * margin))
-        for x, s in zip(xs, groups):
-            if s.published is None:
-                ax.annotate(
-                    "no published\nnumber",
-                    (x, bottom),
-                    xytext=(0, 4),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color="0.2",
-                )
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([_tick_label(s) for s in groups], fontsize=8)
+        ax.set_xticklabels(
+            [_tick_label(s) + f"\npublished {_number(s.published)}" for s in groups], fontsize=8
+        )
+        ax.set_xlim(-0.75, len(groups) - 0.25)  # a lone bar stays a bar, not the whole panel
         ax.set_ylabel(f"best-epoch test top-1 (%); the axis starts at {bottom:.0f}")
         ax.set_title(_row_title(label, groups), fontsize=11, fontweight="bold")
         ax.grid(axis="y", alpha=0.3, zorder=0)

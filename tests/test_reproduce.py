@@ -183,14 +183,15 @@ def test_report_has_published_numbers_deltas_and_the_short_run_flag(grid: Grid) 
     assert len(rows) == 3  # kd and sld in the main table, then the pair's side-by-side row
     kd, sld = (row.split(" | ") for row in rows[:2])
     assert rows[2] == f"| {PAIR} | {kd_mean:.2f}* (70.66) | {sum(best['sld']) / 2:.2f}* (–) |"
-    assert kd[1:4] == ["kd", "2", "2*"] and sld[1:4] == ["sld", "2", "2*"]
-    assert kd[4].startswith(f"{kd_mean:.2f} ± ") and sld[4].startswith(f"{sum(best['sld']) / 2:.2f} ± ")
-    assert kd[6:8] == ["70.66", f"{kd_mean - 70.66:+.2f}"]
-    assert sld[6:8] == ["–", "–"]  # no published SLD number for this pair
-    assert kd[9] == "72.34 |"
+    # method, views (the recipes': kd one, sld weak + strong), seeds, epochs
+    assert kd[1:5] == ["kd", "1", "2", "2*"] and sld[1:5] == ["sld", "2", "2", "2*"]
+    assert kd[5].startswith(f"{kd_mean:.2f} ± ") and sld[5].startswith(f"{sum(best['sld']) / 2:.2f} ± ")
+    assert kd[7:9] == ["70.66", f"{kd_mean - 70.66:+.2f}"]
+    assert sld[7:9] == ["–", "–"]  # no published SLD number for this pair
+    assert kd[10] == "72.34 |"
     assert "**Epochs run:** 2 (the published runs train 240: 240 for kd, sld)" in report
     assert f"{PAIR} kd: short: 2/240 epochs; subset: 64 train / 32 test images" in report
-    for png in ("accuracy.png", "losses.png", "swap_rates.png"):
+    for png in ("accuracy.png", "losses.png", "swap_rates.png", "methods.png"):
         assert (grid.out / png).read_bytes()[:4] == b"\x89PNG"
     assert "Δ best−pub" in grid.second.output and f"{kd_mean - 70.66:+.2f}" in grid.second.output
 

@@ -1,10 +1,11 @@
 """``sld report RUN_DIR...``: the reproduction table and plots from finished run directories.
 
 Reads each run's ``config.json`` and ``metrics.jsonl`` (a folder is searched for runs), groups the runs
-by pair and method, and writes ``REPORT.md`` plus ``accuracy.png``, ``losses.png`` and
-``swap_rates.png``; the table is the one ``sld reproduce`` prints. A run that cannot be read does not
-stop the others: the report covers the readable ones, lists each broken run with its reason (on stderr
-and in ``REPORT.md``), and the command exits 1.
+by pair and method, and writes ``REPORT.md`` plus ``accuracy.png``, ``losses.png`` (one
+``losses_<pair>.png`` per pair when there are several), ``swap_rates.png`` and ``methods.png``
+(:func:`harness.report.figures` says what each shows); the table is the one ``sld reproduce`` prints.
+A run that cannot be read does not stop the others: the report covers the readable ones, lists each
+broken run with its reason (on stderr and in ``REPORT.md``), and the command exits 1.
 
     sld report runs/reproduce
     sld report runs/resnet32x4-resnet8x4/sld runs/resnet32x4-resnet8x4/kd --out reports/r32x4

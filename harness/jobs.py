@@ -109,7 +109,7 @@ class JobOutcome:
     def describe(self) -> str:
         """One line: the run, what happened, the log to read."""
         if self.ok:
-            return f"{self.job.label}: done in {self.seconds:.1f} s"
+            return f"{self.job.label}: {self.reason or f'done in {self.seconds:.1f} s'}"
         code = f" (exit {self.returncode})" if self.returncode is not None else ""
         reason = f": {self.reason}" if self.reason else ""
         log = f"; log: {self.job.log}" if self.job.log.is_file() else ""
@@ -327,7 +327,7 @@ def run_pool(
         )
 
     with _Signals() as signals:
-        while queue or running:
+        while running or (queue and not signals.received):
             changed = False
             while passed_on < len(signals.received):
                 sig = signal.Signals[signals.received[passed_on]]
@@ -364,15 +364,15 @@ def run_pool(
                     seconds = time.monotonic() - started
                     end(index, _ended(jobs[index], returncode, seconds, bool(signals.received)))
                     changed = True
-            if not changed and (queue or running):
+            if not changed and running:
                 time.sleep(_POLL_S)
         if signals.received:
-            raise _interrupted(signals.received[0], jobs, outcomes, queue)
+            raise _interrupted(signals.received[0], outcomes, queue)
     return [o for o in outcomes if o is not None]
 
 
 def _interrupted(
-    signal_name: str, jobs: Sequence[Job], outcomes: list[JobOutcome | None], queue: deque[tuple[int, Job]]
+    signal_name: str, outcomes: list[JobOutcome | None], queue: deque[tuple[int, Job]]
 ) -> JobsInterrupted:
     for index, job in queue:
         outcomes[index] = JobOutcome(job, "not started", reason=f"{signal_name} arrived first")
@@ -403,8 +403,8 @@ def _preempt_signal() -> signal.Signals:
 
 
 def _ignore_preempt_signal() -> None:
-    # In the child, before exec: SLURM sends the warning signal to every process of the step, and its
-    # default action would kill the run mid-write; the job's own handler stops the run instead.
+    # In the child, before exec: SLURM may send the warning signal to every process of the step, and
+    # its default action would kill the run on the spot; the watcher stops the run cleanly instead.
     # An ignored disposition survives exec.
     signal.signal(_preempt_signal(), signal.SIG_IGN)
 
@@ -461,10 +461,10 @@ class RunJob:
         try:
             returncode = proc.wait()
         except BaseException as exc:
-            # submitit's requeue (SystemExit, after __submitit_checkpoint__ sent SIGTERM) or a cancel
-            # (KeyboardInterrupt): let the run reach its step boundary before this process ends.
-            if isinstance(exc, KeyboardInterrupt):
-                proc.send_signal(signal.SIGINT)
+            # submitit's requeue (SystemExit, after __submitit_checkpoint__ sent SIGTERM), its refusal to
+            # requeue, or a cancel (KeyboardInterrupt): the run stops at its step boundary before this
+            # process ends (a repeated SIGTERM changes nothing; only a second SIGINT stops it mid-step).
+            proc.send_signal(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
             try:
                 proc.wait(timeout=_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -626,7 +626,8 @@ def run_array(
         submitted = executor.submit_array([w for _, w in batch])
         for (index, _), handle in zip(batch, submitted):
             handles[index] = handle
-        first = first or submitted[0]
+        if first is None:
+            first = submitted[0]
         ids = sorted({str(h.job_id).split("_")[0] for h in submitted})
         console.print(
             f"submitted {len(batch)} run(s) as job {', '.join(ids)} (submitit logs: {executor.folder})"

@@ -11,6 +11,9 @@ last epoch) continues with the trainer's bit-exact resume, and only missing runs
 Teachers the remaining runs need are made ready first (:func:`ensure_teacher`; missing ones are
 trained with ``sld train-teacher``'s recipe by :func:`teacher_trainer`), so a long grid never stops
 halfway for want of a teacher. Errors are raised as Python exceptions; the CLI reports them.
+:func:`run_grid` trains in this process, one run after the other; :func:`run_grid_jobs` keeps the same
+order (teachers, then runs) with every run in a process of its own, many at once (:mod:`harness.jobs`:
+``sld reproduce --jobs N`` / ``--launcher slurm``).
 
     >>> device = torch.device("cuda")  # doctest: +SKIP
     >>> entries = study_entries(["main"])  # kd, dkd, mlkd, ls-mlkd, sld

@@ -555,3 +555,56 @@ def test_the_pool_divides_the_cores_unless_told(tmp_path: Path, monkeypatch: pyt
 def test_the_pool_refuses_no_slots(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least one slot; got 0"):
         run_pool([], slots=0)
+
+
+def test_a_signal_is_passed_on_once_and_nothing_new_starts(tmp_path: Path) -> None:
+    """The pool in a process of its own, one slot, three jobs: SIGINT while the first runs reaches it
+    exactly once, the other two never start, and the pool ends with JobsInterrupted (exit 130)."""
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, signal, sys, time\n"
+        "run = os.path.dirname(sys.argv[sys.argv.index('--config') + 1])\n"
+        "got = []\n"
+        "signal.signal(signal.SIGINT, lambda s, f: got.append(s))\n"
+        "open(run + '/started', 'w').close()\n"
+        "deadline = time.monotonic() + 30\n"
+        "while not got and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "time.sleep(0.5)  # a second signal would arrive meanwhile\n"
+        "open(run + '/signals', 'w').write(str(len(got)))\n"
+        "sys.exit(130)\n"
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from harness.jobs import Job, JobsInterrupted, run_pool\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "jobs = [Job(root / f'r{i}', f'r{i}') for i in range(3)]\n"
+        "for job in jobs:\n"
+        "    job.run_dir.mkdir()\n"
+        "try:\n"
+        f"    run_pool(jobs, slots=1, command=(sys.executable, {str(child)!r}))\n"
+        "except JobsInterrupted as exc:\n"
+        "    print(json.dumps([[o.job.label, o.status] for o in exc.outcomes]))\n"
+        "    print(exc)\n"
+        "    sys.exit(exc.exit_code)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=subprocess_env(PYTHONPATH=str(ROOT)), start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "r0/started").exists(), 60, "the first job to start")
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            proc.wait()
+    assert proc.returncode == 130, output
+    statuses = json.loads(output.splitlines()[0])
+    assert statuses == [["r0", "stopped"], ["r1", "not started"], ["r2", "not started"]]
+    assert "interrupted by SIGINT: stopped 1 run(s) cleanly (r0;" in output and "2 not started" in output
+    assert (tmp_path / "r0/signals").read_text() == "1"
+    assert not (tmp_path / "r1/started").exists() and not (tmp_path / "r1/train.log").exists()

@@ -603,8 +603,29 @@ def test_a_signal_is_passed_on_once_and_nothing_new_starts(tmp_path: Path) -> No
             kill_tree(proc.pid)
             proc.wait()
     assert proc.returncode == 130, output
-    statuses = json.loads(output.splitlines()[0])
+    statuses = json.loads(next(line for line in output.splitlines() if line.startswith("[[")))
     assert statuses == [["r0", "stopped"], ["r1", "not started"], ["r2", "not started"]]
     assert "interrupted by SIGINT: stopped 1 run(s) cleanly (r0;" in output and "2 not started" in output
     assert (tmp_path / "r0/signals").read_text() == "1"
     assert not (tmp_path / "r1/started").exists() and not (tmp_path / "r1/train.log").exists()
+
+
+def test_parse_setups_of_the_throughput_bench() -> None:
+    from harness.bench.jobs import Setup, parse_setups
+
+    assert parse_setups("inproc, 1,2x1") == [Setup(None), Setup(1), Setup(2, 1)]
+    with pytest.raises(ValueError, match="a setup is inproc or N, optionally xT"):
+        parse_setups("1,two")
+
+
+@pytest.mark.slow
+def test_the_throughput_bench_times_each_setup(tmp_path: Path) -> None:
+    from harness.bench.jobs import Setup, grid_throughput, tiny_grid
+
+    configs = tiny_grid(tmp_path, runs=2, epochs=1, method="kd", train_images=32, test_images=16)
+    results = grid_throughput(configs, [Setup(None, 1), Setup(2)], rounds=1, root=tmp_path)
+    assert [(r.setup, r.runs, len(r.rounds)) for r in results] == [(Setup(None, 1), 2, 1), (Setup(2), 2, 1)]
+    assert all(r.runs_per_hour > 0 and r.runs_per_hour == r.rounds[0] for r in results)
+    for name in ("inprocx1", "jobs_2"):
+        for seed in (0, 1):
+            assert RunDir(tmp_path / "round0" / name / f"seed{seed}").state() is RunState.DONE

@@ -128,16 +128,16 @@ def reproduce(
         str | None,
         typer.Option(
             "--launcher",
-            help="slurm: one SLURM job array through submitit (pip install "
-            "'swapped-logit-distillation[slurm]'), runs requeued and resumed on preemption or timeout; "
-            "local: the same on this machine (submitit's local executor).",
+            help="slurm: one SLURM job array through submitit (the package's slurm extra), runs requeued "
+            "and resumed on preemption or timeout; local: the same on this machine (submitit's local "
+            "executor).",
         ),
     ] = None,
     partition: Annotated[str | None, typer.Option("--partition", help="--launcher: SLURM partition.")] = None,
     time_limit: Annotated[
         str | None,
         typer.Option(
-            "--time", help="--launcher: time per job slot, as sbatch (MM, HH:MM:SS, D-HH:MM; default 4:00:00)"
+            "--time", help="--launcher: time per job slot, as sbatch: MM, HH:MM:SS, D-HH:MM (4:00:00)."
         ),
     ] = None,
     gpus_per_run: Annotated[

@@ -611,8 +611,11 @@ def run_array(
         return []
     local = getattr(executor, "cluster", None) == "local"
     nproc = max(1, options.gpus_per_run)
-    work = [RunJob(job, device=device, nproc=nproc, threads=options.threads, command=command) for job in jobs]
-    window = options.array_parallelism or len(work)
+    window = options.array_parallelism or len(jobs)
+    threads = options.threads
+    if threads is None and local:  # the runs at once share this machine's cores, as with --jobs
+        threads = max(1, available_cores() // min(window, len(jobs)))
+    work = [RunJob(job, device=device, nproc=nproc, threads=threads, command=command) for job in jobs]
     queue = deque(enumerate(work))
     handles: dict[int, Any] = {}
     outcomes: list[JobOutcome | None] = [None] * len(work)

@@ -11,6 +11,9 @@ last epoch) continues with the trainer's bit-exact resume, and only missing runs
 Teachers the remaining runs need are made ready first (:func:`ensure_teacher`; missing ones are
 trained with ``sld train-teacher``'s recipe by :func:`teacher_trainer`), so a long grid never stops
 halfway for want of a teacher. Errors are raised as Python exceptions; the CLI reports them.
+:func:`run_grid` trains in this process, one run after the other; :func:`run_grid_jobs` keeps the same
+order (teachers, then runs) with every run in a process of its own, many at once (:mod:`harness.jobs`:
+``sld reproduce --jobs N`` / ``--launcher slurm``).
 
     >>> device = torch.device("cuda")  # doctest: +SKIP
     >>> entries = study_entries(["main"])  # kd, dkd, mlkd, ls-mlkd, sld
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import ConfigError, SLDConfig, TrainConfig, resume_conflicts, with_overrides
+from harness.jobs import Job, JobOutcome, prepare_job
 from harness.method_names import canonical_name
 from harness.recipes import pair_config, teacher_config
 from harness.runs import (
@@ -51,10 +55,14 @@ __all__ = [
     "STUDIES",
     "STUDY_PAIR",
     "GridEntry",
+    "Launch",
     "ensure_teacher",
     "grid_configs",
+    "plan_grid",
     "run_grid",
+    "run_grid_jobs",
     "study_entries",
+    "teacher_run_config",
     "teacher_trainer",
 ]
 
@@ -239,6 +247,31 @@ def ensure_teacher(
     return find_teacher(model, runs_dir)
 
 
+def teacher_run_config(
+    model: str,
+    runs_dir: str | os.PathLike[str],
+    *,
+    resume: bool,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The config of teacher ``model``'s own run in ``RUNS/teachers/<model>``: a new run trains
+    :func:`~harness.recipes.teacher_config`, an interrupted one (``resume``) continues from the config
+    its ``last.pt`` holds; ``overrides`` (dotted fields, ``None`` skipped) on top of either.
+
+    Example
+    -------
+    >>> teacher_run_config("resnet56", "runs", resume=False, overrides={"optim.epochs": 2}).out_dir
+    'runs/teachers/resnet56'
+    """
+    if resume:
+        from harness.train.checkpoint import resume_config
+
+        base = resume_config(RunDir(teacher_run_dir(model, runs_dir)))
+    else:
+        base = teacher_config(model, runs_dir)
+    return with_overrides(base, overrides or {})
+
+
 def teacher_trainer(
     runs_dir: str | os.PathLike[str],
     device: torch.device,
@@ -256,12 +289,9 @@ def teacher_trainer(
     def train_teacher(model: str, resume: bool) -> None:
         from rich.console import Console
 
-        from harness.train.checkpoint import resume_config
         from harness.train.loop import train
 
-        run = RunDir(teacher_run_dir(model, runs_dir))
-        base = resume_config(run) if resume else teacher_config(model, runs_dir)
-        config = with_overrides(base, overrides or {})
+        config = teacher_run_config(model, runs_dir, resume=resume, overrides=overrides)
         out = console or Console(soft_wrap=True)
         out.rule(f"[bold]{'resuming' if resume else 'training'} teacher {model}: {config.out_dir}")
         train(config, device, resume=resume, console=out)
@@ -269,30 +299,22 @@ def teacher_trainer(
     return train_teacher
 
 
-def run_grid(
-    configs: Sequence[TrainConfig],
-    device: torch.device,
-    *,
-    teacher_for: Callable[[str], Path],
-    console: Console | None = None,
-) -> list[Path]:
-    """Train, resume or skip each of ``configs`` (see :class:`RunState`); returns their directories.
-
-    ``teacher_for(model)`` gives a teacher checkpoint (e.g. :func:`ensure_teacher`); it is called once
-    per teacher model, for the runs that still train, before any of them starts.
+def plan_grid(
+    configs: Sequence[TrainConfig], console: Console | None = None
+) -> list[tuple[TrainConfig, RunState]]:
+    """The runs of ``configs`` that still train, with where each stands (new or partial); a finished
+    run is skipped with a line on ``console``.
 
     Raises
     ------
     ConfigError
         A finished run's config differs from the requested one (e.g. other ``--epochs``): the message
-        lists the fields; choose another output directory. The trainer raises the same for a run to resume.
+        lists the fields; choose another output directory.
     harness.runs.RunLockedError
-        Another process trains in one of the grid's directories (checked before anything starts; the
-        message names each such directory and its PID).
+        Another process trains in one of the grid's directories (the message names each such directory
+        and its PID): nothing is started.
     """
     from rich.console import Console
-
-    from harness.train.loop import train
 
     console = console or Console(soft_wrap=True)
     locked = []
@@ -320,12 +342,136 @@ def run_grid(
             )
         else:
             todo.append((config, state))
+    return todo
 
-    teachers = {c.teacher: teacher_for(c.teacher) for c, _ in todo if c.method != "ce" and c.teacher}
+
+def _needs_teacher(config: TrainConfig) -> bool:
+    return config.method != "ce" and config.teacher is not None
+
+
+def run_grid(
+    configs: Sequence[TrainConfig],
+    device: torch.device,
+    *,
+    teacher_for: Callable[[str], Path],
+    console: Console | None = None,
+) -> list[Path]:
+    """Train, resume or skip each of ``configs`` (see :class:`RunState`) in this process, one after
+    the other; returns their directories.
+
+    ``teacher_for(model)`` gives a teacher checkpoint (e.g. :func:`ensure_teacher`); it is called once
+    per teacher model, for the runs that still train, before any of them starts.
+
+    Raises
+    ------
+    ConfigError
+        A finished run's config differs from the requested one (e.g. other ``--epochs``): the message
+        lists the fields; choose another output directory. The trainer raises the same for a run to resume.
+    harness.runs.RunLockedError
+        Another process trains in one of the grid's directories (checked before anything starts; the
+        message names each such directory and its PID).
+    """
+    from rich.console import Console
+
+    from harness.train.loop import train
+
+    console = console or Console(soft_wrap=True)
+    todo = plan_grid(configs, console)
+    teachers = {c.teacher: teacher_for(c.teacher) for c, _ in todo if _needs_teacher(c)}
     for i, (config, state) in enumerate(todo, start=1):
-        if config.method != "ce" and config.teacher:
+        if _needs_teacher(config):
             config = with_overrides(config, {"teacher_checkpoint": str(teachers[config.teacher])})
         verb = "resuming" if state is RunState.PARTIAL else "training"
         console.rule(f"[bold]{verb} {i}/{len(todo)}: {config.out_dir}")
         train(config, device, resume=state is RunState.PARTIAL, console=console)
     return [Path(c.out_dir) for c in configs]
+
+
+# A way to train jobs to their end (harness.jobs.run_pool or run_array with their options bound).
+Launch = Callable[[Sequence[Job]], list[JobOutcome]]
+
+
+class _TeacherDeferred(Exception):
+    """ensure_teacher asked for a teacher run: run_grid_jobs trains it as a job instead, later."""
+
+
+def run_grid_jobs(
+    configs: Sequence[TrainConfig],
+    launch: Launch,
+    *,
+    runs_dir: str | os.PathLike[str],
+    overrides: dict[str, Any] | None = None,
+    min_epochs: int | None = None,
+    console: Console | None = None,
+) -> list[JobOutcome]:
+    """:func:`run_grid` with every run in a process of its own, many at once: ``launch`` (e.g.
+    :func:`harness.jobs.run_pool` with its slots bound) trains first the teacher runs that are missing
+    or interrupted (:func:`ensure_teacher`'s rules; ``teacher_run_config`` with ``overrides``), then the
+    grid's runs that still train, each with its teacher's checkpoint. So no two processes train one
+    teacher, and no student starts before its teacher is ready. A failed run does not stop the others;
+    the students of a failed teacher are not started.
+
+    Returns
+    -------
+    list of JobOutcome
+        The teachers' and the runs' (finished runs skipped at the start are not in it).
+
+    Raises
+    ------
+    ConfigError, harness.runs.RunLockedError
+        As :func:`run_grid`, before anything starts; :func:`ensure_teacher`'s errors too.
+    harness.jobs.JobsInterrupted
+        Ctrl-C / SIGTERM stopped the runs (each resumable).
+
+    Example
+    -------
+    >>> launch = functools.partial(run_pool, slots=2, devices=["cpu"])  # doctest: +SKIP
+    >>> outcomes = run_grid_jobs(configs, launch, runs_dir="runs")  # doctest: +SKIP
+    """
+    from rich.console import Console
+
+    console = console or Console(soft_wrap=True)
+    todo = plan_grid(configs, console)
+    to_train: dict[str, bool] = {}  # teacher model -> resume
+
+    def defer(model: str, resume: bool) -> None:
+        to_train[model] = resume
+        raise _TeacherDeferred
+
+    def already_trained(model: str, resume: bool) -> None:
+        raise ConfigError(f"teacher run {teacher_run_dir(model, runs_dir)} did not finish; see its train.log")
+
+    teachers: dict[str, Path] = {}
+    for model in dict.fromkeys(c.teacher for c, _ in todo if _needs_teacher(c)):
+        try:
+            teachers[model] = ensure_teacher(model, runs_dir, defer, min_epochs=min_epochs)
+        except _TeacherDeferred:
+            pass
+    outcomes: list[JobOutcome] = []
+    failed_teachers: dict[str, JobOutcome] = {}
+    if to_train:
+        jobs = [
+            prepare_job(teacher_run_config(m, runs_dir, resume=r, overrides=overrides), f"teacher {m}")
+            for m, r in to_train.items()
+        ]
+        console.rule(f"[bold]{len(jobs)} teacher run(s) first: {', '.join(to_train)}")
+        for model, outcome in zip(to_train, launch(jobs)):
+            outcomes.append(outcome)
+            if outcome.ok:
+                teachers[model] = ensure_teacher(model, runs_dir, already_trained, min_epochs=min_epochs)
+            else:
+                failed_teachers[model] = outcome
+    students: list[Job] = []
+    for config, _ in todo:
+        label = "/".join(Path(config.out_dir).parts[-3:])  # <pair>/<entry>/seed<k>
+        if _needs_teacher(config):
+            if config.teacher in failed_teachers:
+                reason = f"its teacher failed ({failed_teachers[config.teacher].describe()})"
+                outcomes.append(JobOutcome(Job(Path(config.out_dir), label), "not started", reason=reason))
+                continue
+            config = with_overrides(config, {"teacher_checkpoint": str(teachers[config.teacher])})
+        students.append(prepare_job(config, label))
+    if students:
+        console.rule(f"[bold]{len(students)} run(s)")
+        outcomes += launch(students)
+    return outcomes

@@ -16,6 +16,9 @@ A run directory (``sld train --out DIR``, one grid cell of ``sld reproduce``) ho
                     scalars (loss, lr every ``log_every`` steps)
     tensorboard/    with ``--log tensorboard``: event files (epochs/ and steps/); wandb/: W&B's files
     .lock           the lock of the process that trains in the directory (its PID inside)
+    job.json        ``sld reproduce --jobs/--launcher``: the config the run's own process trains
+                    (``sld train --config DIR/job.json``), written before that process starts
+    train.log       ``sld reproduce --jobs/--launcher``: that process's output, every attempt appended
 
 :class:`RunDir` names those files, writes the JSON ones (rank 0 only; the checkpoints' payload is
 ``harness.train.checkpoint``'s) and reads them back; :meth:`RunDir.state` says whether a run is new,
@@ -307,6 +310,14 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
+    @property
+    def job_config(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
     def is_run(self) -> bool:
         """Whether the directory holds a run's ``config.json`` or ``metrics.jsonl``."""
         return self.config.is_file() or self.metrics.is_file()
@@ -391,6 +402,12 @@ class RunDir:
         """``metrics.jsonl`` rewritten whole and atomically with ``records`` (epochs 1, 2, ...): a crash
         never leaves a torn line, and readers never see a half-written file."""
         _write_text_atomic(self.metrics, "".join(json.dumps(record) + "\n" for record in records))
+
+    def write_job_config(self, config: TrainConfig) -> None:
+        """``job.json``, atomically: the config a launcher hands to the run's own process (the trainer
+        itself writes ``config.json`` when it starts, after its checks)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(self.job_config, json.dumps(train_config_to_dict(config), indent=2) + "\n")
 
     def write_teacher(self, record: dict[str, Any]) -> None:
         _write_text_atomic(self.teacher, json.dumps(record, indent=2) + "\n")
@@ -498,7 +515,7 @@ class RunDir:
         Only while holding :meth:`lock` (the trainer calls it when it starts): another process's
         temporary file would be a write in progress."""
         names = (self.config, self.metrics, self.last, self.best, self.teacher, self.summary,
-                 self.run_info, self.metrics_csv, self.steps_csv)
+                 self.run_info, self.metrics_csv, self.steps_csv, self.job_config)
         stale = [
             p
             for name in names

@@ -16,6 +16,10 @@ WHERE is one of
 
 SIGNAL (``SIGINT``, ``SIGTERM``, ``SIGKILL``, ``SIGSTOP``) is then sent to this very process with
 ``os.kill``, which is what an outside ``kill`` at that moment does; it only makes the moment exact.
+``parent:SIGNAL`` sends it to the parent process instead (e.g. ``parent:SIGUSR2``: a cluster's
+preemption warning to the submitit job that watches this run). With ``SLD_FAULT_ONCE=PATH`` in the
+environment the fault fires only if PATH does not exist yet, and creates it: a requeued or resumed
+process then runs undisturbed.
 Every run file is written through ``harness.runs.atomic_writer``, whose commit is one ``os.replace``
 of the temporary file onto FILE, so the write boundaries are found there.
 """
@@ -31,7 +35,9 @@ from typing import Any
 
 def main() -> None:
     where, signal_name, nth, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-    sig = signal.Signals[signal_name]
+    target_parent = signal_name.startswith("parent:")
+    sig = signal.Signals[signal_name.removeprefix("parent:")]
+    once = os.environ.get("SLD_FAULT_ONCE")
     if where == "checkpoint-write":
         where = "during-write:last.pt"
 
@@ -44,7 +50,11 @@ def main() -> None:
         nonlocal count
         count += 1
         if count == nth:
-            os.kill(os.getpid(), sig)
+            if once is not None:
+                if Path(once).exists():
+                    return
+                Path(once).touch()
+            os.kill(os.getppid() if target_parent else os.getpid(), sig)
 
     if where == "step":
         real_step = step_module.train_step

@@ -41,7 +41,7 @@ def test_no_import_cycle_between_any_two_modules() -> None:
 @pytest.mark.parametrize(
     "module",
     ["harness.config", "harness.method_names", "harness.runs", "harness.recipes", "harness.report",
-     "harness.cli", "harness.train.interrupt"],
+     "harness.cli", "harness.train.interrupt", "harness.jobs"],
 )
 def test_torch_free_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -1,4 +1,5 @@
 """Benchmarks as a library: the timing core (:mod:`.timing`), the ``sld bench`` grid (:mod:`.grid`),
 the naive reference formulation every fast path is timed against (:mod:`.reference`), the
-training-step bench (:mod:`.step`) and the streamed-loader bench (:mod:`.loader`, images/s per
-worker). ``sld bench`` and the pytest-benchmark suites in ``benchmarks/`` import it; it imports neither."""
+training-step bench (:mod:`.step`), the streamed-loader bench (:mod:`.loader`, images/s per worker)
+and the grid-throughput bench (:mod:`.jobs`, runs per hour with ``--jobs N``). ``sld bench`` and the
+pytest-benchmark suites in ``benchmarks/`` import it; it imports neither."""

@@ -989,7 +989,10 @@ def _plot_methods(rows: dict[str, list[GroupSummary]], colors: dict[tuple[str, s
         legend["hatched: not comparable with the paper (short run, unfinished, subset)"] = Patch(
             facecolor="white", edgecolor="black", hatch="//"
         )
-    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2, fontsize=9)
+    # Two legend columns only where the figure is wide enough for them (a few bars of one pair is not).
+    width = fig.get_figwidth()
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2 if width >= 9 else 1,
+               fontsize=9)
     fig.suptitle("Methods compared: best-epoch test top-1 (the published protocol)", fontsize=13)
     return fig
 

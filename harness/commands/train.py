@@ -52,6 +52,7 @@ from harness.config import (
     SWAP_MODES,
     TEACHER_PROCESSINGS,
     ConfigError,
+    DataConfig,
     DKDConfig,
     KDConfig,
     OptimConfig,
@@ -365,6 +366,8 @@ def _base_config(
         method=base_method,
         loss=loss,
         optim=OptimConfig(epochs=MLKD_EPOCHS) if base_method == "mlkd" else OptimConfig(),
+        # the views of the method's published recipe, as --pair gives them: 2 for sld and mlkd, else 1
+        data=DataConfig(views=2 if base_method in ("sld", "mlkd") else 1),
         out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{canonical_name(name)}",
     )
 

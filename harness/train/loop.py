@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.text import Text
 from torch.nn.parallel import DistributedDataParallel
 
 from harness.config import ConfigError, TrainConfig, train_config_to_dict, with_overrides
@@ -62,6 +61,7 @@ from .interrupt import StopSignals, TrainingInterrupted, interrupted
 from .methods import METHODS
 from .optim import build_optimizer, load_optimizer_state
 from .provenance import environment, utc_now
+from .session import Session, log_step
 from .step import StepParts, train_epoch
 from .trackers import Trackers, make_trackers, run_meta
 
@@ -273,7 +273,7 @@ def _train_in(
     if trackers:
         console.print(f"tracking to {', '.join(trackers.names)} as {meta.name}")
     last_epoch = config.optim.epochs if stop_after is None else min(stop_after, config.optim.epochs)
-    with _Session(run, dist, console, trackers, meta, last_epoch=start_epoch - 1) as session:
+    with Session(run, dist, console, trackers, meta, last_epoch=start_epoch - 1) as session:
         evaluate_on = functools.partial(
             evaluate,
             data=data,
@@ -314,7 +314,7 @@ def _train_in(
                 started = time.perf_counter()
                 sums = train_epoch(
                     parts, data, epoch, generator, console, run, stop, eta=eta,
-                    on_log=functools.partial(_log_step, trackers, epoch) if trackers else None,
+                    on_log=functools.partial(log_step, trackers, epoch) if trackers else None,
                 )
                 train_time = time.perf_counter() - started
                 scheduler.step()
@@ -388,54 +388,6 @@ def _train_in(
             f"last {100 * result.last_top1:.2f}%[/bold] -> {run.path}"
         )
         return result
-
-
-class _Session:
-    """This process's part of a run, as a ``with`` block: on entry the trackers start (every rank
-    learns if one fails), on exit they are closed and ``run.json`` records how the session ended:
-    ``finished`` / ``stopped`` (:attr:`finished` says which), ``interrupted`` or ``failed``."""
-
-    def __init__(
-        self, run: RunDir, dist: DistContext, console: Console, trackers: Trackers, meta: Any, *,
-        last_epoch: int,
-    ) -> None:
-        self.run, self.dist, self.console, self.trackers, self.meta = run, dist, console, trackers, meta
-        self.last_epoch = last_epoch  # the last epoch this session committed
-        self.finished = False  # every epoch of the run is done
-
-    def __enter__(self) -> _Session:
-        try:
-            self.dist.on_main(functools.partial(self.trackers.start, self.meta))
-        except BaseException as exc:
-            self.__exit__(type(exc), exc, None)
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        failing = exc is not None
-        self.trackers.finish(ok=not failing)
-        if not failing:
-            status = "finished" if self.finished else "stopped"
-        else:
-            status = "interrupted" if isinstance(exc, TrainingInterrupted) else "failed"
-        write = functools.partial(
-            self.run.end_session, ended=utc_now(), status=status, last_epoch=self.last_epoch
-        )
-        if not failing:
-            self.dist.on_main(write)
-            return
-        # An error is in flight: it says what went wrong, so this write must neither replace it nor
-        # wait on the other ranks (they may not be here).
-        if self.dist.is_main and self.run.run_info.is_file():
-            try:
-                write()
-            except Exception as error:
-                message = f"could not record the session's end in {self.run.run_info}: {error}"
-                self.console.print(Text(message, style="yellow"))
-
-
-def _log_step(trackers: Trackers, epoch: int, step: int, scalars: dict[str, float]) -> None:
-    trackers.log_step(step, epoch, scalars)
 
 
 def _write_epoch(

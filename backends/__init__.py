@@ -35,6 +35,8 @@ against the float64 core and the plain references of ``tests/``:
 
 A framework is never imported here unless the caller already imported it (its arrays cannot exist
 otherwise): detection looks in ``sys.modules`` first, and each fast path is imported on first use.
+``from backends import SLDLoss`` (the torch ``nn.Module``, :class:`backends.torch_sld.SLDLoss`) imports
+torch at that moment, through the module ``__getattr__`` below.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ from ._select import cpu_kernel_module, num_threads, set_num_threads, use_kernel
 
 __all__ = ["backend_name", "fast_path", "implementation", "num_threads", "set_num_threads", "sld_loss",
            "sld_loss_and_grad", "use_kernels"]
+
+def __getattr__(name: str) -> Any:
+    # SLDLoss subclasses torch.nn.Module: import torch only when it is asked for, never with backends.
+    if name == "SLDLoss":
+        from .torch_sld import SLDLoss
+
+        return SLDLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def _is_strict_array(x: Any) -> bool:
     # array_api_compat has no is_array_api_strict_array; the array type lives in that package

@@ -400,8 +400,13 @@ class SLDLoss(nn.Module):
     """The SLD loss as a module for a torch training loop.
 
     ``SLDLoss(config)(student_logits, teacher_logits, targets, epoch) -> LossTerms``; call
-    ``terms.total.backward()``. ``check_targets=False`` (the default here) keeps the step free of
-    device syncs: validate labels once in the data pipeline instead.
+    ``terms.total.backward()``. ``epoch`` counts from 1 (the pseudo-teacher is on for ``epoch > gamma``);
+    a loop that counts from 0 passes ``epoch + 1``.
+
+    ``check_targets=True`` (the default, as for the functions) checks every call's labels and logits and
+    raises one clear error; ``False`` skips that check, which on CUDA is a device sync per call, and
+    clamps out-of-range labels silently: use it once the data pipeline has validated the labels (the
+    ``sld`` trainer does).
 
     Examples
     --------
@@ -412,7 +417,7 @@ class SLDLoss(nn.Module):
     torch.Size([4, 10])
     """
 
-    def __init__(self, config: sld_core.SLDConfig | None = None, *, check_targets: bool = False) -> None:
+    def __init__(self, config: sld_core.SLDConfig | None = None, *, check_targets: bool = True) -> None:
         super().__init__()
         self.config = sld_core.SLDConfig() if config is None else config
         self.check_targets = check_targets

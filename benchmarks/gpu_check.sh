@@ -4,7 +4,9 @@
 #      kernel, the CuPy kernel; CPU cases there run too),
 #   2. `sld bench` on cuda: torch fused (= the Triton kernel where triton imports), CuPy kernel and the
 #      reference at 64x100 and 4096x1000, then the wider grid (generic core, JAX, bfloat16),
-#   3. one training step resnet32x4 -> resnet8x4 (batch 64) with KD and with SLD on cuda,
+#   3. one training step resnet32x4 -> resnet8x4 (batch 64) with KD and with SLD on cuda: fp32 and
+#      bf16 + channels-last, each eager and replayed as a CUDA graph (the graphed step's equality test
+#      against the eager step first), with the ATen op counts per phase,
 #   4. a markdown results table.
 # Python: the repo's .venv if there is one, else the machine's python3 with the repo on PYTHONPATH;
 # wheels in .whl/ (e.g. array-api-compat) are installed to /tmp/site first when present.
@@ -48,9 +50,9 @@ if torch.cuda.is_available():
 PY
 } 2>&1 | tee "$OUT_DIR/environment.txt"
 
-# SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_COMPILE=1 / SKIP_TRAIN=1 leave out steps 1 / 2 / 2b / 3 (a rerun of
-# the rest on a short device budget).
-test_status=skipped bench_status=skipped train_status=skipped
+# SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_COMPILE=1 / SKIP_STEP=1 / SKIP_TRAIN=1 leave out steps 1 / 2 / 2b /
+# 3 / 3b (a rerun of the rest on a short device budget; step 3 alone takes about 2-3 minutes).
+test_status=skipped bench_status=skipped step_status=skipped train_status=skipped
 
 # 1. tests: -rs lists every skip with its reason (e.g. NVRTC missing -> CuPy kernel tests skip)
 [ "${SKIP_TESTS:-0}" = 1 ] || { timeout 200 python3 -m pytest tests/test_core.py tests/test_backends.py tests/test_kernels.py -q -rs -p no:cacheprovider \
@@ -79,12 +81,28 @@ bench_status=${PIPESTATUS[0]}
     --json "$OUT_DIR/compiled_cuda_$mode.json" 2>&1 | tee "$OUT_DIR/compiled_cuda_$mode.txt"
 done
 
-# 3. one training step, KD vs SLD, interleaved (the paper quotes ~12 ms per batch for SLD on its GPU)
+# 3. one training step, KD vs SLD, interleaved (the paper quotes ~12 ms per batch for SLD on its GPU):
+#    the graphed step against the eager one (tests/test_step.py, CUDA cases), then four settings
+if [ "${SKIP_STEP:-0}" != 1 ]; then
+  timeout 150 python3 -m pytest tests/test_step.py -q -rs -p no:cacheprovider -k "cuda or graph" 2>&1 \
+    | tee "$OUT_DIR/pytest_step.txt"
+  step_status=${PIPESTATUS[0]}
+  for setting in "fp32_eager:" "fp32_graphs:--cuda-graphs" "bf16_cl_eager:--amp bf16 --channels-last" \
+      "bf16_cl_graphs:--amp bf16 --channels-last --cuda-graphs"; do
+    name=${setting%%:*}
+    # shellcheck disable=SC2086
+    timeout 100 python3 -m harness.bench.step --device cuda --repeats 30 ${setting#*:} \
+      --json "$OUT_DIR/step_cuda_$name.json" 2>&1 | tee "$OUT_DIR/step_cuda_$name.txt"
+    [ "${PIPESTATUS[0]}" -ne 0 ] && step_status=1
+  done
+  [ "$step_status" -ne 0 ] && status=1
+fi
+
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-timeout 90 python3 -m harness.bench.step --device cuda --repeats 30 2>&1 | tee "$OUT_DIR/step_cuda.txt"
 
 # 3b. the trainer end to end on cuda: a tiny synthetic CIFAR-format archive, a 1-epoch teacher, then a
-#     2-epoch SLD student with bf16 autocast and channels-last, then sld eval of its checkpoint
+#     2-epoch SLD student with bf16 autocast and channels-last, then sld eval of its checkpoint, then the
+#     same student with --cuda-graphs (8 steps per epoch: 3 warm-up steps, then recorded and replayed)
 work=$(mktemp -d)
 {
   python3 - "$work/data" <<'PY' &&
@@ -101,28 +119,45 @@ PY
     --gamma 1 --amp bf16 --channels-last --data-dir "$work/data" --runs-dir "$work/runs" --out "$work/sld" \
     --device cuda &&
   timeout 60 python3 -m harness eval "$work/sld/last.pt" --data-dir "$work/data" --device cuda &&
-  cp "$work/sld/metrics.jsonl" "$OUT_DIR/train_cuda_metrics.jsonl"
+  cp "$work/sld/metrics.jsonl" "$OUT_DIR/train_cuda_metrics.jsonl" &&
+  timeout 120 python3 -m harness train --student resnet8 --teacher-model resnet14 --method sld --epochs 2 \
+    --gamma 1 --amp bf16 --channels-last --cuda-graphs --data-dir "$work/data" --runs-dir "$work/runs" \
+    --out "$work/sld_graphs" --device cuda &&
+  cp "$work/sld_graphs/metrics.jsonl" "$OUT_DIR/train_cuda_graphs_metrics.jsonl"
 } 2>&1 | tee "$OUT_DIR/train_cuda.txt"
 train_status=${PIPESTATUS[0]}
 [ "$train_status" -ne 0 ] && status=1
 fi
 
 # 4. markdown summary
-python3 - "$OUT_DIR" "$test_status" "$bench_status" "$train_status" <<'PY'
+python3 - "$OUT_DIR" "$test_status" "$bench_status" "$train_status" "$step_status" <<'PY'
 import json, sys
 from pathlib import Path
 
-out, test_status, bench_status, train_status = Path(sys.argv[1]), *sys.argv[2:5]
+out, test_status, bench_status, train_status, step_status = Path(sys.argv[1]), *sys.argv[2:6]
 lines = ["# GPU check", "", f"- tests (core + backends) exit status: {test_status}",
-         f"- sld bench exit status: {bench_status}", f"- tiny cuda training run exit status: {train_status}", ""]
+         f"- sld bench exit status: {bench_status}", f"- training-step tests and benches exit status: {step_status}",
+         f"- tiny cuda training run exit status: {train_status}", ""]
+steps = [(name, out / f"step_cuda_{name}.json") for name in ("fp32_eager", "fp32_graphs", "bf16_cl_eager", "bf16_cl_graphs")]
+if any(path.exists() for _, path in steps):
+    lines += ["Training step resnet32x4 -> resnet8x4, batch 64, 2 views, cuda (the paper quotes ~12 ms per batch):", "",
+              "| setting | KD ms | SLD ms | SLD/KD | 240-epoch run (steps only) | SLD ATen ops (all / launching) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, path in steps:
+        if path.exists():
+            r = json.loads(path.read_text())
+            ops = r["ops"].get("sld", {})
+            count = f"{sum(ops.get('all', {}).values())} / {sum(ops.get('launching', {}).values())}" if ops else "-"
+            lines.append(f"| {name} | {r['kd_ms']:.2f} | {r['sld_ms']:.2f} | {r['ratio']:.3f} | "
+                         f"{r['sld_run_hours']:.2f} h | {count} |")
+        else:
+            lines.append(f"| {name} | failed (see step_cuda_{name}.txt) | | | | |")
+    lines.append("")
 for mode in ("default", "reduce-overhead"):
     compiled = out / f"compiled_cuda_{mode}.txt"
     if compiled.exists():
         lines += [f"compiled stacks (torch.compile mode {mode}, jax.jit), cuda:", "```",
                   compiled.read_text().strip(), "```", ""]
-step = out / "step_cuda.txt"
-if step.exists():
-    lines += ["Training step resnet32x4 -> resnet8x4, batch 64, 2 views, cuda:", "```", step.read_text().strip(), "```", ""]
 env = (out / "environment.txt")
 if env.exists():
     lines += ["```", env.read_text().strip(), "```", ""]

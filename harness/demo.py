@@ -2,14 +2,26 @@
 
 Data: scikit-learn's bundled 8x8 handwritten digits (``sklearn.datasets.load_digits``; 1797 images, 10
 classes, shipped inside the package, so nothing is downloaded), one fixed train/test split. A small CNN
-teacher is trained briefly with cross-entropy; then, for each seed, a narrow MLP student is trained from
-the same initialization and batch order with each method of ``harness.train.methods`` (``ce``, ``kd``,
-``sld``): the losses are the trainer's, and SLD goes through ``backends.sld_loss``.
+teacher is trained briefly with cross-entropy on the clean images; then, for each seed, a narrow MLP
+student is trained from the same initialization and batch order with each method of
+``harness.train.methods`` (``ce``, ``kd``, ``sld``): the losses are the trainer's, and SLD goes through
+``backends.sld_loss``.
 
-The schedule is the official 240-epoch CIFAR-100 recipe scaled to the run: SGD (lr 0.05, momentum 0.9,
-weight decay 5e-4, batch 64) with lr x0.1 at 150/240, 180/240 and 210/240 of the epochs, and SLD's
-pseudo-teacher joining after ``gamma = 150/240`` of them, so that it takes part in a short run too.
-Every method gets the same recipe; the numbers are whatever they come out as.
+Why the teacher gets things wrong: the student trains on two views of every image, as in the official
+SLD CIFAR-100 recipe -- the image itself (the weak view) and a strong view, the same RandAugment (two
+ops) + Cutout as the official strong view (``harness.data.augment``). The teacher is right on all but a
+few clean training images (~0.3 %), but wrong on a large share of the strong views (~38 %), as CIFAR
+teachers are on theirs: there the swap fires, and the demo counts the rows it corrected and measures,
+on the teacher-wrong rows of the last epoch, how often each student predicts the label and how often
+it repeats the teacher's mistake. ``views=1`` trains on the clean images alone (then the swap almost
+never fires). The strong views are drawn once per epoch and shared by every seed and method, so the
+methods differ in the loss alone (and the teacher's logits are computed once per epoch).
+
+The schedule is the official 240-epoch CIFAR-100 recipe scaled to the run: SGD (lr 0.025, the official
+SLD configs' value for every method; momentum 0.9, weight decay 5e-4, batch 64), losses summed over the
+views, lr x0.1 at 150/240, 180/240 and 210/240 of the epochs, and SLD's pseudo-teacher joining after
+``gamma = 150/240`` of them, so that it takes part in a short run too. Every method gets the same recipe;
+the numbers are whatever they come out as.
 
 ``run_cifar_demo`` runs the same comparison on real CIFAR-100 (from the local cache only) through the
 full trainer, ``harness.train.loop.train``, with a pair's official recipe on a short schedule.
@@ -22,7 +34,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,21 +46,24 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from harness.config import CEConfig, DataConfig, KDConfig, OptimConfig, TrainConfig
+from harness.config import CEConfig, DataConfig, KDConfig, OptimConfig, SLDConfig, TrainConfig
+from harness.data.augment import cutout, rand_augment
 from harness.data.resident import epoch_batches
 from harness.recipes import pair_config
 from harness.train.methods import METHODS, StepLogits
-from sld_core import SLDConfig, swap_mask
+from sld_core import swap_mask
 
 __all__ = [
     "DEMO_METHODS",
     "DemoConfig",
     "DemoResult",
     "MethodResult",
+    "SwapStats",
     "results_table",
     "run_cifar_demo",
     "run_digits_demo",
     "scaled_schedule",
+    "strong_digits_view",
 ]
 
 DEMO_METHODS = ("ce", "kd", "sld")
@@ -56,6 +71,10 @@ _OFFICIAL_EPOCHS = 240
 _OFFICIAL_GAMMA = 150
 _OFFICIAL_MILESTONES = (150, 180, 210)
 _DIGITS_CLASSES = 10
+# SOLVER.LR of the official SLD configs of the same-family pairs (harness.pairs); with two views the
+# gradient sums over both, and mdistiller's one-view 0.05 made SLD diverge on one seed in three here.
+_STUDENT_LR = 0.025
+_VIEW_SEED = 10_000  # the strong views of epoch e come from seed _VIEW_SEED + e, whatever the run's seed
 
 
 @dataclass(frozen=True)
@@ -64,8 +83,9 @@ class DemoConfig:
 
     seeds: int = 3  # seeds 0..seeds-1: one student init and batch order each, shared by all methods
     epochs: int = 40  # student epochs; the 240-epoch schedule (lr steps, gamma) is scaled to this
-    teacher_epochs: int = 5  # "briefly": a few seconds, and ~98% test accuracy
+    teacher_epochs: int = 5  # "briefly": a few seconds, ~98% test accuracy, ~0.3% training error
     student_hidden: int = 16  # a narrow MLP, so the student has something to learn from the teacher
+    views: int = 2  # weak (the image) + strong (RandAugment + Cutout), the official recipe; 1: weak only
     test_fraction: float = 1 / 3  # of the 1797 digits; one fixed split for every seed and method
     cifar_pair: str = "resnet56-resnet20"  # --cifar: the cheapest of the 12 official pairs
 
@@ -74,6 +94,8 @@ class DemoConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 (weak) or 2 (weak + strong); got {self.views!r}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must lie in (0, 1); got {self.test_fraction!r}")
 
@@ -102,11 +124,18 @@ def _method_config(method: str, gamma: int) -> Any:
 
 @dataclass(frozen=True)
 class MethodResult:
-    """Test accuracies (fractions) of one method, one per seed, in seed order."""
+    """Test accuracies (fractions) of one method, one per seed, in seed order, and (digits) what the
+    student predicts on the training rows where the teacher is wrong."""
 
     method: str
     accuracies: tuple[float, ...]
     seconds: float  # training time summed over the seeds
+    # Per seed, on the last epoch's training rows (every view) where the teacher's top-1 is wrong: the
+    # fraction the student gets right, and the fraction where it repeats the teacher's wrong class.
+    # Empty where not measured (the CIFAR demo).
+    wrong_rows_right: tuple[float, ...] = ()
+    wrong_rows_repeated: tuple[float, ...] = ()
+    views: int = 1  # views per image it trained on (losses summed over them)
 
     @property
     def mean(self) -> float:
@@ -116,6 +145,20 @@ class MethodResult:
     def std(self) -> float | None:
         """Sample standard deviation over the seeds; ``None`` for a single seed."""
         return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else None
+
+
+@dataclass(frozen=True)
+class SwapStats:
+    """What the teacher swap acts on during one run of the digits demo (the same for every seed)."""
+
+    view_errors: tuple[float, ...]  # the teacher's training-set error per view (weak, strong), over epochs
+    swapped_rows: int  # rows the swap corrected over the run: every epoch, every view
+    teacher_rows: int  # rows the teacher labelled over the run
+    wrong_rows: int  # of them in the last epoch: where the students are measured
+
+    @property
+    def rate(self) -> float:
+        return self.swapped_rows / self.teacher_rows
 
 
 @dataclass(frozen=True)
@@ -130,12 +173,14 @@ class DemoResult:
     teacher_epochs: int
     gamma: int
     teacher_accuracy: float
-    teacher_train_error: float  # how often the teacher swap fires on the training set
+    teacher_train_error: float  # on the clean training images
     methods: dict[str, MethodResult]
     wall_time_s: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    swaps: SwapStats | None = None  # the digits demo's swap counts; None for the CIFAR demo
 
     def to_json(self) -> dict[str, Any]:
+        swaps = self.swaps
         return {
             "dataset": self.dataset,
             "teacher": self.teacher,
@@ -146,12 +191,19 @@ class DemoResult:
             "sld_gamma": self.gamma,
             "teacher_test_accuracy": self.teacher_accuracy,
             "teacher_train_error": self.teacher_train_error,
+            "teacher_view_errors": None if swaps is None else list(swaps.view_errors),
+            "swapped_rows": None if swaps is None else swaps.swapped_rows,
+            "teacher_rows": None if swaps is None else swaps.teacher_rows,
+            "teacher_wrong_rows_last_epoch": None if swaps is None else swaps.wrong_rows,
             "methods": {
                 name: {
                     "test_accuracy": list(r.accuracies),
                     "mean": r.mean,
                     "std": r.std,
                     "train_time_s": r.seconds,
+                    "views": r.views,
+                    "teacher_wrong_rows_right": list(r.wrong_rows_right) or None,
+                    "teacher_wrong_rows_repeated": list(r.wrong_rows_repeated) or None,
                 }
                 for name, r in self.methods.items()
             },
@@ -180,6 +232,21 @@ def _load_digits(test_fraction: float) -> _Digits:
     labels = torch.tensor(y[order], dtype=torch.long)
     n_test = int(len(labels) * test_fraction)
     return _Digits(images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
+
+
+def strong_digits_view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The official strong view's RandAugment (two ops) + Cutout (:mod:`harness.data.augment`) on
+    digits: ``float32 (N, 1, H, W)`` in ``[0, 1]`` -> the same shape and range, each image augmented with
+    its own draws. The grey image becomes the three equal channels the ops expect and their mean after
+    (only Cutout's fill differs between them). No crop or flip: a mirrored digit is another symbol.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> strong_digits_view(torch.rand(5, 1, 8, 8), g).shape
+    torch.Size([5, 1, 8, 8])
+    """
+    pixels = (images * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    augmented = cutout(rand_augment(pixels, generator), generator)
+    return augmented.float().mean(dim=1, keepdim=True) / 255
 
 
 def _digits_teacher() -> nn.Module:
@@ -217,17 +284,22 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+# One epoch's views of the training set: (images, teacher logits or None) per view, weak first.
+_Views = tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
+
+
 def _fit(
     model: nn.Module,
     method: str,
     loss_config: Any,
-    data: _Digits,
-    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    views_of: Callable[[int], _Views],
     optim: OptimConfig,
     seed: int,
 ) -> nn.Module:
     """Train ``model`` with ``METHODS[method]`` the way ``harness.train.loop`` does: seeded batches, the
-    ``loss*`` entries summed, SGD with momentum and weight decay, multistep lr stepped per epoch."""
+    ``loss*`` entries summed (over the views, inside the method), SGD with momentum and weight decay,
+    multistep lr stepped per epoch. ``views_of(epoch)`` gives that epoch's views."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -240,11 +312,11 @@ def _fit(
     loss_fn = METHODS[method]
     model.train()
     for epoch in range(1, optim.epochs + 1):  # the methods count epochs from 1
-        for index in epoch_batches(len(data.train_y), optim.batch_size, generator):
-            logits = model(data.train_x[index])
-            teacher = None if teacher_logits is None else (teacher_logits[index],)
-            step = StepLogits((logits,), teacher, data.train_y[index])
-            terms = loss_fn(step, epoch=epoch, config=loss_config)
+        views = views_of(epoch)
+        for index in epoch_batches(len(labels), optim.batch_size, generator):
+            students = tuple(model(images[index]) for images, _ in views)
+            teachers = None if views[0][1] is None else tuple(t[index] for _, t in views)
+            terms = loss_fn(StepLogits(students, teachers, labels[index]), epoch=epoch, config=loss_config)
             loss = sum(value for name, value in terms.items() if name.startswith("loss"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -258,43 +330,90 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return (model.eval()(images).argmax(dim=1) == labels).double().mean().item()
 
 
+@torch.no_grad()
+def _student_views(data: _Digits, teacher: nn.Module, epochs: int, views: int) -> list[_Views]:
+    """Every epoch's views with the teacher's logits: the clean images (the same each epoch) and, for
+    ``views == 2``, that epoch's strong views (seeded by the epoch alone)."""
+    weak = (data.train_x, teacher(data.train_x))
+    if views == 1:
+        return [(weak,)] * epochs
+    out = []
+    for epoch in range(1, epochs + 1):
+        strong = strong_digits_view(data.train_x, torch.Generator().manual_seed(_VIEW_SEED + epoch))
+        out.append((weak, (strong, teacher(strong))))
+    return out
+
+
+def _swap_stats(epoch_views: list[_Views], labels: torch.Tensor) -> SwapStats:
+    wrong = [[swap_mask(t, labels) for _, t in views] for views in epoch_views]
+    per_view = tuple(
+        statistics.fmean(float(w[v].double().mean()) for w in wrong) for v in range(len(wrong[0]))
+    )
+    return SwapStats(
+        view_errors=per_view,
+        swapped_rows=sum(int(m.sum()) for w in wrong for m in w),
+        teacher_rows=len(labels) * len(wrong) * len(wrong[0]),
+        wrong_rows=sum(int(m.sum()) for m in wrong[-1]),
+    )
+
+
+@torch.no_grad()
+def _on_teacher_wrong_rows(model: nn.Module, views: _Views, labels: torch.Tensor) -> tuple[float, float]:
+    """On the rows of ``views`` (every view) where the teacher is wrong: the fraction the student gets
+    right and the fraction where it predicts the teacher's wrong class (NaN when there are none)."""
+    right = repeated = rows = 0
+    for images, teacher_logits in views:
+        wrong = swap_mask(teacher_logits, labels)
+        predicted = model.eval()(images[wrong]).argmax(dim=1)
+        right += int((predicted == labels[wrong]).sum())
+        repeated += int((predicted == teacher_logits[wrong].argmax(dim=1)).sum())
+        rows += int(wrong.sum())
+    return (right / rows, repeated / rows) if rows else (math.nan, math.nan)
+
+
 def run_digits_demo(config: DemoConfig | None = None, *, console: Console | None = None) -> DemoResult:
     """Train the digits teacher, then every method of :data:`DEMO_METHODS` for every seed; on the CPU.
 
     Parameters
     ----------
     config
-        Seeds, epochs and model sizes (default :class:`DemoConfig`).
+        Seeds, epochs, views and model sizes (default :class:`DemoConfig`).
     console
         Where progress lines go (default: a new stdout console).
 
     Returns
     -------
     DemoResult
-        Test accuracies per method and seed, the teacher's test accuracy and training-set error rate.
+        Test accuracies per method and seed, the teacher's test accuracy and training-set error, what
+        the swap acted on (:class:`SwapStats`) and, per method and seed, the student's predictions on
+        the last epoch's teacher-wrong rows.
+
+    Examples
+    --------
+    >>> result = run_digits_demo(DemoConfig(seeds=1, epochs=2))  # doctest: +SKIP
+    >>> result.methods["sld"].accuracies, result.swaps.swapped_rows  # doctest: +SKIP
     """
     config = DemoConfig() if config is None else config
     console = console or Console()
     started = time.perf_counter()
     gamma, milestones = scaled_schedule(config.epochs)
-    optim = OptimConfig(epochs=config.epochs, lr_milestones=milestones)
-    teacher_optim = replace(
-        optim, epochs=config.teacher_epochs, lr_milestones=scaled_schedule(config.teacher_epochs)[1]
+    optim = OptimConfig(epochs=config.epochs, lr=_STUDENT_LR, lr_milestones=milestones)
+    teacher_optim = OptimConfig(
+        epochs=config.teacher_epochs, lr_milestones=scaled_schedule(config.teacher_epochs)[1]
     )
     data = _load_digits(config.test_fraction)
     seeds = tuple(range(config.seeds))
     with torch_threads(1):
         torch.manual_seed(0)  # one teacher for every seed, as with a published checkpoint
-        teacher = _fit(_digits_teacher(), "ce", CEConfig(), data, None, teacher_optim, seed=0)
-        with torch.no_grad():
-            teacher_logits = teacher(data.train_x)  # fixed: no augmentation, so computed once
+        clean = ((data.train_x, None),)
+        teacher = _fit(_digits_teacher(), "ce", CEConfig(), data.train_y, lambda _: clean, teacher_optim, 0)
         teacher_accuracy = _accuracy(teacher, data.test_x, data.test_y)
-        teacher_train_error = swap_mask(teacher_logits, data.train_y).double().mean().item()
-        console.print(
-            f"teacher (CNN, {config.teacher_epochs} epochs of CE): test accuracy "
-            f"{100 * teacher_accuracy:.2f}%, training-set error {100 * teacher_train_error:.2f}%"
-        )
+        epoch_views = _student_views(data, teacher, config.epochs, config.views)
+        swaps = _swap_stats(epoch_views, data.train_y)
+        teacher_train_error = swaps.view_errors[0]
+        console.print(_teacher_line(config, teacher_accuracy, swaps))
         accuracies: dict[str, list[float]] = {m: [] for m in DEMO_METHODS}
+        on_wrong: dict[str, list[tuple[float, float]]] = {m: [] for m in DEMO_METHODS}
         seconds = dict.fromkeys(DEMO_METHODS, 0.0)
         for seed in seeds:
             for method in DEMO_METHODS:
@@ -304,14 +423,20 @@ def run_digits_demo(config: DemoConfig | None = None, *, console: Console | None
                     _digits_student(config.student_hidden),
                     method,
                     _method_config(method, gamma),
-                    data,
-                    teacher_logits,
+                    data.train_y,
+                    lambda epoch: epoch_views[epoch - 1],
                     optim,
                     seed,
                 )
                 seconds[method] += time.perf_counter() - tic
                 accuracies[method].append(_accuracy(student, data.test_x, data.test_y))
-                console.print(f"  seed {seed}  {method:<4} test accuracy {100 * accuracies[method][-1]:.2f}%")
+                on_wrong[method].append(_on_teacher_wrong_rows(student, epoch_views[-1], data.train_y))
+                right, repeated = on_wrong[method][-1]
+                console.print(
+                    f"  seed {seed}  {method:<4} test accuracy {100 * accuracies[method][-1]:.2f}%; on the "
+                    f"{swaps.wrong_rows} teacher-wrong rows: right {100 * right:.1f}%, repeats the "
+                    f"teacher {100 * repeated:.1f}%"
+                )
     return DemoResult(
         dataset=f"scikit-learn digits (8x8; {len(data.train_y)} train / {len(data.test_y)} test)",
         teacher="CNN",
@@ -322,13 +447,50 @@ def run_digits_demo(config: DemoConfig | None = None, *, console: Console | None
         gamma=gamma,
         teacher_accuracy=teacher_accuracy,
         teacher_train_error=teacher_train_error,
-        methods={m: MethodResult(m, tuple(accuracies[m]), seconds[m]) for m in DEMO_METHODS},
+        methods={
+            m: MethodResult(
+                m,
+                tuple(accuracies[m]),
+                seconds[m],
+                tuple(r for r, _ in on_wrong[m]),
+                tuple(p for _, p in on_wrong[m]),
+                views=config.views,
+            )
+            for m in DEMO_METHODS
+        },
         wall_time_s=time.perf_counter() - started,
-        notes=_schedule_notes(config.epochs, gamma, milestones),
+        notes=(
+            *_schedule_notes(config.epochs, gamma, milestones, optim.lr),
+            _views_note(config.views),
+        ),
+        swaps=swaps,
     )
 
 
-def _schedule_notes(epochs: int, gamma: int, milestones: tuple[int, ...]) -> tuple[str, ...]:
+def _teacher_line(config: DemoConfig, accuracy: float, swaps: SwapStats) -> str:
+    errors = swaps.view_errors
+    where = f"wrong on {100 * errors[0]:.2f}% of the clean training images"
+    if len(errors) > 1:
+        where += f" and on {100 * errors[1]:.1f}% of their strong views"
+    return (
+        f"teacher (CNN, {config.teacher_epochs} epochs of CE): test accuracy {100 * accuracy:.2f}%, {where}; "
+        f"the swap corrects {swaps.swapped_rows:,} of the {swaps.teacher_rows:,} rows it labels "
+        f"({100 * swaps.rate:.1f}%) in each sld run"
+    )
+
+
+def _views_note(views: int) -> str:
+    if views == 1:
+        return "one view: every method trains on the clean images alone (sld demo --views 2: + strong views)"
+    return (
+        "two views per image, losses summed over both (the official SLD recipe): the image and a strong view "
+        "(RandAugment, 2 ops + Cutout), drawn once per epoch and shared by every seed and method"
+    )
+
+
+def _schedule_notes(
+    epochs: int, gamma: int, milestones: tuple[int, ...], lr: float | None = None
+) -> tuple[str, ...]:
     joins = (
         f"the pseudo-teacher joins at epoch {gamma + 1}"
         if gamma < epochs
@@ -337,8 +499,8 @@ def _schedule_notes(epochs: int, gamma: int, milestones: tuple[int, ...]) -> tup
     return (
         f"SLD gamma = {gamma}, scaled from the official 150 of 240 epochs to 150/240 of {epochs} so that the "
         f"pseudo-teacher takes part in a short run: {joins}",
-        f"every method: the official recipe scaled to {epochs} epochs, lr x0.1 after epochs "
-        f"{', '.join(map(str, milestones))}",
+        f"every method: {'' if lr is None else f'lr {lr:g}, '}the official recipe scaled to {epochs} epochs, "
+        f"lr x0.1 after epochs {', '.join(map(str, milestones))}",
     )
 
 
@@ -433,7 +595,12 @@ def run_cifar_demo(
         gamma=gamma,
         teacher_accuracy=teacher_run.last_top1,
         teacher_train_error=teacher_train_error,
-        methods={m: MethodResult(m, tuple(accuracies[m]), seconds[m]) for m in DEMO_METHODS},
+        methods={
+            m: MethodResult(
+                m, tuple(accuracies[m]), seconds[m], views=pair_config(config.cifar_pair, m).data.views
+            )
+            for m in DEMO_METHODS
+        },
         wall_time_s=time.perf_counter() - started,
         notes=(
             *_schedule_notes(config.epochs, gamma, milestones),
@@ -447,27 +614,60 @@ def run_cifar_demo(
 
 
 def results_table(result: DemoResult) -> Table:
-    """A Rich table: test accuracy mean ± std per method over the seeds, each seed's value, time."""
+    """A Rich table: per method the views it trained on, test accuracy mean ± std over the seeds and each
+    seed's value, what it predicts on the teacher-wrong rows (digits), and its training time."""
     seeds = ", ".join(map(str, result.seeds))
+    teacher = f"teacher: test accuracy {100 * result.teacher_accuracy:.2f}%"
+    swaps = result.swaps
+    if swaps is not None:
+        errors = " and ".join(
+            f"{100 * e:.1f}% of the {name}" for e, name in zip(swaps.view_errors, _VIEW_NAMES)
+        )
+        teacher += (
+            f", wrong on {errors} training views; the swap corrects {100 * swaps.rate:.1f}% of its rows in "
+            "each sld run"
+        )
+    else:
+        teacher += f", training-set error {100 * result.teacher_train_error:.2f}%"
+    measured = swaps is not None and any(r.wrong_rows_right for r in result.methods.values())
+    caption = f"{teacher} | seeds {seeds} | {result.epochs} epochs | wall time {result.wall_time_s:.1f} s"
+    if measured:
+        caption += (
+            f"\ntest top-1: mean ± std over seeds | * % of the {swaps.wrong_rows} training rows of the last "
+            "epoch where the teacher is wrong (the rows the swap corrects) on which the student predicts the "
+            "label (right) or the teacher's wrong class (repeats), mean over seeds"
+        )
     table = Table(
         title=f"sld demo: {result.student} student from a {result.teacher} teacher, {result.dataset}",
-        caption=(
-            f"teacher: test accuracy {100 * result.teacher_accuracy:.2f}%, training-set error "
-            f"{100 * result.teacher_train_error:.2f}% (how often the swap fires) | seeds {seeds} | "
-            f"{result.epochs} epochs | wall time {result.wall_time_s:.1f} s"
-        ),
+        caption=caption,
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("method", no_wrap=True)
-    table.add_column("test acc % (mean ± std)", justify="right", no_wrap=True)
-    table.add_column("per seed", justify="right")
-    table.add_column("train time", justify="right", no_wrap=True)
+    table.add_column("views", justify="right", no_wrap=True)
+    table.add_column("test top-1 %", justify="right", no_wrap=True)
+    table.add_column("per seed", justify="right", no_wrap=True)
+    if measured:
+        table.add_column("right*", justify="right", no_wrap=True)
+        table.add_column("repeats*", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
     for name, r in result.methods.items():
         spread = "" if r.std is None else f" ± {100 * r.std:.2f}"
-        table.add_row(
+        cells = [
             name,
+            str(r.views),
             f"{100 * r.mean:.2f}{spread}",
             " ".join(f"{100 * a:.2f}" for a in r.accuracies),
-            f"{r.seconds:.1f} s",
-        )
+        ]
+        if measured:
+            cells += [_mean_percent(r.wrong_rows_right), _mean_percent(r.wrong_rows_repeated)]
+        table.add_row(*cells, f"{r.seconds:.1f} s")
     return table
+
+
+_VIEW_NAMES = ("clean", "strong")  # the digits demo's weak view is the image itself
+
+
+def _mean_percent(values: tuple[float, ...]) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    return f"{100 * statistics.fmean(finite):.1f}" if finite else "–"

@@ -1,10 +1,12 @@
-"""The 12 CIFAR-100 teacher -> student pairs of the official SLD code, each with its training recipe.
+"""The teacher -> student pairs of the official SLD code, each with its training recipe: the 12 CIFAR-100
+pairs and the two ImageNet pairs.
 
 Which pairs: the twelve ``configs/cifar100/sld/*.yaml`` files of
 https://github.com/StephenEkaputra/Swapped-Logit-Distillation (read at commit 9797b5f). Every value of
 :class:`Recipe` is read from those configs, from ``mdistiller/engine/cfg.py`` (the defaults they do not
 override) or from ``mdistiller/distillers/SLD.py`` (constants written into the loss) of the same repo;
-the comment on each field says which. Across the twelve configs only the learning rate differs.
+the comment on each field says which. Across the twelve configs only the learning rate differs. The
+ImageNet pairs come from ``configs/imagenet/{r34_r18,r50_mv2}/sld.yaml`` of the same repository.
 
     >>> from harness.pairs import get_pair
     >>> pair = get_pair("resnet32x4-resnet8x4")
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.paper_results import CIFAR100_RESULTS, PublishedResult
+from harness.paper_results import CIFAR100_RESULTS, IMAGENET_RESULTS, PublishedResult
 
 if TYPE_CHECKING:
     from sld_core import SLDConfig
@@ -83,8 +85,11 @@ class Pair:
     student: str
     recipe: Recipe
     official_config: str  # the SLD config in OFFICIAL_REPO this pair's recipe was read from
-    teacher_checkpoint: str  # path inside mdistiller's cifar_teachers.tar (untarred into download_ckpts/)
+    # CIFAR-100: the path inside mdistiller's cifar_teachers.tar (untarred into download_ckpts/);
+    # ImageNet: torchvision's published weight file (harness.runs looks in torch's download cache).
+    teacher_checkpoint: str
     published: PublishedResult
+    dataset: str = "cifar100"  # "cifar100" or "imagenet" (harness.config.DATASETS)
 
     def teacher_checkpoint_path(self, root: str | Path) -> Path:
         """Where the teacher file lies once ``cifar_teachers.tar`` is extracted into ``root``.
@@ -143,6 +148,46 @@ PAIRS: dict[str, Pair] = {
 }
 
 
+# The official ImageNet runs (configs/imagenet/*/sld.yaml of OFFICIAL_REPO, SLD.py): batch 512, 100 epochs,
+# lr 0.2 x0.1 after 30/60/90, wd 1e-4, 2 views, the CIFAR temperatures 1..6. gamma is hard-coded to 150 in
+# SLD.py, so in a 100-epoch run the pseudo-teacher never switches on: the default keeps that (the official
+# behaviour); the paper recommends gamma 30 (after the first lr decay): `sld train --pair P --gamma 30`.
+_IMAGENET = {"lr": 0.2, "baseline_lr": 0.2, "epochs": 100, "batch_size": 512, "test_batch_size": 128,
+             "weight_decay": 1e-4, "lr_decay_epochs": (30, 60, 90), "kd_weight": 0.5}
+
+
+def _imagenet_pair(teacher: str, student: str, *, ce_weight: float, config: str, weights: str) -> Pair:
+    name = f"{_short(teacher)}-{_short(student)}"
+    return Pair(
+        name=name,
+        teacher=teacher,
+        student=student,
+        recipe=Recipe(ce_weight=ce_weight, **_IMAGENET),  # type: ignore[arg-type]
+        official_config=f"configs/imagenet/{config}/sld.yaml",
+        teacher_checkpoint=weights,
+        published=IMAGENET_RESULTS[name],
+        dataset="imagenet",
+    )
+
+
+# The official code's second ImageNet student is registered as "MobileNetV2" but defined as a MobileNet V1
+# (a 3x3 stem and 13 depthwise-separable blocks): the seed's table, and this project, call it mobilenet_v1.
+IMAGENET_PAIRS: dict[str, Pair] = {
+    p.name: p
+    for p in (
+        _imagenet_pair(
+            "resnet34", "resnet18", ce_weight=0.5, config="r34_r18", weights="resnet34-333f7ec4.pth"
+        ),
+        _imagenet_pair(
+            "resnet50", "mobilenet_v1", ce_weight=1.0, config="r50_mv2", weights="resnet50-19c8e357.pth"
+        ),
+    )
+}
+# Every pair by name: what get_pair, the teacher lookup and reports know. PAIRS stays the CIFAR-100 table
+# (`sld reproduce --pairs all` is that table: one data set, one --data-dir).
+ALL_PAIRS: dict[str, Pair] = {**PAIRS, **IMAGENET_PAIRS}
+
+
 def get_pair(name: str) -> Pair:
     """The pair called ``name`` (case-insensitive), e.g. ``"vgg13-mobilenetv2"``.
 
@@ -156,6 +201,6 @@ def get_pair(name: str) -> Pair:
     if not isinstance(name, str):
         raise TypeError(f"pair name must be a str, got {type(name).__name__}")
     try:
-        return PAIRS[name.strip().lower()]
+        return ALL_PAIRS[name.strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown pair {name!r}; valid pairs: {', '.join(PAIRS)}") from None
+        raise ValueError(f"unknown pair {name!r}; valid pairs: {', '.join(ALL_PAIRS)}") from None

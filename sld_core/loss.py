@@ -15,9 +15,11 @@ student's own swapped logits. The official code does not detach it, so its gradi
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ._checks import check_temperatures
 from ._namespace import compute_dtype, device_of, stop_gradient, take_row
 from .schedule import pseudo_teacher_active
 from .swap import swap_at
@@ -40,19 +42,21 @@ class SLDConfig:
     detach_pseudo_teacher: bool = False  # official code: not detached
 
     def __post_init__(self) -> None:
-        temperatures = tuple(float(t) for t in self.temperatures)
-        if not temperatures:
-            raise ValueError("temperatures must name at least one temperature")
-        bad = [t for t in temperatures if not (math.isfinite(t) and t > 0)]
-        if bad:
-            raise ValueError(f"temperatures must be finite and positive; got {bad}")
-        object.__setattr__(self, "temperatures", temperatures)
+        # Strict types: "123" must not become temperatures (1, 2, 3), nor "no" a true teacher_swap.
+        object.__setattr__(self, "temperatures", check_temperatures(self.temperatures))
         for name in ("ce_weight", "kd_weight"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and non-negative; got {value}")
-        if math.isnan(self.gamma):
-            raise ValueError("gamma must be a number (epochs); got nan")
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number; got {value!r}")
+        if not _is_real(self.gamma) or math.isnan(self.gamma):
+            raise ValueError(f"gamma must be a number (epochs); got {self.gamma!r}")
+        for name in ("teacher_swap", "pseudo_teacher", "detach_pseudo_teacher"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ def test_no_import_cycle_between_any_two_modules() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["harness.config", "harness.runs", "harness.recipes", "harness.report", "harness.cli",
-     "harness.train.interrupt"],
+    ["harness.config", "harness.method_names", "harness.runs", "harness.recipes", "harness.report",
+     "harness.cli", "harness.train.interrupt", "harness.jobs"],
 )
 def test_torch_free_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -324,9 +324,10 @@ def test_check_targets_false_skips_the_range_check(monkeypatch):
     monkeypatch.setattr(sld_core, "validate_inputs", spy)
     monkeypatch.setattr(backends._select, "_forced", False)  # eager: the core checks the values first
     s, t, y = _logits(4, 5, dtype=torch.float32)
-    torch_sld.SLDLoss()(s, t, y, epoch=1)  # the module defaults to the sync-free setting
+    torch_sld.SLDLoss()(s, t, y, epoch=1)  # the module checks by default, like the functions
+    torch_sld.SLDLoss(check_targets=False)(s, t, y, epoch=1)  # the sync-free setting, asked for
     torch_sld.sld_loss_fused(s, t, y, epoch=1)
-    assert seen == [False, True]
+    assert seen == [True, False, True]
 
 
 def test_bad_inputs_raise_the_core_errors():

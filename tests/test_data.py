@@ -131,18 +131,31 @@ def test_synthetic_images_are_learnable(tmp_path: Path) -> None:
     assert (predicted == data.test_labels).mean() > 0.5  # chance is 0.1
 
 
-def test_wrong_md5_archive_is_refused_and_not_kept(tmp_path: Path, archive: tuple[Path, str]) -> None:
+def test_wrong_md5_archive_of_the_user_is_refused_and_left_where_it_is(
+    tmp_path: Path, archive: tuple[Path, str]
+) -> None:
     src, md5 = archive
     cache = tmp_path / "cache"
     cache.mkdir()
     local = cache / CIFAR100_FILENAME
-    local.write_bytes(src.read_bytes())
-    with pytest.raises(DatasetError, match=rf"(?s)md5 {md5}, expected 0{{32}}.*{local}"):
-        load_cifar100(cache, download=False, md5="0" * 32)
-    assert not local.exists() and not (cache / "cifar-100-python").exists()
-    assert (cache / (CIFAR100_FILENAME + ".bad-md5")).exists()  # kept aside for a look, under another name
-    with pytest.raises(DatasetError, match="not found"):
-        load_cifar100(cache, download=False, md5="0" * 32)
+    local.write_bytes(src.read_bytes())  # placed by hand (offline); not the archive this md5 names
+    for download in (False, True):  # never moved, renamed or downloaded over, whether or not it may fetch
+        with pytest.raises(DatasetError) as raised:
+            load_cifar100(cache, download=download, url="https://invalid.example/never", md5="0" * 32)
+        message = str(raised.value)
+        assert f"{local} has md5 {md5}, but the expected archive has md5 {'0' * 32}" in message
+        assert "left where it is" in message and "download=True" not in message
+        assert sorted(p.name for p in cache.iterdir()) == [CIFAR100_FILENAME]
+        assert local.read_bytes() == src.read_bytes()
+
+
+def test_missing_archive_offline_names_the_switch_not_a_python_argument(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as raised:
+        load_cifar100(tmp_path, download=False)
+    message = str(raised.value)
+    assert "downloading is off (download=False; in a run's config: data.download)" in message
+    assert f"put it at {tmp_path.resolve() / CIFAR100_FILENAME}, or switch downloading on." in message
+    assert "call with download=True" not in message
 
 
 def test_download_from_url_then_use_the_cache(

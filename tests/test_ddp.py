@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,18 +32,21 @@ from typer.testing import CliRunner  # noqa: E402
 
 import harness.train.loop as loop  # noqa: E402
 from harness.cli import app  # noqa: E402
-from harness.commands._common import launch_command, strip_option  # noqa: E402
+from harness.commands._common import Nodes, launch_command, strip_option  # noqa: E402
 from harness.config import DataConfig, OptimConfig, SLDConfig, TrainConfig, save_config  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.train.distributed import DistContext, check_global_batch  # noqa: E402
 from harness.train.loop import train  # noqa: E402
 
 from .train_helpers import (  # noqa: E402
+    SLD,
     assert_same_state,
     final_state,
+    kill_tree,
     one_thread,  # noqa: F401 (autouse: the in-process runs on one torch thread, like the subprocesses)
     read_metrics,
     run_sld,
+    subprocess_env,
     without_timing,
     write_tiny_cifar,
     write_untrained_teacher,
@@ -268,4 +273,83 @@ def test_launch_command_reruns_the_same_arguments() -> None:
         "-m",
         "harness",
         *args,
+    ]
+
+
+# ------------------------------------------------------------------------------------------- several nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sld_two_nodes(setup: Setup, out: str, *extra: str, timeout: float = 120) -> list[str]:
+    """Two single-process "nodes" on this machine (one ``sld train --nnodes 2 --node-rank K`` each,
+    started together), meeting at a local rendezvous endpoint over gloo; returns both outputs."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [SLD, "train", "--config", str(setup.config_file), "--out", str(setup.root / out),
+             "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(),
+            start_new_session=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    return outputs
+
+
+def test_two_nodes_train_like_two_processes_on_one(setup: Setup, two_processes: tuple[Path, str]) -> None:
+    """The same world of 2 ranks, whether the ranks sit on one machine or on two "nodes" (global rank =
+    node rank x processes per node + local rank): bit-identical weights and records."""
+    outputs = sld_two_nodes(setup, "nodes")
+    ddp, _ = two_processes
+    assert_same_state(final_state(setup.root / "nodes"), final_state(ddp))
+    assert without_timing(read_metrics(setup.root / "nodes")) == without_timing(read_metrics(ddp))
+    assert "epoch 3/3:" in outputs[0] and "epoch 3/3:" not in outputs[1]  # node 0's rank 0 alone logs
+
+
+def test_resume_across_a_changed_node_count(setup: Setup, two_processes: tuple[Path, str]) -> None:
+    """Epoch 1 on two nodes, the rest on one node with two processes (the same world size): the run
+    finishes as the uninterrupted two-process run, bit for bit."""
+    sld_two_nodes(setup, "nodes_resume", "--stop-after", "1")
+    assert [r["epoch"] for r in read_metrics(setup.root / "nodes_resume")] == [1]
+    sld_nproc(setup, "nodes_resume", "--resume")
+    ddp, _ = two_processes
+    assert_same_state(final_state(setup.root / "nodes_resume"), final_state(ddp))
+    assert without_timing(read_metrics(setup.root / "nodes_resume")) == without_timing(read_metrics(ddp))
+
+
+def test_multi_node_flags_are_checked_once_with_one_line() -> None:
+    cases = {
+        ("--nnodes", "2"): "--nnodes 2 needs --node-rank (0..1) and --rdzv-endpoint HOST:PORT",
+        ("--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"):
+            "--node-rank 2 must be below --nnodes 2",
+        ("--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "nohost"):
+            "--rdzv-endpoint must be HOST:PORT",
+        ("--node-rank", "1"): "--node-rank and --rdzv-endpoint belong to a multi-node run",
+    }
+    for flags, message in cases.items():
+        result = CliRunner().invoke(app, ["train", "--student", "resnet8", "--method", "ce", *flags])
+        assert result.exit_code == 1, (flags, result.output)
+        assert message in " ".join(result.output.split()), (flags, result.output)
+
+
+def test_launch_command_for_several_nodes() -> None:
+    nodes = Nodes(count=2, rank=1, endpoint="node0:29500")
+    assert launch_command(["train"], 4, nodes, executable="python") == [
+        "python", "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", "1", "--rdzv-backend",
+        "static", "--rdzv-endpoint", "node0:29500", "--nproc_per_node", "4", "-m", "harness", "train",
     ]

@@ -21,10 +21,11 @@ def test_tiny_demo_prints_the_table_and_writes_finite_json(tmp_path) -> None:
     out = tmp_path / "nested" / "demo.json"
     result = runner.invoke(app, ["demo", "--seeds", "1", "--epochs", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    rows = re.findall(r"^\s*(ce|kd|sld)\s+(\d+\.\d\d)\s", result.output, re.MULTILINE)
-    assert [name for name, _ in rows] == ["ce", "kd", "sld"], result.output
-    assert "training-set error" in result.output and "seeds 0" in result.output
+    rows = re.findall(r"^\s*(ce|kd|sld)\s+2\s+(\d+\.\d\d)\s", result.output, re.MULTILINE)
+    assert [name for name, _ in rows] == ["ce", "kd", "sld"], result.output  # 2 views each
+    assert "of the strong training views" in result.output and "seeds 0" in result.output
     assert "SLD gamma = 1" in result.output  # round(2 * 150 / 240): stated, not hidden
+    assert "lr 0.025" in result.output
 
     data = json.loads(out.read_text())
     assert data["seeds"] == [0] and data["epochs"] == 2 and data["sld_gamma"] == 1
@@ -38,6 +39,16 @@ def test_tiny_demo_prints_the_table_and_writes_finite_json(tmp_path) -> None:
         assert table_value == pytest.approx(100 * method["mean"], abs=0.006)
     for key in ("teacher_test_accuracy", "teacher_train_error", "wall_time_s"):
         assert math.isfinite(data[key]) and data[key] >= 0, key
+    # two epochs x two views of every training image, each labelled by the teacher once
+    assert data["teacher_rows"] == 2 * 2 * 1198
+    assert 0 <= data["swapped_rows"] <= data["teacher_rows"] and len(data["teacher_view_errors"]) == 2
+    for name, method in data["methods"].items():
+        assert method["views"] == 2
+        for key in ("teacher_wrong_rows_right", "teacher_wrong_rows_repeated"):
+            (value,) = method[key]
+            assert 0.0 <= value <= 1.0, (name, key)
+        # the label and the teacher's (wrong) class differ, so a row cannot be both
+        assert method["teacher_wrong_rows_right"][0] + method["teacher_wrong_rows_repeated"][0] <= 1.0
 
 
 def test_teacher_epochs_sets_how_briefly_the_teacher_trains(tmp_path) -> None:
@@ -145,3 +156,75 @@ def test_cifar_demo_runs_through_the_trainer_on_a_synthetic_archive(tmp_path, re
         "sld-seed0",
         "teacher",
     ]
+
+
+# ------------------------------------------------------------------------------- the mechanism it shows
+
+
+def test_default_teacher_is_wrong_on_a_real_fraction_of_the_strong_views() -> None:
+    """The point of the default: the teacher is right on the clean training images but wrong on a real
+    share of their strong views (as CIFAR teachers are), so the swap has rows to correct."""
+    result = run_digits_demo(DemoConfig(seeds=1, epochs=1))
+    clean, strong = result.swaps.view_errors
+    assert clean < 0.02 and strong > 0.15, result.swaps
+    assert result.swaps.swapped_rows == pytest.approx(1198 * (clean + strong), abs=0.5)
+    assert result.swaps.wrong_rows == result.swaps.swapped_rows  # one epoch: the last one is all of it
+    assert result.methods["sld"].views == 2
+
+
+def test_strong_digits_view_is_seeded_per_image_and_keeps_the_range() -> None:
+    import torch
+
+    from harness.demo import strong_digits_view
+
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    before = images.clone()
+    a = strong_digits_view(images, torch.Generator().manual_seed(5))
+    b = strong_digits_view(images, torch.Generator().manual_seed(5))
+    c = strong_digits_view(images, torch.Generator().manual_seed(6))
+    assert torch.equal(images, before)  # the caller's images are not written to
+    assert a.shape == images.shape and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the generator alone decides
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    changed = (a - images).abs().flatten(1).amax(dim=1) > 1 / 255
+    assert changed.float().mean() > 0.5  # most images change (an identity op can leave one as it was)
+
+
+def test_swap_counts_and_the_rows_where_the_teacher_is_wrong() -> None:
+    """``_swap_stats`` and ``_on_teacher_wrong_rows`` against counts written out by hand."""
+    import torch
+    from torch import nn
+
+    from harness.demo import _on_teacher_wrong_rows, _swap_stats
+
+    labels = torch.tensor([0, 1, 2, 0])
+    # teacher top-1 per row: right, wrong (-> 0), wrong (-> 0; a tie goes to the first index), right
+    teacher = torch.tensor([[3.0, 1, 0], [2.0, 1, 0], [1.0, 0, 1], [5.0, 0, 0]])
+    perfect = nn.functional.one_hot(labels, 3).float() * 9  # every label's logit on top
+    epoch_views = [((torch.zeros(4, 1), perfect),), ((torch.zeros(4, 1), teacher),)]
+    stats = _swap_stats(epoch_views, labels)
+    assert (stats.swapped_rows, stats.teacher_rows, stats.wrong_rows) == (2, 8, 2)
+    assert stats.view_errors == (pytest.approx(0.25),) and stats.rate == 0.25
+
+    class Fixed(nn.Module):  # the "student": predicts class 1 for rows 0-1 and class 0 for rows 2-3
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[0.0, 1, 0], [0.0, 1, 0], [1.0, 0, 0], [1.0, 0, 0]])[x[:, 0].long()]
+
+    images = torch.arange(4.0).view(4, 1)
+    right, repeated = _on_teacher_wrong_rows(Fixed(), ((images, teacher),), labels)
+    # wrong rows 1 (label 1, teacher 0) and 2 (label 2, teacher 0): the student says 1 and 0
+    assert (right, repeated) == (0.5, 0.5)
+    nan = _on_teacher_wrong_rows(Fixed(), ((images, perfect),), labels)
+    assert all(math.isnan(v) for v in nan)  # no teacher-wrong rows: undefined, not 0
+
+
+def test_one_view_trains_on_the_clean_images_alone(tmp_path) -> None:
+    out = tmp_path / "demo.json"
+    result = runner.invoke(app, ["demo", "--seeds", "1", "--epochs", "1", "--views", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "one view: every method trains on the clean images alone" in result.output
+    data = json.loads(out.read_text())
+    assert data["teacher_rows"] == 1198 and len(data["teacher_view_errors"]) == 1
+    assert {m["views"] for m in data["methods"].values()} == {1}
+    refused = runner.invoke(app, ["demo", "--cifar", "--views", "1"])
+    assert refused.exit_code == 1 and "--views applies to the digits demo" in refused.output

@@ -74,3 +74,35 @@ def test_cupy_example_without_gpu_says_why() -> None:
     done = _run("cupy_mlp.py")
     assert done.returncode == 1
     assert re.search(r"needs (a CUDA GPU|CuPy)", done.stderr), done.stderr
+
+
+TORCH_LINE = re.compile(
+    r"^(teacher|student-ce|student-sld|student-swap-kd)\s+test accuracy\s+(\S+)$", re.MULTILINE
+)
+
+
+@pytest.mark.skipif(not _importable("torch"), reason="no torch")
+def test_torch_loop_trains_with_the_module_and_the_swap_in_front_of_its_own_loss() -> None:
+    done = _run("torch_loop.py", *ARGS)
+    assert done.returncode == 0, done.stderr
+    accuracies = {k: float(v) for k, v in TORCH_LINE.findall(done.stdout)}
+    assert set(accuracies) == {"teacher", "student-ce", "student-sld", "student-swap-kd"}, done.stdout
+    for name, value in accuracies.items():
+        assert math.isfinite(value) and CHANCE + 0.05 < value <= 1.0, f"{name}: {value}\n{done.stdout}"
+    assert "SLD pseudo-teacher from epoch 5" in done.stdout  # round(6 * 150 / 240) = 4, on for epoch > 4
+
+
+@pytest.mark.skipif(not _importable("lightning"), reason="lightning is not installed (pip install lightning)")
+def test_lightning_module_distills_and_passes_the_epoch_counted_from_one() -> None:
+    """Two epochs: gamma = round(2 * 150 / 240) = 1, so the pseudo-teacher is on in the second epoch only
+    if the module passes Lightning's 0-based ``current_epoch`` + 1 (with the raw epoch, 1 > 1 is false
+    and the logged term would be 0)."""
+    done = _run("lightning_module.py", "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^lightning: 2 epochs; SLD pseudo-teacher from epoch 2; its term in the last epoch "
+                     r"(\S+)$", done.stdout, re.MULTILINE), done.stdout
+    pseudo = float(re.search(r"its term in the last epoch (\S+)", done.stdout).group(1))
+    assert pseudo > 0, done.stdout
+    accuracies = {k: float(v) for k, v in LINE.findall(done.stdout)}
+    assert set(accuracies) == {"teacher", "student-sld"}, done.stdout
+    assert all(CHANCE < v <= 1.0 for v in accuracies.values()), done.stdout

@@ -102,3 +102,97 @@ def test_torchvision_layout_raw_teacher_distills(imagenet: Path, tmp_path: Path)
            "--out", str(out))
     (record,) = read_metrics(out)
     assert record["kl_teacher"] > 0 and 0.0 <= record["teacher_swap_rate"] <= 1.0
+
+
+def test_imagenet_teachers_are_looked_up_as_torchvision_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.runs import TeacherNotFoundError, find_teacher, torch_hub_dir
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TeacherNotFoundError) as error:
+        find_teacher("resnet34", tmp_path / "runs")
+    message = str(error.value)
+    assert "https://download.pytorch.org/models/resnet34-333f7ec4.pth" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    cached = torch_hub_dir() / "resnet34-333f7ec4.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(build_model("resnet34").state_dict(), cached)
+    assert find_teacher("resnet34", tmp_path / "runs") == cached
+
+
+def test_imagenet_pairs_carry_the_official_recipes() -> None:
+    from harness.pairs import IMAGENET_PAIRS, PAIRS, get_pair
+    from harness.recipes import pair_config
+
+    assert list(IMAGENET_PAIRS) == ["resnet34-resnet18", "resnet50-mobilenetv1"] and len(PAIRS) == 12
+    assert get_pair("resnet50-mobilenetv1").student == "mobilenet_v1"
+    sld = pair_config("resnet34-resnet18", "sld")
+    optim, data = sld.optim, sld.data
+    assert (optim.epochs, optim.batch_size, optim.lr, optim.lr_milestones) == (100, 512, 0.2, (30, 60, 90))
+    assert (optim.weight_decay, data.dataset, data.views, data.eval_batch_size) == (1e-4, "imagenet", 2, 128)
+    assert (sld.loss.ce_weight, sld.loss.kd_weight, sld.loss.gamma) == (0.5, 0.5, 150)  # off in 100 epochs
+    assert pair_config("resnet50-mobilenetv1", "sld").loss.ce_weight == 1.0
+    kd = pair_config("resnet34-resnet18", "kd").loss
+    assert (kd.temperature, kd.ce_weight, kd.kd_weight) == (1.0, 0.5, 0.5)
+    dkd = pair_config("resnet50-mobilenetv1", "dkd").loss
+    assert (dkd.ce_weight, dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 1.0, 2.0, 1.0, 1)
+    mlkd = pair_config("resnet34-resnet18", "mlkd")
+    assert (mlkd.optim.epochs, mlkd.loss.temperature, mlkd.data.views) == (100, 1.0, 2)
+    assert get_pair("resnet34-resnet18").published.sld.value == 72.15
+
+
+def test_reproduce_an_imagenet_pair_with_a_torchvision_teacher(
+    imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    grid = ["reproduce", "--pairs", "resnet34-resnet18", "--methods", "sld", "--seeds", "1",
+            "--epochs", "1", "--data-dir", str(imagenet), "--out", str(tmp_path / "grid"),
+            "--runs-dir", str(tmp_path / "runs"),
+            "--batch-size", "6", "--image-size", "32", "--workers", "0", "--device", "cpu"]
+    missing = invoke(*grid)
+    assert missing.exit_code == 1 and "resnet34-333f7ec4.pth" in missing.output  # fetched, never trained
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / "resnet34-333f7ec4.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(build_model("resnet34", num_classes=3).state_dict(), weights)
+    result = invoke(*grid)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "grid" / "resnet34-resnet18" / "sld" / "seed0"
+    (record,) = read_metrics(run)
+    assert json.loads((run / "config.json").read_text())["teacher_checkpoint"] == str(weights)
+    assert record["kl_teacher"] > 0
+    assert "72.15" in (tmp_path / "grid" / "REPORT.md").read_text()  # the published number beside it
+    mixed = invoke("reproduce", "--pairs", "resnet34-resnet18,resnet56-resnet20", "--methods", "sld")
+    assert mixed.exit_code == 1 and "different data sets" in mixed.output
+
+
+def test_a_plug_in_student_survives_a_config_replay_in_a_new_process(tmp_path: Path) -> None:
+    """A model given by import path is recorded in config.json and rebuilt from it by a new process."""
+    import os
+    import subprocess
+
+    from .train_helpers import SLD, subprocess_env, write_tiny_cifar
+
+    plugins = tmp_path / "plugins"
+    (plugins / "tiny_zoo").mkdir(parents=True)
+    (plugins / "tiny_zoo" / "__init__.py").write_text(
+        "import torch.nn as nn\n\n"
+        "def build(num_classes=100):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n"
+    )
+    data = write_tiny_cifar(tmp_path / "data", n_train=40, n_test=20)
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]))
+
+    def sld(*args: str) -> None:
+        done = subprocess.run([SLD, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    first, replay = tmp_path / "first", tmp_path / "replay"
+    sld("train", "--student", "tiny_zoo:build", "--method", "ce", "--epochs", "1", "--batch-size", "20",
+        "--data-dir", str(data), "--device", "cpu", "--out", str(first))
+    assert json.loads((first / "config.json").read_text())["student"] == "tiny_zoo:build"
+    sld("train", "--config", str(first / "config.json"), "--out", str(replay))
+    assert_same_state(final_state(first), final_state(replay))  # same seed, same spec: the same model

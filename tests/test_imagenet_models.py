@@ -4,7 +4,6 @@ files as teachers."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,38 +20,20 @@ from harness.models import (  # noqa: E402
     model_info,
 )
 from harness.models.imagenet import IMAGENET_MODELS  # noqa: E402
+from tests.manifests import load_manifest  # noqa: E402
 
-MANIFEST_PATH = Path(__file__).parent / "data" / "imagenet_checkpoint_manifest.json"
+from .train_helpers import (  # noqa: E402
+    one_thread,  # noqa: F401 (autouse: one intra-op thread; on a loaded 2-core CPU the pool stalls)
+    randomized,
+)
+
 NAMES = sorted(IMAGENET_MODELS)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the same arithmetic, and on a loaded 2-core CPU torch's thread pool made these
-    forwards 10-250x slower (waiting for descheduled threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
     # A missing manifest is a failure: without it nothing here checks the layouts.
-    assert MANIFEST_PATH.is_file(), f"the ImageNet checkpoint manifest is missing: {MANIFEST_PATH}"
-    return json.loads(MANIFEST_PATH.read_text())["models"]
-
-
-def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights and BN statistics, so a load that skipped anything would change the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if key.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-            elif tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-    return model.eval()
+    return load_manifest("imagenet")["models"]  # tests/data/; missing is a failure
 
 
 # ------------------------------------------------------------------------------------------ layout, registry
@@ -169,7 +150,7 @@ REFERENCES = {
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_matches_the_functional_reference_in_float64(name: str) -> None:
-    model = _randomize(build_model(name, num_classes=11), seed=5).double()
+    model = randomized(build_model(name, num_classes=11), seed=5).double()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         got = model(x)
@@ -181,7 +162,7 @@ def test_forward_matches_the_functional_reference_in_float64(name: str) -> None:
 
 
 def test_mobilenet_v1_pools_globally_like_the_official_avgpool7_at_224() -> None:
-    model = _randomize(build_model("mobilenet_v1"), seed=2)
+    model = randomized(build_model("mobilenet_v1"), seed=2)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         features = model.model[:14](x)
@@ -242,7 +223,7 @@ def test_mobilenet_v1_keeps_torch_default_init() -> None:
 
 @pytest.mark.parametrize("legacy_file", [False, True], ids=["zip", "legacy-format"])
 def test_raw_torchvision_state_dict_loads_as_teacher(tmp_path: Path, legacy_file: bool) -> None:
-    source = _randomize(build_model("resnet18"), seed=7)
+    source = randomized(build_model("resnet18"), seed=7)
     state = source.state_dict()
     if legacy_file:
         # torchvision's 2017 weight files: saved by torch < 0.4.1 (no BN step counters), pre-zip format.

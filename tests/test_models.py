@@ -20,6 +20,8 @@ from harness.models import (  # noqa: E402
 from harness.models.layers import channel_shuffle  # noqa: E402
 from tests.manifests import load_manifest  # noqa: E402
 
+from .train_helpers import randomized  # noqa: E402
+
 # The CIFAR-100 zoo only; the ImageNet models are checked in test_imagenet_models.py.
 NAMES = sorted(name for name in MODELS if model_info(name).dataset == "cifar100")
 
@@ -27,18 +29,6 @@ NAMES = sorted(name for name in MODELS if model_info(name).dataset == "cifar100"
 @pytest.fixture(scope="module")
 def manifest() -> dict:
     return load_manifest("cifar")  # tests/data/cifar_checkpoint_manifest.json; missing is a failure
-
-
-def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights *and* BN running stats, so a load that skipped anything would change the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if key.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-            elif tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 def test_registry_names_are_the_manifest_keys(manifest: dict) -> None:
@@ -90,7 +80,7 @@ def test_count_parameters_by_hand() -> None:
 
 
 def test_checkpoint_round_trip_reproduces_outputs(tmp_path: Path) -> None:
-    source = _randomize(build_model("resnet8"), seed=1)
+    source = randomized(build_model("resnet8"), seed=1)
     path = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"model": source.state_dict(), "epoch": 240, "best_acc": 73.1}, path)
 
@@ -104,7 +94,7 @@ def test_checkpoint_round_trip_reproduces_outputs(tmp_path: Path) -> None:
 
 
 def test_raw_and_data_parallel_state_dicts_load() -> None:
-    source = _randomize(build_model("wrn_16_1"), seed=3)
+    source = randomized(build_model("wrn_16_1"), seed=3)
     x = torch.randn(1, 3, 32, 32)
     for state in (source.state_dict(), {f"module.{k}": v for k, v in source.state_dict().items()}):
         target = load_weights(build_model("wrn_16_1"), state).eval()

@@ -154,6 +154,44 @@ def test_recipe_builds_the_matching_sld_config() -> None:
     assert cfg.teacher_swap and cfg.pseudo_teacher and not cfg.detach_pseudo_teacher
 
 
+# The MLKD release's configs/cifar100/*.yaml: SOLVER.LR (no config for wrn40_2-vgg8; SLD's 0.025 is used)
+MLKD_LR = {
+    name: (0.01 if PAIRS[name].student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"} else 0.025)
+    for name in PAIRS
+}
+
+# LS README ("KD+Ours", "DKD+Ours"), written out again: (LS-KD, LS-DKD)
+PUBLISHED_LS_KD_DKD = {
+    "resnet56-resnet20": (71.43, 72.32),
+    "resnet110-resnet32": (74.17, 74.29),
+    "resnet32x4-resnet8x4": (76.62, 77.01),
+    "wrn40_2-wrn16_2": (76.11, 76.39),
+    "wrn40_2-wrn40_1": (74.37, 74.89),
+    "vgg13-vgg8": (74.36, 74.81),
+    "wrn40_2-vgg8": (None, None),
+    "resnet32x4-shufflenetv1": (None, None),
+    "resnet32x4-shufflenetv2": (75.56, 77.37),
+    "wrn40_2-shufflenetv1": (None, None),
+    "vgg13-mobilenetv2": (68.61, 69.98),
+    "resnet50-mobilenetv2": (69.02, 70.45),
+}
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_logit_standardized_numbers_are_the_ls_readme_ones(name: str) -> None:
+    pub = PAIRS[name].published
+    got = tuple(None if t is None else t.value for t in (pub.ls_kd, pub.ls_dkd))
+    assert got == PUBLISHED_LS_KD_DKD[name]
+    # logit standardization lifts KD and DKD wherever the README gives both numbers
+    for plain, ls in ((pub.kd, pub.ls_kd), (pub.dkd, pub.ls_dkd)):
+        if plain is not None and ls is not None:
+            assert ls.value > plain.value
+
+
+def _rows(output: str, name: str) -> list[list[str]]:
+    return [line.split()[1:] for line in output.splitlines() if line.split()[:1] == [name]]
+
+
 @pytest.mark.parametrize("columns", ["200", "80"])
 def test_sld_pairs_shows_every_pair(columns: str) -> None:
     from typer.testing import CliRunner
@@ -163,15 +201,42 @@ def test_sld_pairs_shows_every_pair(columns: str) -> None:
     result = CliRunner().invoke(app, ["pairs"], env={"COLUMNS": columns})
     assert result.exit_code == 0, result.output
     assert "…" not in result.output  # nothing cut, even at 80 columns
-    lines = result.output.splitlines()
     for name, pair in PAIRS.items():
-        (row,) = [line for line in lines if line.split()[:1] == [name]]
-        kd, sld = PUBLISHED_KD_SLD[name]
-        assert row.split()[1:] == [
+        recipe, published = _rows(result.output, name)  # the lr table, then the published numbers
+        small = pair.student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+        assert recipe == [
             pair.teacher,
             pair.student,
             f"{OFFICIAL_LR[name]:g}",
-            "240",
-            "–" if kd is None else f"{kd:.2f}",
-            "–" if sld is None else f"{sld:.2f}",
+            "0.01" if small else "0.05",
+            f"{MLKD_LR[name]:g}",
         ]
+        kd, sld = PUBLISHED_KD_SLD[name]
+        ls_kd, ls_dkd = PUBLISHED_LS_KD_DKD[name]
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        assert published[0] == fmt(kd) and published[4] == fmt(sld)
+        assert published[5:] == [fmt(ls_kd), fmt(ls_dkd)]
+    assert "240 epochs (mlkd: 480)" in " ".join(result.output.split())
+
+
+def test_sld_pairs_for_one_pair_lists_every_named_method() -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.method_names import NAMED_METHODS
+
+    result = CliRunner().invoke(app, ["pairs", "--pair", "wrn40_2-wrn16_2"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in NAMED_METHODS:
+        (row,) = _rows(result.output, name)
+        base = row[0]
+        assert base in {"ce", "kd", "dkd", "mlkd", "sld"}
+    # method, base, lr, epochs, views ... published (the seed's headline pair)
+    assert _rows(result.output, "ls-mlkd")[0][:4] == ["mlkd", "0.025", "480", "2"]
+    assert _rows(result.output, "ls-mlkd")[0][-1] == "76.95"
+    assert _rows(result.output, "sld")[0][:4] == ["sld", "0.025", "240", "2"]
+    assert _rows(result.output, "sld")[0][-1] == "77.19"
+    assert _rows(result.output, "sld-dkd")[0][:4] == ["dkd", "0.05", "240", "1"]
+    assert _rows(result.output, "sld-dkd")[0][-1] == "–"
+    bad = CliRunner().invoke(app, ["pairs", "--pair", "resnet9-resnet8"])
+    assert bad.exit_code == 1 and "unknown pair 'resnet9-resnet8'" in bad.output

@@ -180,16 +180,18 @@ def test_report_has_published_numbers_deltas_and_the_short_run_flag(grid: Grid) 
     kd_mean = sum(best["kd"]) / 2
     report = (grid.out / "REPORT.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith(f"| {PAIR} |")]
-    assert len(rows) == 2
-    kd, sld = (row.split(" | ") for row in rows)
-    assert kd[1:4] == ["kd", "2", "2*"] and sld[1:4] == ["sld", "2", "2*"]
-    assert kd[4].startswith(f"{kd_mean:.2f} ± ") and sld[4].startswith(f"{sum(best['sld']) / 2:.2f} ± ")
-    assert kd[6:8] == ["70.66", f"{kd_mean - 70.66:+.2f}"]
-    assert sld[6:8] == ["–", "–"]  # no published SLD number for this pair
-    assert kd[9] == "72.34 |"
-    assert "**Epochs run:** 2 (the paper trains 240)" in report
+    assert len(rows) == 3  # kd and sld in the main table, then the pair's side-by-side row
+    kd, sld = (row.split(" | ") for row in rows[:2])
+    assert rows[2] == f"| {PAIR} | {kd_mean:.2f}* (70.66) | {sum(best['sld']) / 2:.2f}* (–) |"
+    # method, views (the recipes': kd one, sld weak + strong), seeds, epochs
+    assert kd[1:5] == ["kd", "1", "2", "2*"] and sld[1:5] == ["sld", "2", "2", "2*"]
+    assert kd[5].startswith(f"{kd_mean:.2f} ± ") and sld[5].startswith(f"{sum(best['sld']) / 2:.2f} ± ")
+    assert kd[7:9] == ["70.66", f"{kd_mean - 70.66:+.2f}"]
+    assert sld[7:9] == ["–", "–"]  # no published SLD number for this pair
+    assert kd[10] == "72.34 |"
+    assert "**Epochs run:** 2 (the published runs train 240: 240 for kd, sld)" in report
     assert f"{PAIR} kd: short: 2/240 epochs; subset: 64 train / 32 test images" in report
-    for png in ("accuracy.png", "losses.png", "swap_rates.png"):
+    for png in ("accuracy.png", "losses.png", "swap_rates.png", "methods.png"):
         assert (grid.out / png).read_bytes()[:4] == b"\x89PNG"
     assert "Δ best−pub" in grid.second.output and f"{kd_mean - 70.66:+.2f}" in grid.second.output
 
@@ -253,6 +255,8 @@ def fake_run(directory: Path, epochs: int, recorded: int, *, checkpoint: bool = 
     if checkpoint:
         (directory / "last.pt").write_bytes(b"")
         (directory / "best.pt").write_bytes(b"")
+    if checkpoint and recorded >= epochs:  # what a finished run leaves last
+        (directory / "summary.json").write_text("{}\n")
     return directory
 
 
@@ -261,6 +265,12 @@ def test_run_state(tmp_path: Path) -> None:
     assert RunDir(fake_run(tmp_path / "a", 3, 1, checkpoint=False)).state() is RunState.NEW
     assert RunDir(fake_run(tmp_path / "b", 3, 2)).state() is RunState.PARTIAL
     assert RunDir(fake_run(tmp_path / "c", 3, 3)).state() is RunState.DONE
+    (tmp_path / "c" / "summary.json").unlink()  # killed after its last checkpoint, before its summary
+    assert RunDir(tmp_path / "c").state() is RunState.PARTIAL  # resuming repairs and finishes it
+    torn = fake_run(tmp_path / "d", 3, 2)
+    with (torn / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 3, "test_to')  # cut short while written (no newline): not a record, no error
+    assert RunDir(torn).state() is RunState.PARTIAL
     (tmp_path / "c" / "metrics.jsonl").write_text('{"epoch": 1, "test_top1": 0.1}\nnot json\n')
     with pytest.raises(
         ReportError, match=re.escape(f"{tmp_path / 'c' / 'metrics.jsonl'} line 2: not valid JSON")
@@ -295,13 +305,14 @@ def test_short_teacher_does_not_teach_a_longer_reproduction(tmp_path: Path) -> N
 
 def test_teacher_trainer_raises_python_errors_not_cli_exits(tmp_path: Path) -> None:
     train_teacher = teacher_trainer(tmp_path, torch.device("cpu"))
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'teachers/resnet8/config.json'}: no such")):
+    missing = f"cannot resume: {tmp_path / 'teachers/resnet8/config.json'} does not exist"
+    with pytest.raises(ConfigError, match=re.escape(missing)):
         train_teacher("resnet8", True)  # resume a teacher run that does not exist
 
 
 def test_bad_pair_or_method_is_one_line() -> None:
     result = invoke("reproduce", "--pairs", "resnet56-resnet9")
     assert result.exit_code == 1 and "unknown pair 'resnet56-resnet9'" in result.output
-    result = invoke("reproduce", "--pairs", PAIR, "--methods", "kd,mlkd")
-    assert result.exit_code == 1 and "unknown method 'mlkd'" in result.output
+    result = invoke("reproduce", "--pairs", PAIR, "--methods", "kd,mlkd2")
+    assert result.exit_code == 1 and "unknown method 'mlkd2'" in result.output
     assert "Traceback" not in result.output

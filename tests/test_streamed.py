@@ -266,7 +266,7 @@ def test_bad_settings_are_refused(folder) -> None:
 
 
 def test_throughput_reports_every_worker_count(folder, capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.data.throughput import loader_throughput, main
+    from harness.bench.loader import loader_throughput, main
 
     results = loader_throughput(folder, workers=(0, 1), images=8, batch_size=4, rounds=2, image_size=SIZE)
     assert [r.workers for r in results] == [0, 1]

@@ -4,6 +4,7 @@ on a synthetic CIFAR-format archive (64 train / 32 test images, resnet8)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -236,7 +237,7 @@ def _torch(*arrays: np.ndarray) -> list[torch.Tensor]:
 @pytest.mark.parametrize("swap", [False, True], ids=["plain", "swap-teacher"])
 def test_kd_matches_float64_reference(logits, swap: bool) -> None:
     s, t, y = logits
-    config = KDConfig(swap_teacher=swap)
+    config = KDConfig(teacher_processing="swap" if swap else "none")
     terms = methods.kd(*_torch(s, t, y), epoch=1, config=config)
     reference = _ref_kd(s, _ref_swap(t, y) if swap else t, y, 4.0, 0.1, 0.9)
     assert terms["loss_kd"].dtype == torch.float32
@@ -246,7 +247,7 @@ def test_kd_matches_float64_reference(logits, swap: bool) -> None:
 @pytest.mark.parametrize("swap", [False, True], ids=["plain", "swap-teacher"])
 def test_dkd_matches_float64_reference(logits, swap: bool) -> None:
     s, t, y = logits
-    config = DKDConfig(beta=6.0, warmup_epochs=20, swap_teacher=swap)
+    config = DKDConfig(beta=6.0, warmup_epochs=20, teacher_processing="swap" if swap else "none")
     terms = methods.dkd(*_torch(s, t, y), epoch=5, config=config)
     reference = _ref_dkd(s, _ref_swap(t, y) if swap else t, y, 4.0, 1.0, 6.0) * 5 / 20
     assert terms["loss_dkd"].item() == pytest.approx(reference, rel=1e-4)
@@ -312,10 +313,10 @@ def test_checkpoint_errors_name_the_path(tmp_path: Path, teacher_ckpt: Path) -> 
 RUNS = {
     "ce": ("ce", None, 1),
     "kd": ("kd", None, 1),
-    "kd-swap-teacher": ("kd", KDConfig(swap_teacher=True), 1),
+    "kd-swap-teacher": ("kd", KDConfig(teacher_processing="swap"), 1),
     "dkd": ("dkd", DKDConfig(warmup_epochs=2), 1),
     "sld": ("sld", SLDConfig(gamma=1), 2),
-    "sld-no-teacher-swap": ("sld", SLDConfig(gamma=1, teacher_swap=False), 1),
+    "sld-no-teacher-swap": ("sld", SLDConfig(gamma=1, teacher_processing="none"), 1),
     "sld-no-pseudo-teacher": ("sld", SLDConfig(gamma=1, pseudo_teacher=False), 1),
     "sld-detach-pseudo-teacher": ("sld", SLDConfig(gamma=1, detach_pseudo_teacher=True), 1),
 }
@@ -344,6 +345,7 @@ def test_two_epoch_run_writes_sane_metrics(
         "train_top1",
         "test_top1",
         "test_top5",
+        "test_loss",
         "best_test_top1",
         "epoch_time_s",
         "images_per_s",
@@ -374,6 +376,7 @@ def test_two_epoch_run_writes_sane_metrics(
         assert json.loads(teacher_file.read_text()) == {
             "teacher": "resnet8",
             "teacher_checkpoint": str(teacher_ckpt),
+            "teacher_sha256": hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest(),
             "teacher_top1": result.teacher_top1,
             "teacher_train_error": result.teacher_train_error,
         }
@@ -402,7 +405,8 @@ def test_resume_after_interruption_is_bit_identical(
     assert teacher["teacher_top1"] == whole_result.teacher_top1
     with pytest.raises(ConfigError, match="already holds a run"):
         train(parts, CPU)  # never silently overwrites a run
-    with pytest.raises(ConfigError, match=r"config differs from the run's \(optim.lr: 0.05 -> 0.1\)"):
+    differs = r"config differs from the one the run was started with \(optim.lr: 0.05 -> 0.1\)"
+    with pytest.raises(ConfigError, match=differs):
         train(with_overrides(parts, {"optim.lr": 0.1}), CPU, resume=True)
     train(parts, CPU, resume=True)
 

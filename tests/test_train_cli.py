@@ -39,9 +39,12 @@ def test_unknown_model_lists_the_valid_ones() -> None:
 
 
 def test_ablation_flag_of_another_method_is_refused() -> None:
-    result = invoke("train", "--pair", "resnet32x4-resnet8x4", "--method", "kd", "--gamma", "3")
+    result = invoke("train", "--pair", "resnet32x4-resnet8x4", "--method", "kd", "--temperatures", "1,2")
     assert result.exit_code == 1
-    assert "--gamma applies to method sld, not 'kd'" in result.output
+    assert "--temperatures applies to method sld, not 'kd'" in result.output
+    result = invoke("train", "--pair", "resnet32x4-resnet8x4", "--method", "ce", "--gamma", "3")
+    assert result.exit_code == 1
+    assert "--gamma applies to method kd / dkd / mlkd / sld, not 'ce'" in result.output
 
 
 def test_train_without_teacher_says_which_command_to_run(tmp_path: Path, data_dir: Path) -> None:
@@ -82,7 +85,8 @@ def test_teacher_then_student_then_eval(tmp_path: Path, data_dir: Path) -> None:
         "resnet8",
         "--method",
         "sld",
-        "--no-teacher-swap",
+        "--teacher-processing",
+        "none",
         "--gamma",
         "0",
         "--temperatures",
@@ -101,13 +105,17 @@ def test_teacher_then_student_then_eval(tmp_path: Path, data_dir: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["teacher_checkpoint"] == str(runs / "teachers/resnet8/best.pt")  # found, not given
     assert config["loss"] == {
-        "temperatures": [1.0, 4.0],
+        "teacher_processing": "none",
+        "swap_threshold": 0.5,
+        "swap_mode": "below",
+        "processing_rows": "wrong",
+        "pseudo_teacher": True,
         "gamma": 0.0,
+        "detach_pseudo_teacher": False,
+        "logit_stand": False,
+        "temperatures": [1.0, 4.0],
         "ce_weight": 0.1,
         "kd_weight": 0.9,
-        "teacher_swap": False,
-        "pseudo_teacher": True,
-        "detach_pseudo_teacher": False,
     }
     assert "teacher resnet8: test top-1" in student.output
 

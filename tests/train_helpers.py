@@ -62,6 +62,19 @@ def write_untrained_teacher(path: Path, model: str = "resnet8", seed: int = 123)
     return path
 
 
+def randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with random weights *and* BatchNorm running statistics, in eval mode: a checkpoint load
+    that skipped any tensor would then change the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if key.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
 def read_metrics(out_dir: str | Path) -> list[dict]:
     """The records of ``out_dir/metrics.jsonl``."""
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
 """Benchmarks as a library: the timing core (:mod:`.timing`), the ``sld bench`` grid (:mod:`.grid`),
-the naive reference formulation every fast path is timed against (:mod:`.reference`) and the
-training-step bench (:mod:`.step`). ``sld bench`` and the pytest-benchmark suites in ``benchmarks/``
-import it; it imports neither."""
+the naive reference formulation every fast path is timed against (:mod:`.reference`), the
+training-step bench (:mod:`.step`), the streamed-loader bench (:mod:`.loader`, images/s per worker)
+and the grid-throughput bench (:mod:`.jobs`, runs per hour with ``--jobs N``). ``sld bench`` and the
+pytest-benchmark suites in ``benchmarks/`` import it; it imports neither."""

@@ -33,8 +33,11 @@ __all__ = [
     "build_inputs",
     "environment",
     "kernel_name",
+    "load_warning",
+    "pin_threads",
     "plot_times",
     "summarize",
+    "usable_cpus",
 ]
 
 BACKENDS = ("numpy", "torch", "cupy", "jax")
@@ -271,14 +274,16 @@ def build_case(
 def summarize(
     case: Case, times: list[float], copy_gbs: float | None, first_call_s: float | None = None
 ) -> dict[str, Any]:
-    """One result row: median and IQR (ms), rows/s, effective GB/s and its fraction of ``copy_gbs``,
-    and the first call's seconds (for ``compiled`` impls: the one-time compile)."""
+    """One result row: median, quartiles and IQR (ms), rows/s, effective GB/s and its fraction of
+    ``copy_gbs``, and the first call's seconds (for ``compiled`` impls: the one-time compile)."""
     q25, median, q75 = np.percentile(times, [25, 50, 75])
     gbs = case.bytes_moved / median / 1e9
     return {
         **asdict(case),
         "first_call_s": first_call_s,
         "median_ms": median * 1e3,
+        "q25_ms": q25 * 1e3,
+        "q75_ms": q75 * 1e3,
         "iqr_ms": (q75 - q25) * 1e3,
         "repeats": len(times),
         "rows_per_s": case.batch / median,
@@ -301,11 +306,54 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup_vs_reference"] = ref / r["median_ms"] if ref else None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pin_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads and the CPU kernel's (``backends.set_num_threads``) to ``threads``
+    (default: torch's current count) for the rest of the process, and return the count: timings on a
+    shared CPU change many-fold with it, so a run states and holds one.
+
+    >>> pin_threads(1)  # doctest: +SKIP
+    1
+    """
+    import torch
+
+    from backends import set_num_threads
+
+    count = torch.get_num_threads() if threads is None else threads
+    torch.set_num_threads(count)
+    set_num_threads(count)
+    return count
+
+
+def load_warning(cpus: int | None = None) -> str | None:
+    """A warning when the 1-minute load average exceeds the CPUs this process may use (``cpus``,
+    default :func:`usable_cpus`): other work then shares the cores and every time here is inflated,
+    unevenly. ``None`` when the load is low or unknown (no ``os.getloadavg``)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    if load <= cpus:
+        return None
+    return (
+        f"the machine is loaded: 1-minute load average {load:.1f} > {cpus} usable CPU(s); other processes "
+        "share the cores, so times are inflated and noisy (ratios measured side by side hold up best)"
+    )
+
+
 def environment(threads: int | None) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("numpy", "torch", "cupy-cuda12x", "jax"):
+    for pkg in ("numpy", "torch", "cupy-cuda12x", "jax", "numba"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -321,35 +369,55 @@ def environment(threads: int | None) -> dict[str, Any]:
     torch_threads = None
     if "torch" in sys.modules:
         torch_threads = sys.modules["torch"].get_num_threads()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch_threads,
-            "threads_option": threads, "platform": platform.platform(), "versions": versions,
+    from backends import num_threads
+
+    try:
+        load = list(os.getloadavg())
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
+            "torch_threads": torch_threads, "kernel_threads": num_threads(), "threads_option": threads,
+            "load_average": load, "platform": platform.platform(), "versions": versions,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
 
 
-def plot_times(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+def plot_times(rows: list[dict[str, Any]], path: Path, *, title: str = "") -> Any:
+    """Median time per call against the batch size, one panel per class count, one line per
+    backend / impl / device / dtype, with the interquartile range (25th to 75th percentile of the
+    repeats) as error bars; ``title`` goes on top (the threads and the machine). Writes ``path`` and
+    returns the figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     classes = sorted({r["classes"] for r in rows})
-    fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 4.5), squeeze=False)
-    for ax, num_classes in zip(axes[0], classes):
-        series: dict[str, list[tuple[int, float]]] = {}
+    fig = Figure(figsize=(6.5 * len(classes), 5.0), layout="constrained")
+    axes = fig.subplots(1, len(classes), squeeze=False)[0]
+    for ax, num_classes in zip(axes, classes):
+        series: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             if r["classes"] == num_classes:
-                label = f"{r['backend']}/{r['impl']} ({r['device']}, {r['dtype']})"
-                series.setdefault(label, []).append((r["batch"], r["median_ms"]))
+                kernel = r.get("kernel") or r["impl"]
+                runs = "" if kernel == r["impl"] else f" [{kernel}]"
+                label = f"{r['backend']}/{r['impl']}{runs} ({r['device']}, {r['dtype']})"
+                series.setdefault(label, []).append(r)
         for label, points in sorted(series.items()):
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            points.sort(key=lambda r: r["batch"])
+            median = np.array([r["median_ms"] for r in points])
+            q25 = np.array([r.get("q25_ms", r["median_ms"]) for r in points])
+            q75 = np.array([r.get("q75_ms", r["median_ms"]) for r in points])
+            ax.errorbar([r["batch"] for r in points], median, yerr=[median - q25, q75 - median], marker="o",
+                        markersize=4, capsize=3, label=label)
         ax.set_xscale("log", base=2)
+        batches = sorted({r["batch"] for r in rows})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("median time per loss + gradient (ms)")
-        ax.set_title(f"SLD loss + gradient, {num_classes} classes")
+        ax.set_xlabel("batch size (rows)")
+        ax.set_ylabel("ms per loss + gradient")
+        ax.set_title(f"{num_classes} classes")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    heading = "SLD loss + gradient: median time per call; bars: 25th to 75th percentile of the repeats"
+    fig.suptitle(heading + (f"\n{title}" if title else ""), fontsize=11)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

@@ -23,8 +23,11 @@ from harness.bench.grid import (
     build_case,
     environment,
     kernel_name,
+    load_warning,
+    pin_threads,
     plot_times,
     summarize,
+    usable_cpus,
 )
 from harness.bench.timing import Skip, copy_bandwidth, first_call, time_interleaved
 
@@ -52,6 +55,21 @@ def _ints(value: str, name: str) -> list[int]:
     return values
 
 
+def _print_whole(console: Any, table: Any) -> None:
+    """Print ``table`` unabridged: a log or pipe has no width limit, but Rich assumes 80 columns and
+    would cut every cell to an ellipsis."""
+    width = console.width
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        needed = Measurement.get(console, console.options.update_width(1000), table).maximum
+        console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def bench(
     backend: Annotated[str, typer.Option(help="numpy, torch, cupy, jax or all (comma-separated)")] = "all",
     device: Annotated[str, typer.Option(help="cpu, cuda (comma-separated)")] = "cpu",
@@ -71,7 +89,14 @@ def bench(
     ] = "default",
     repeats: Annotated[int, typer.Option(min=1, help="timed calls per grid point")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="untimed calls first (caches, kernel compiles)")] = 3,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's)")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads of torch and of the CPU kernel, pinned for the whole run (default: torch's "
+            "current count); printed with the results, since it changes CPU times many-fold",
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write results and skips as JSON")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of time vs batch size per backend/impl")] = None,
 ) -> None:
@@ -91,13 +116,17 @@ def bench(
     class_counts = _ints(classes, "classes")
     config = sld_core.SLDConfig()
     console = Console()
-    if threads is not None:
-        import torch
-
-        from backends import set_num_threads
-
-        torch.set_num_threads(threads)
-        set_num_threads(threads)  # the CPU kernel's pool
+    # One count for torch and the CPU kernel, held for the whole grid: on a loaded 2-core machine a
+    # 2-thread call waits for the busy second core (benchmarks/RESULTS.md: 1.2 ms quiet, 219 ms loaded).
+    used = pin_threads(threads)
+    threads_line = (
+        f"CPU threads: {used} (torch and the CPU kernel, pinned for the run; "
+        f"{'--threads' if threads is not None else 'torch default'}; {usable_cpus()} usable CPU(s))"
+    )
+    console.print(threads_line)
+    warning = load_warning()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
 
     copy_gbs: dict[str, float | None] = {}
     skipped: list[dict[str, Any]] = []
@@ -134,7 +163,7 @@ def bench(
                 for (b, i, d, dt), reason in skipped_combos.items()]
 
     table = Table(
-        title="SLD loss + gradient (median over repeats)",
+        title=f"SLD loss + gradient (median over repeats; {used} CPU thread{'s' if used > 1 else ''})",
         caption="vs ref: speedup over the naive PyTorch formulation (harness/bench/reference.py) on the "
         "same device, dtype and shape, for every backend; 1st call: the first call's seconds (the "
         "compile, for compiled impls); compiled-loss times the loss alone",
@@ -152,7 +181,11 @@ def bench(
                       f"{r['rows_per_s']:,.0f}", f"{r['gb_per_s']:.2f}",
                       "-" if frac is None else f"{100 * frac:.1f}",
                       "-" if speedup is None else f"{speedup:.1f}x")
-    console.print(table)
+    _print_whole(console, table)
+    console.print(threads_line)
+    warning = load_warning()  # again: the load may have risen while the grid ran
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     for dev, gbs in copy_gbs.items():
         if gbs is not None:
             console.print(f"copy bandwidth on {dev}: {gbs:.1f} GB/s (256 MiB float32 copy, read + write)")
@@ -167,7 +200,16 @@ def bench(
         console.print(f"wrote {json_path}")
     if plot is not None:
         if rows:
-            plot_times(rows, plot)
+            from harness.bench.grid import environment as machine
+
+            env = machine(threads)
+            load = env["load_average"]
+            title = (
+                f"{env['cpu']}; {used} CPU thread{'s' if used > 1 else ''} (torch and the CPU kernel) of "
+                f"{env['usable_cpus']} usable; {repeats} repeats per point"
+                + ("" if load is None else f"; load average {load[0]:.1f} at the end")
+            )
+            plot_times(rows, plot, title=title)
             console.print(f"wrote {plot}")
         else:
             console.print("[yellow]no results to plot[/yellow]")

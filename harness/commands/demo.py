@@ -1,8 +1,8 @@
 """``sld demo``: CE vs KD vs SLD, offline, in well under a minute on a laptop CPU (``harness.demo``).
 
-sld demo                         # digits bundled with scikit-learn, 3 seeds
+sld demo                         # digits bundled with scikit-learn, 3 seeds, weak + strong views
 sld demo --seeds 5 --json out.json
-sld demo --teacher-epochs 1      # a weak teacher (~9% training error): the swap fires often
+sld demo --views 1               # the clean images alone: the teacher is right on ~99.7%, the swap idles
 sld demo --cifar --epochs 10     # real CIFAR-100 from the local cache, through the trainer (GPU advised)
 """
 
@@ -31,6 +31,14 @@ def demo(
             help="Teacher epochs (digits: 5; --cifar: --epochs); fewer: a weaker teacher, more swaps.",
         ),
     ] = None,
+    views: Annotated[
+        int,
+        typer.Option(
+            "--views", min=1, max=2,
+            help="Digits: 2 = each image and a strong view (RandAugment + Cutout, where the teacher errs "
+            "often), losses summed; 1 = the clean images alone.",
+        ),
+    ] = 2,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results here as JSON.")
     ] = None,
@@ -68,12 +76,16 @@ def demo(
             from harness.demo import run_digits_demo
 
             overrides = {"epochs": epochs, "teacher_epochs": teacher_epochs}
-            config = DemoConfig(seeds=seeds, **{k: v for k, v in overrides.items() if v is not None})
+            config = DemoConfig(
+                seeds=seeds, views=views, **{k: v for k, v in overrides.items() if v is not None}
+            )
             result = run_digits_demo(config, console=console)
         else:
             from harness.data.cifar import DatasetError
             from harness.demo import run_cifar_demo
 
+            if views != 2:
+                raise ValueError("--views applies to the digits demo (--cifar uses each recipe's views)")
             epochs = _CIFAR_EPOCHS if epochs is None else epochs
             config = DemoConfig(
                 seeds=seeds,

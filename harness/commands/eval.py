@@ -22,6 +22,7 @@ from harness.commands._common import (
     DeviceOpt,
     LimitTestOpt,
     check_model_names,
+    plain,
     resolve_device,
     user_errors,
 )
@@ -45,7 +46,9 @@ def eval(
         Path | None, typer.Option("--json", help="Also write the result here as JSON ('-': stdout only).")
     ] = None,
 ) -> None:
-    """Print the test top-1 and top-5 accuracy of CHECKPOINT (on the data its run recorded)."""
+    """Print the test top-1 and top-5 accuracy and the test loss of CHECKPOINT (on the data its run
+    recorded: data set, folder and class list)."""
+    amp, dataset = plain(amp), plain(dataset)
     with user_errors():
         from rich.console import Console
 
@@ -69,16 +72,16 @@ def eval(
         torch_device = resolve_device(device)
         data = load_data(data_config, torch_device, batch_size=2)
         net = load_weights(build_model(name, num_classes=data.num_classes), checkpoint).to(torch_device)
-        top1, top5 = evaluate(net, data, "test", amp=amp or "off")
+        top1, top5, loss = evaluate(net, data, "test", amp=amp or "off")
         result = {"checkpoint": str(checkpoint), "model": name, "dataset": data_config.dataset,
                   "data_dir": data_config.data_dir, "images": data.eval_size("test"), "top1": top1,
-                  "top5": top5}
+                  "top5": top5, "loss": loss}
         if json_path is not None and str(json_path) == "-":
             typer.echo(json.dumps(result))
             return
         Console().print(
-            f"{checkpoint} ({name}): test top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% "
-            f"on {data.eval_size('test')} images"
+            f"{checkpoint} ({name}): test top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}%, "
+            f"loss {loss:.4f} on {data.eval_size('test')} images"
         )
         if json_path is not None:
             json_path.write_text(json.dumps(result, indent=2) + "\n")

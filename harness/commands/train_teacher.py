@@ -11,10 +11,18 @@ from typing import Annotated, Any
 
 import typer
 
-from harness.commands._common import SHARED_OPTIONS, common_overrides, run, shared_options, user_errors
+from harness.commands._common import (
+    SHARED_OPTIONS,
+    apply_set,
+    common_overrides,
+    resumed_config,
+    run,
+    shared_options,
+    user_errors,
+)
 from harness.config import ConfigError, load_config, with_overrides
 from harness.recipes import teacher_config
-from harness.runs import RunDir, teacher_run_dir
+from harness.runs import teacher_run_dir
 
 
 @shared_options(*SHARED_OPTIONS)
@@ -29,8 +37,11 @@ def train_teacher(
         if config is None and options["resume"]:
             if out is None and model is None:
                 raise ConfigError("--resume needs --model (or --out DIR) to find the run")
-            config = RunDir(out or teacher_run_dir(model, options["runs_dir"])).config
-        if config is not None:
+            directory = out or teacher_run_dir(model, options["runs_dir"])
+            base = resumed_config(directory)
+            if base.method != "ce":
+                raise ConfigError(f"{directory} holds a {base.method!r} run, not a teacher (ce) run")
+        elif config is not None:
             base = load_config(config)
             if base.method != "ce":
                 raise ConfigError(f"{config} is a {base.method!r} run, not a teacher (ce) run")
@@ -38,4 +49,6 @@ def train_teacher(
             raise ConfigError("say which teacher to train: --model NAME (see `sld models`)")
         else:
             base = teacher_config(model, options["runs_dir"])
-        run(with_overrides(base, common_overrides(options)), command="train-teacher", options=options)
+        overrides = common_overrides(options)
+        config = apply_set(with_overrides(base, overrides), options["set_values"], flags=overrides)
+        run(config, command="train-teacher", options=options)

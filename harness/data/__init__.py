@@ -3,9 +3,9 @@ demos (:mod:`.synthetic`), and batched on-device augmentation (:mod:`.augment`, 
 directly).
 
 Image folders (ImageNet and the user's own): scanning (:mod:`.folder`, re-exported here), the official
-ImageNet views with Pillow (:mod:`.pil_augment`), the streamed worker pipeline (:mod:`.streamed`), a
-generated JPEG folder (:mod:`.synthetic_images`) and the loader benchmark (:mod:`.throughput`); the last
-four import torch or Pillow: import them directly.
+ImageNet views with Pillow (:mod:`.pil_augment`), the streamed worker pipeline (:mod:`.streamed`) and a
+generated JPEG folder (:mod:`.synthetic_images`); the last three import torch or Pillow: import them
+directly. The loader benchmark is :mod:`harness.bench.loader`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ The cache is one folder (``default_data_dir()``) holding::
 
 Every step writes to a temporary name in the same folder first and renames only once the content is
 complete and verified, so an interrupted download, a wrong checksum or a crash during extraction never
-leaves something that a later run would take for a valid cache. Whatever goes wrong comes back as one
-:class:`DatasetError` that says what is wrong, the URL and md5 to download, and the exact path to put it in.
+leaves something that a later run would take for a valid cache. An archive someone put there is never
+moved, renamed or overwritten: one whose md5 is not the official one is refused where it lies, with
+both md5s. Whatever goes wrong comes back as one :class:`DatasetError` that says what is wrong, the URL
+and md5 to download, and the exact path to put it in.
 
 Example
 -------
@@ -134,7 +136,8 @@ def load_cifar100(
         if not archive.is_file() and not download:
             raise DatasetError(
                 f"CIFAR-100 not found in {root} (neither {extracted}/{{train,test,meta}} nor {archive}) "
-                f"and download=False. {_how_to_fix(archive, url, md5)}"
+                "and downloading is off (download=False; in a run's config: data.download). "
+                f"{_how_to_fix(archive, url, md5)}, or switch downloading on."
             )
         try:
             if archive.is_file():
@@ -151,7 +154,7 @@ def load_cifar100(
 
 
 def _how_to_fix(archive: Path, url: str, md5: str) -> str:
-    return f"Download {url} (md5 {md5}) and put it at {archive}, or call with download=True."
+    return f"Download {url} (md5 {md5}) and put it at {archive}"
 
 
 def _md5_of(path: Path) -> str:
@@ -165,13 +168,11 @@ def _md5_of(path: Path) -> str:
 def _verify_archive(archive: Path, url: str, md5: str) -> None:
     actual = _md5_of(archive)
     if actual != md5:
-        # Moved aside rather than deleted (the user may want to look at it), and renamed so that no later
-        # run takes it for the archive.
-        quarantine = archive.with_name(archive.name + ".bad-md5")
-        os.replace(archive, quarantine)
+        # Our own downloads are verified before they get this name, so this file was put here by
+        # someone: it stays where it is (never renamed, never downloaded over), and the error says why.
         raise DatasetError(
-            f"CIFAR-100 archive {archive} has md5 {actual}, expected {md5}; it was moved to {quarantine}. "
-            f"{_how_to_fix(archive, url, md5)}"
+            f"CIFAR-100 archive {archive} has md5 {actual}, but the expected archive has md5 {md5}; it was "
+            f"left where it is. Replace it with the file from {url} (or delete it and let sld download it)."
         )
 
 
@@ -190,7 +191,7 @@ def _download(url: str, archive: Path, md5: str) -> None:
         if actual != md5:
             raise DatasetError(
                 f"downloaded {url} has md5 {actual}, expected {md5} (truncated or changed upstream); "
-                f"nothing was kept. {_how_to_fix(archive, url, md5)}"
+                f"nothing was kept. {_how_to_fix(archive, url, md5)}."
             )
         os.replace(tmp, archive)
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -198,7 +199,7 @@ def _download(url: str, archive: Path, md5: str) -> None:
         # connection cut mid-body (IncompleteRead); ValueError an unknown URL scheme.
         raise DatasetError(
             f"could not download {url} ({type(exc).__name__}: {exc}); nothing was kept. "
-            f"{_how_to_fix(archive, url, md5)}"
+            f"{_how_to_fix(archive, url, md5)}."
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)  # no-op after the rename; otherwise no partial file survives, even ^C
@@ -219,7 +220,7 @@ def _extract(archive: Path, extracted: Path, url: str, md5: str) -> None:
         except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:  # EOFError: cut short
             raise DatasetError(
                 f"CIFAR-100 archive {archive} could not be read ({type(exc).__name__}: {exc}); delete it. "
-                f"{_how_to_fix(archive, url, md5)}"
+                f"{_how_to_fix(archive, url, md5)}."
             ) from exc
         extracted.mkdir(parents=True, exist_ok=True)
         # One rename per file: each pickle is either complete or absent, whatever happens in between.
@@ -274,7 +275,7 @@ def _load_extracted(extracted: Path, archive: Path, url: str, md5: str) -> CIFAR
     def fail(problem: str, cause: BaseException | None = None) -> DatasetError:
         error = DatasetError(
             f"CIFAR-100 files in {extracted} are unusable: {problem}. Delete that folder and retry; "
-            f"{_how_to_fix(archive, url, md5)}"
+            f"{_how_to_fix(archive, url, md5)}."
         )
         error.__cause__ = cause
         return error

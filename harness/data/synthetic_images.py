@@ -1,5 +1,5 @@
 """A generated image folder of real JPEG files, in the ImageNet layout or as bare class folders, for tests,
-demos and the loader benchmark (:mod:`harness.data.throughput`).
+demos and the loader benchmark (:mod:`harness.bench.loader`).
 
 Each image is a smooth random field (a coarse grid of colours upsampled bilinearly, tinted by its class)
 plus pixel noise, so it compresses about like a photograph: at 500 x 375 and JPEG quality 90 a file is

@@ -50,6 +50,7 @@ import torch.distributed as tdist
 from harness.config import ConfigError
 from harness.data.base import shard_slice
 
+from .device import as_device
 from .interrupt import DistributedAbort
 
 __all__ = [
@@ -165,15 +166,15 @@ def torchrun_env() -> tuple[int, int, int] | None:
         ) from None
 
 
-def setup(device: str | None) -> tuple[torch.device, bool]:
+def setup(device: str | torch.device | None) -> tuple[torch.device, bool]:
     """Pick this process's device and, under torchrun with more than one process, join the group.
 
     Parameters
     ----------
     device
-        ``--device`` as given: ``None`` (CUDA if available, else CPU), a type (``"cuda"``, ``"cpu"``) or,
-        in a single process only, an indexed device (``"cuda:1"``). Under torchrun a CUDA rank always
-        uses ``cuda:LOCAL_RANK``.
+        ``--device`` as given (checked by :func:`harness.train.device.as_device`): ``None`` (CUDA if
+        available, else CPU), a type (``"cuda"``, ``"cpu"``) or, in a single process only, an indexed
+        device (``"cuda:1"``). Under torchrun a CUDA rank always uses ``cuda:LOCAL_RANK``.
 
     Returns
     -------
@@ -181,7 +182,7 @@ def setup(device: str | None) -> tuple[torch.device, bool]:
         ``joined``: this call initialized the process group (NCCL on CUDA, gloo otherwise), so the
         caller should :func:`teardown` it; False in a single process or when a group already exists.
     """
-    chosen = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = as_device(device, label="--device")
     env = torchrun_env()
     if env is None or env[1] == 1:
         return chosen, False

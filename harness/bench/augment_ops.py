@@ -1,10 +1,11 @@
 """ATen ops per call of the augmentation views (what a GPU pays in launches), and their time.
 
-    python -m benchmarks.augment_ops                      # CPU, batch 64
-    python -m benchmarks.augment_ops --device cuda --batch 64
+    python -m harness.bench.augment_ops                      # CPU, batch 64
+    python -m harness.bench.augment_ops --device cuda --batch 64
 
-Ops are counted with a ``TorchDispatchMode``: every ATen op the call dispatches ("total") and those that
-are not views ("kernels": a view launches nothing). ``rand_augment`` is counted in both of its modes;
+Ops are counted with :class:`harness.bench.ops.OpCounter`: every ATen op the call dispatches ("total")
+and those that launch work ("kernels": not views, bare allocations or profiler markers,
+:func:`harness.bench.ops.launches`). ``rand_augment`` is counted in both of its modes;
 the strong view uses the device's default (subsets on the CPU, whole batch elsewhere). Times are medians
 of interleaved repeats (each repeat runs every case once), synchronized on CUDA.
 """
@@ -17,21 +18,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from harness.bench.ops import OpCounter
 from harness.data.augment import cutout, eval_view, rand_augment, random_crop_flip, strong_view, weak_view
-
-
-class _Count(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-        self.kernels = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.total += 1
-        self.kernels += not func.is_view
-        return func(*args, **(kwargs or {}))
 
 
 def cases(x: torch.Tensor) -> dict[str, Callable[[torch.Generator], torch.Tensor]]:
@@ -52,9 +41,9 @@ def count_ops(fn: Callable[[torch.Generator], torch.Tensor], device: torch.devic
     counts = set()
     for seed in range(seeds):
         fn(torch.Generator(device=device).manual_seed(seed))  # first calls fill the constant caches
-        with _Count() as c:
+        with OpCounter() as counter:
             fn(torch.Generator(device=device).manual_seed(seed))
-        counts.add((c.total, c.kernels))
+        counts.add((sum(counter.counts.all.values()), sum(counter.counts.launching.values())))
     return counts
 
 
@@ -83,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    print(f"| call ({device}, batch {args.batch}) | ATen ops | kernels (non-view) | median ms |")
+    print(f"| call ({device}, batch {args.batch}) | ATen ops | kernels (launching) | median ms |")
     print("|---|---:|---:|---:|")
     for name in calls:
         (total, kernels), *more = sorted(counts[name])

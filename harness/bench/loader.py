@@ -12,8 +12,8 @@ about 80 KB each) and times that.
 
 Example
 -------
-``python -m harness.data.throughput --workers 0,1,2``
-``python -m harness.data.throughput --data-dir /data/imagenet --workers 4,8,16 --images 2048``
+``python -m harness.bench.loader --workers 0,1,2``
+``python -m harness.bench.loader --data-dir /data/imagenet --workers 4,8,16 --images 2048``
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def _consume(pipeline: StreamedImageData, epoch: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Throughput]:
-    """``python -m harness.data.throughput``: print images/s per worker count (``--help`` for options)."""
+    """``python -m harness.bench.loader``: print images/s per worker count (``--help`` for options)."""
     parser = argparse.ArgumentParser(
-        prog="python -m harness.data.throughput",
+        prog="python -m harness.bench.loader",
         description="Images/s of the streamed ImageNet training pipeline (weak + strong view), by workers.",
     )
     parser.add_argument("--data-dir", type=Path, help="ImageNet-layout folder (default: a generated one)")

@@ -1,8 +1,8 @@
 """Where a fused CPU call's time goes, beside ``sld bench``'s totals (numbers in ``RESULTS.md``).
 
-    python -m benchmarks.cpu_kernel_calls                    # 64x100: call overheads, round robin
-    python -m benchmarks.cpu_kernel_calls --shape 4096x1000 --repeats 10
-    python -m benchmarks.cpu_kernel_calls --against d5922f4  # this kernel vs a revision's, same process
+    python -m harness.bench.kernel_calls                    # 64x100: call overheads, round robin
+    python -m harness.bench.kernel_calls --shape 4096x1000 --repeats 10
+    python -m harness.bench.kernel_calls --against d5922f4  # this kernel vs a revision's, same process
 
 The default times, interleaved like ``sld bench`` (repeat r of every case before repeat r + 1 of any,
 so each case runs after the others have evicted the caches): the naive reference; a bare

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,6 +116,10 @@ def _torch_case(case: Case, config: Any, compile_mode: str) -> tuple[Callable[[]
         def loss(s: Any, t: Any, y: Any) -> Any:
             return sld_core.sld_loss(s, t, y, epoch=BENCH_EPOCH, config=config, check_targets=False).total
 
+        # array-api-compat's type checks are lru_cache-wrapped; Dynamo traces through them (they are pure)
+        # and would print one warning per helper at the first call.
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`",
+                                category=UserWarning)
         compiled = torch.compile(loss_and_grad if case.impl == "compiled" else loss, mode=compile_mode)
 
         def fn() -> Any:

@@ -51,6 +51,7 @@ __all__ = [
     "base_recipe_loss",
     "logit_standardized",
     "method_config",
+    "method_views",
     "pair_config",
     "teacher_config",
 ]
@@ -273,6 +274,16 @@ def method_config(
     return spec.base, spec.apply(loss)
 
 
+def method_views(base: str, recipe_views: int = 2) -> int:
+    """The views base method ``base`` trains on in its published recipe: the recipe's (weak + strong)
+    for ``sld`` and ``mlkd``, which read both, one weak view for ``kd``, ``dkd`` and ``ce``.
+
+    >>> method_views("sld"), method_views("mlkd"), method_views("kd")
+    (2, 2, 1)
+    """
+    return recipe_views if base in ("sld", "mlkd") else 1
+
+
 def pair_config(
     pair_name: str,
     method: str = "sld",
@@ -308,7 +319,7 @@ def pair_config(
         lr_milestones=tuple(recipe.lr_decay_epochs),
         lr_decay=recipe.lr_decay_rate,
     )
-    views = recipe.num_views if base in ("sld", "mlkd") else 1
+    views = method_views(base, recipe.num_views)
     data = (
         DataConfig(views=views, dataset="imagenet", eval_batch_size=recipe.test_batch_size)
         if imagenet

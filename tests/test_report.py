@@ -477,6 +477,19 @@ def test_methods_figure_bars_are_mean_and_std_beside_the_published_number(kd_and
     ]
 
 
+def test_methods_figure_legend_lies_inside_a_narrow_figure(kd_and_sld) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from harness.report import figures
+
+    fig = figures(kd_and_sld)["methods.png"]
+    assert fig.get_figwidth() < 9  # one pair of two methods: a narrow figure
+    FigureCanvasAgg(fig).draw()
+    (legend,) = fig.legends
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+
+
 def test_every_term_a_method_logs_has_a_readable_panel() -> None:
     """Run each trainer method (pseudo-teacher on where it exists) on tiny logits: every key it returns,
     and the trainer's own, gets a title and a unit line of its own, not the raw key."""

@@ -62,7 +62,7 @@ from harness.config import (
     with_overrides,
 )
 from harness.method_names import NAMED_METHODS, canonical_name, method_label, parse_method
-from harness.recipes import MLKD_EPOCHS, logit_standardized, method_config, pair_config
+from harness.recipes import MLKD_EPOCHS, logit_standardized, method_config, method_views, pair_config
 from harness.runs import DEFAULT_RUNS_DIR, TeacherNotFoundError, find_teacher
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
@@ -366,8 +366,7 @@ def _base_config(
         method=base_method,
         loss=loss,
         optim=OptimConfig(epochs=MLKD_EPOCHS) if base_method == "mlkd" else OptimConfig(),
-        # the views of the method's published recipe, as --pair gives them: 2 for sld and mlkd, else 1
-        data=DataConfig(views=2 if base_method in ("sld", "mlkd") else 1),
+        data=DataConfig(views=method_views(base_method)),  # the published recipe's, as --pair gives them
         out_dir=f"{DEFAULT_RUNS_DIR}/{student}/{canonical_name(name)}",
     )
 

@@ -143,7 +143,7 @@ def test_loss_flags_set_their_fields(tmp_path: Path, method: str, flags: list[st
 
 
 @pytest.mark.parametrize(("method", "views"), [("sld", 2), ("mlkd", 2), ("kd", 1), ("dkd", 1), ("ls-kd", 1)])
-def test_student_runs_take_the_views_of_their_methods_pair_recipe(tmp_path: Path, method: str, views: int) -> None:
+def test_student_runs_take_the_views_of_their_methods_recipe(tmp_path: Path, method: str, views: int) -> None:
     # the published recipes: SLD and MLKD read a weak and a strong view, KD and DKD one weak view
     by_pair = printed("train", "--pair", PAIR, "--method", method, "--runs-dir", tmp_path)
     by_student = printed("train", "--student", "resnet8", "--teacher-model", "resnet14", "--method", method,

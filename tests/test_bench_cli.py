@@ -130,6 +130,24 @@ def test_jax_compiled_impls_are_jit_of_value_and_grad_and_of_the_loss():
     assert "speedup over the naive PyTorch formulation" in " ".join(result.output.split())
 
 
+def test_torch_compiled_impls_are_the_core_under_torch_compile():
+    """torch.compile of the core's loss + closed-form gradient, and of the loss alone, give the float64
+    core's numbers on the bench's inputs (the first call compiles: ~10 s on a CPU)."""
+    import numpy as np
+
+    import sld_core
+
+    case = grid.Case("torch", "compiled", "cpu", "float32", 6, 7)
+    total, grad = grid.build_case(case)[0]()
+    loss_only = grid.build_case(grid.Case("torch", "compiled-loss", "cpu", "float32", 6, 7))[0]()
+    s, t, y = grid._numpy_inputs(case)
+    terms, expected = sld_core.sld_loss_and_grad(s.astype(np.float64), t.astype(np.float64), y,
+                                                 epoch=grid.BENCH_EPOCH)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=2e-5, atol=1e-7)
+    assert float(total) == pytest.approx(float(terms.total), rel=1e-5)
+    assert float(loss_only) == pytest.approx(float(terms.total), rel=1e-5)
+
+
 def test_first_call_failure_is_a_skip_with_the_reason():
     def broken():
         raise RuntimeError("no C++ compiler found\nlong traceback text")

@@ -25,7 +25,7 @@ order (teachers, then runs) with every run in a process of its own, many at once
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ __all__ = [
     "Launch",
     "ensure_teacher",
     "grid_configs",
+    "grid_teachers",
     "plan_grid",
     "run_grid",
     "run_grid_jobs",
@@ -211,21 +212,50 @@ def ensure_teacher(
     train_teacher: Callable[[str, bool], None],
     *,
     min_epochs: int | None = None,
+    given: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """A checkpoint for teacher ``model``: our own finished teacher run in ``RUNS/teachers/<model>``,
-    else the published file (mdistiller's, or torchvision's for an ImageNet teacher:
+    """A checkpoint for teacher ``model``: the file ``given`` (``sld reproduce --teacher MODEL=PATH``)
+    when there is one, else our own finished teacher run in ``RUNS/teachers/<model>``, else the
+    published file (mdistiller's, or torchvision's for an ImageNet teacher:
     :func:`harness.runs.find_teacher`), else a new one trained by ``train_teacher(model, resume)``; an
     interrupted teacher run is resumed (``resume=True``) first. ImageNet teachers are never trained
     here: the official runs use torchvision's published weights.
+
+    Parameters
+    ----------
+    model
+        The teacher's model name, e.g. ``"resnet34"``.
+    runs_dir
+        Where our own teacher runs live (``RUNS/teachers/<model>``).
+    train_teacher
+        ``train_teacher(model, resume)`` trains (or resumes) our own run of the teacher.
+    min_epochs
+        The fewest epochs our own teacher run may have been trained for (a given file is not checked).
+    given
+        A checkpoint the user named: it wins over every lookup, and nothing is trained.
+
+    Returns
+    -------
+    Path
+        The checkpoint to distill from.
 
     Raises
     ------
     harness.runs.TeacherNotFoundError
         An ImageNet teacher's file is missing; the message names the file to fetch and where.
     ConfigError
-        Our own teacher run was trained for fewer than ``min_epochs`` epochs: a 1-epoch smoke-test
-        teacher must not silently teach a full reproduction.
+        ``given`` is not a file; or our own teacher run was trained for fewer than ``min_epochs``
+        epochs: a 1-epoch smoke-test teacher must not silently teach a full reproduction.
+
+    Example
+    -------
+    >>> ensure_teacher("resnet34", "runs", train, given="resnet34-333f7ec4.pth")  # doctest: +SKIP
+    PosixPath('resnet34-333f7ec4.pth')
     """
+    if given is not None:
+        if not Path(given).is_file():
+            raise ConfigError(f"teacher {model!r}: no checkpoint file {given}")
+        return Path(given)
     own = RunDir(teacher_run_dir(model, runs_dir))
     state = own.state()
     if state is RunState.PARTIAL:
@@ -349,6 +379,15 @@ def _needs_teacher(config: TrainConfig) -> bool:
     return config.method != "ce" and config.teacher is not None
 
 
+def grid_teachers(configs: Sequence[TrainConfig]) -> list[str]:
+    """The teacher models the runs of ``configs`` distill from, sorted, each once (``ce`` runs have none).
+
+    >>> grid_teachers(grid_configs(["resnet34-resnet18"], ["ce", "sld"], 1, "out"))
+    ['resnet34']
+    """
+    return sorted({c.teacher for c in configs if _needs_teacher(c)})
+
+
 def run_grid(
     configs: Sequence[TrainConfig],
     device: torch.device,
@@ -402,6 +441,7 @@ def run_grid_jobs(
     runs_dir: str | os.PathLike[str],
     overrides: dict[str, Any] | None = None,
     min_epochs: int | None = None,
+    teacher_paths: Mapping[str, str | os.PathLike[str]] | None = None,
     console: Console | None = None,
 ) -> list[JobOutcome]:
     """:func:`run_grid` with every run in a process of its own, many at once: ``launch`` (e.g.
@@ -409,7 +449,9 @@ def run_grid_jobs(
     or interrupted (:func:`ensure_teacher`'s rules; ``teacher_run_config`` with ``overrides``), then the
     grid's runs that still train, each with its teacher's checkpoint. So no two processes train one
     teacher, and no student starts before its teacher is ready. A failed run does not stop the others;
-    the students of a failed teacher are not started.
+    the students of a failed teacher are not started. ``teacher_paths`` (model -> checkpoint file, as
+    ``sld reproduce --teacher MODEL=PATH`` gives them) are used as they are: those teachers are neither
+    looked up nor trained.
 
     Returns
     -------
@@ -444,7 +486,8 @@ def run_grid_jobs(
     teachers: dict[str, Path] = {}
     for model in dict.fromkeys(c.teacher for c, _ in todo if _needs_teacher(c)):
         try:
-            teachers[model] = ensure_teacher(model, runs_dir, defer, min_epochs=min_epochs)
+            given = (teacher_paths or {}).get(model)
+            teachers[model] = ensure_teacher(model, runs_dir, defer, min_epochs=min_epochs, given=given)
         except _TeacherDeferred:
             pass
     outcomes: list[JobOutcome] = []

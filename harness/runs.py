@@ -918,12 +918,16 @@ def find_teacher(model: str, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR
         raise TeacherNotFoundError(
             f"no checkpoint for teacher {model!r} (looked in: {looked}). The official code uses "
             f"torchvision's published weights: fetch {TORCHVISION_WEIGHTS_URL}{name} into "
-            f"{torch_hub_dir()}/ (where torchvision keeps it), or pass --teacher PATH"
+            f"{torch_hub_dir()}/ (where torchvision keeps it), or pass its path: {_by_path(model)}"
         )
     runs_flag = "" if str(runs_dir) == DEFAULT_RUNS_DIR else f" --runs-dir {runs_dir}"
     raise TeacherNotFoundError(
         f"no checkpoint for teacher {model!r} (looked in: {looked}). Train one with:\n"
         f"    sld train-teacher --model {model}{runs_flag}\n"
         f"or untar mdistiller's cifar_teachers.tar ({MDISTILLER_TEACHERS_URL}) into {MDISTILLER_CKPT_DIR}/, "
-        "or pass --teacher PATH"
+        f"or pass its path: {_by_path(model)}"
     )
+
+
+def _by_path(model: str) -> str:
+    return f"sld train --teacher PATH, sld reproduce --teacher {model}=PATH"

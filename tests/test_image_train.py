@@ -6,6 +6,9 @@ recorded data."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,15 @@ from harness.data.synthetic_images import write_image_folder  # noqa: E402
 from harness.models import build_model  # noqa: E402
 
 from .train_helpers import (  # noqa: E402
+    SLD,
     assert_same_state,
     final_state,
     invoke,
     one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
     read_metrics,
+    subprocess_env,
     without_timing,
+    write_tiny_cifar,
 )
 
 SMALL = ["--image-size", "32", "--batch-size", "6", "--workers", "0", "--device", "cpu"]
@@ -168,13 +174,10 @@ def test_reproduce_an_imagenet_pair_with_a_torchvision_teacher(
     assert mixed.exit_code == 1 and "different data sets" in mixed.output
 
 
-def test_a_plug_in_student_survives_a_config_replay_in_a_new_process(tmp_path: Path) -> None:
-    """A model given by import path is recorded in config.json and rebuilt from it by a new process."""
-    import os
-    import subprocess
-
-    from .train_helpers import SLD, subprocess_env, write_tiny_cifar
-
+def _plugin_cli(tmp_path: Path) -> tuple[Callable[..., None], Path]:
+    """A package ``tiny_zoo`` (``tiny_zoo:build``, a callable taking ``num_classes``) on the PYTHONPATH
+    of new processes only, tiny CIFAR-layout data, and ``sld(*args)`` that runs the console script in a
+    new process with it and asserts exit code 0: each process must rebuild the model from its spec."""
     plugins = tmp_path / "plugins"
     (plugins / "tiny_zoo").mkdir(parents=True)
     (plugins / "tiny_zoo" / "__init__.py").write_text(
@@ -190,9 +193,44 @@ def test_a_plug_in_student_survives_a_config_replay_in_a_new_process(tmp_path: P
         done = subprocess.run([SLD, *args], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
 
+    return sld, data
+
+
+def test_a_plug_in_student_survives_a_config_replay_in_a_new_process(tmp_path: Path) -> None:
+    """A model given by import path is recorded in config.json and rebuilt from it by a new process."""
+    sld, data = _plugin_cli(tmp_path)
     first, replay = tmp_path / "first", tmp_path / "replay"
     sld("train", "--student", "tiny_zoo:build", "--method", "ce", "--epochs", "1", "--batch-size", "20",
         "--data-dir", str(data), "--device", "cpu", "--out", str(first))
     assert json.loads((first / "config.json").read_text())["student"] == "tiny_zoo:build"
     sld("train", "--config", str(first / "config.json"), "--out", str(replay))
     assert_same_state(final_state(first), final_state(replay))  # same seed, same spec: the same model
+
+
+def test_a_plug_in_student_run_resumes_in_a_new_process(tmp_path: Path) -> None:
+    """``--student-model SPEC`` (the issue's spelling of ``--student``): a run stopped after epoch 1 is
+    resumed by a new process from ``--out`` alone, and ends bit-identical to an uninterrupted run."""
+    sld, data = _plugin_cli(tmp_path)
+    common = ["train", "--student-model", "tiny_zoo:build", "--method", "ce", "--epochs", "2",
+              "--batch-size", "20", "--data-dir", str(data), "--device", "cpu"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    sld(*common, "--out", str(whole))
+    sld(*common, "--out", str(parts), "--stop-after", "1")
+    assert [r["epoch"] for r in read_metrics(parts)] == [1]
+    sld("train", "--out", str(parts), "--resume")  # the spec comes from the run's own last.pt
+    assert json.loads((parts / "config.json").read_text())["student"] == "tiny_zoo:build"
+    assert [r["epoch"] for r in read_metrics(parts)] == [1, 2]
+    assert_same_state(final_state(whole), final_state(parts))
+    assert without_timing(read_metrics(parts)) == without_timing(read_metrics(whole))
+
+
+def test_student_model_is_the_student_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--student-model`` and ``--student`` build the same config, and ``--help`` shows both."""
+    as_student = invoke("train", "--student", "resnet8", "--method", "ce", "--print-config")
+    as_model = invoke("train", "--student-model", "resnet8", "--method", "ce", "--print-config")
+    assert as_student.exit_code == 0 and as_model.exit_code == 0, as_student.output + as_model.output
+    assert json.loads(as_model.stdout) == json.loads(as_student.stdout)
+    assert json.loads(as_model.stdout)["student"] == "resnet8"
+    monkeypatch.setenv("COLUMNS", "250")  # the help table unwrapped
+    shown = invoke("train", "--help").output
+    assert "--student,--student-model" in shown and "package.module:callable" in shown

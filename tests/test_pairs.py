@@ -5,12 +5,14 @@ the mdistiller / CRD / Logit-Standardization READMEs), so a slip in the registry
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from harness.pairs import PAIRS, Pair, Recipe, get_pair
 from harness.paper_results import CIFAR100_RESULTS, STUDENT_TOP1, TEACHER_TOP1, PublishedResult, Top1
+from harness.recipes import pair_config
 from tests.manifests import load_manifest
 
 # configs/cifar100/sld/<config>.yaml of StephenEkaputra/Swapped-Logit-Distillation: SOLVER.LR
@@ -240,3 +242,47 @@ def test_sld_pairs_for_one_pair_lists_every_named_method() -> None:
     assert _rows(result.output, "sld-dkd")[0][-1] == "–"
     bad = CliRunner().invoke(app, ["pairs", "--pair", "resnet9-resnet8"])
     assert bad.exit_code == 1 and "unknown pair 'resnet9-resnet8'" in bad.output
+
+
+# The seed's ImageNet rows (paper_results: KD, DKD, MLKD, LS-MLKD, SLD) and the official configs'
+# CE/KD weights (configs/imagenet/*/sld.yaml), written out again by hand.
+IMAGENET_ROWS = {
+    "resnet34-resnet18": ["0.5/0.5", "71.03", "71.70", "71.90", "72.08", "72.15"],
+    "resnet50-mobilenetv1": ["1/0.5", "70.50", "72.05", "73.01", "73.22", "73.27"],
+}
+
+
+@pytest.mark.parametrize("columns", ["200", "80"])
+def test_sld_pairs_shows_the_imagenet_pairs_their_recipe_and_the_gamma_note(columns: str) -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(app, ["pairs"], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    for name, row in IMAGENET_ROWS.items():
+        assert _rows(result.output, name) == [row], name
+    text = " ".join(result.output.split())  # the notes, whatever the wrapping
+    assert "ImageNet: 100 epochs, batch 512, lr 0.2 x0.1 after 30/60/90, wd 1e-4" in text
+    assert "gamma stays the official 150, so in 100 epochs the pseudo-teacher never switches on" in text
+    assert "the paper recommends 30: sld train --pair resnet34-resnet18 --gamma 30" in text
+
+
+def test_the_imagenet_gamma_note_is_true_and_its_command_sets_gamma_30() -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    listed = CliRunner().invoke(app, ["pairs", "--pair", "resnet34-resnet18"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    (sld,) = _rows(listed.output, "sld")
+    assert sld[:4] == ["sld", "0.2", "100", "2"] and "pt>150" in sld and sld[-1] == "72.15"
+    for name in IMAGENET_ROWS:
+        config = pair_config(name, "sld")
+        assert config.loss.gamma == 150 and config.optim.epochs == 100  # never on, as the official runs
+    pytest.importorskip("torch")  # sld train
+    command = ["train", "--pair", "resnet34-resnet18", "--gamma", "30", "--print-config"]
+    printed = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["loss"]["gamma"] == 30

@@ -37,6 +37,7 @@ from .train_helpers import (  # noqa: E402
     invoke,
     one_thread,  # noqa: F401 (autouse: tiny models train faster on one thread)
     write_tiny_cifar,
+    write_untrained_teacher,
 )
 
 PAIR = "resnet56-resnet20"  # published KD 70.66, SLD none, teacher 72.34
@@ -316,3 +317,100 @@ def test_bad_pair_or_method_is_one_line() -> None:
     result = invoke("reproduce", "--pairs", PAIR, "--methods", "kd,mlkd2")
     assert result.exit_code == 1 and "unknown method 'mlkd2'" in result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------ --teacher MODEL=PATH
+
+
+def test_a_given_teacher_file_teaches_the_grid_and_nothing_is_trained_for_it(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(harness.reproduce, "pair_config", tiny_pair_config)
+    calls: list = []
+    spy_train(monkeypatch, calls)
+    teacher = write_untrained_teacher(tmp_path / "mine" / "resnet8.pt")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    args = reproduce_args(out, runs, data_dir, "--teacher", f"resnet8={teacher}")
+    args[args.index("--seeds") + 1], args[args.index("--epochs") + 1] = "1", "1"
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert calls == [(str(out / PAIR / m / "seed0"), False) for m in ("kd", "sld")]  # no teacher run
+    assert not (runs / "teachers").exists()
+    for method in ("kd", "sld"):
+        recorded = json.loads((out / PAIR / method / "seed0" / "config.json").read_text())
+        assert recorded["teacher_checkpoint"] == str(teacher.resolve())
+
+
+def test_run_grid_jobs_gives_each_run_the_given_teacher_file(tmp_path: Path) -> None:
+    from harness.jobs import JobOutcome
+
+    configs = [
+        with_overrides(tiny_pair_config(PAIR, m), {"out_dir": str(tmp_path / m)}) for m in ("kd", "sld")
+    ]
+    teacher = write_untrained_teacher(tmp_path / "resnet8.pt")
+    launched: list = []
+
+    def launch(jobs):
+        launched.append([load_config(job.run_dir / "job.json") for job in jobs])
+        return [JobOutcome(job, "done") for job in jobs]
+
+    outcomes = harness.reproduce.run_grid_jobs(
+        configs, launch, runs_dir=tmp_path / "runs", teacher_paths={"resnet8": teacher}
+    )
+    assert [o.ok for o in outcomes] == [True, True]
+    (students,) = launched  # one batch: no teacher job before it
+    assert [c.teacher_checkpoint for c in students] == [str(teacher)] * 2
+
+
+def test_ensure_teacher_takes_a_given_file_before_any_lookup(tmp_path: Path) -> None:
+    fake_run(tmp_path / "teachers" / "resnet8", 3, 1)  # an interrupted own run: not resumed
+    given = write_untrained_teacher(tmp_path / "given.pt")
+    never = lambda model, resume: pytest.fail("trained a teacher that was given")  # noqa: E731
+    assert ensure_teacher("resnet8", tmp_path, never, min_epochs=240, given=given) == given
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(ConfigError, match=re.escape(f"teacher 'resnet8': no checkpoint file {missing}")):
+        ensure_teacher("resnet8", tmp_path, never, given=missing)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("resnet56", "--teacher takes MODEL=PATH (e.g. --teacher resnet34=resnet34-333f7ec4.pth); "
+         "got 'resnet56'"),
+        ("=t.pt", "--teacher takes MODEL=PATH"),
+        ("resnet56=", "--teacher takes MODEL=PATH"),
+        ("resnet110=t.pt", "--teacher resnet110=t.pt: 'resnet110' teaches none of this grid's runs "
+         "(its teachers: resnet56)"),
+        ("resnet56=nowhere.pt", "--teacher resnet56=nowhere.pt: no such file nowhere.pt"),
+    ],
+    ids=["no-equals", "no-model", "no-path", "not-a-teacher-of-the-grid", "missing-file"],
+)
+def test_a_bad_teacher_value_is_one_line(
+    value: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({}, tmp_path / "t.pt")
+    result = invoke("reproduce", "--pairs", PAIR, "--methods", "kd", "--teacher", value, "--out", tmp_path)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / PAIR).exists()
+
+
+def test_a_teacher_given_twice_is_refused(tmp_path: Path) -> None:
+    teacher = tmp_path / "t.pt"
+    torch.save({}, teacher)
+    given = ["--teacher", f"resnet56={teacher}"] * 2
+    result = invoke("reproduce", "--pairs", PAIR, "--methods", "kd", *given, "--out", tmp_path)
+    assert result.exit_code == 1 and "--teacher resnet56=... is given twice" in result.output, result.output
+
+
+def test_a_missing_teacher_names_both_ways_to_pass_one_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.runs import TeacherNotFoundError, find_teacher
+
+    monkeypatch.chdir(tmp_path)  # no download_ckpts/ here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for model in ("resnet56", "resnet34"):  # a CIFAR teacher (trained here), an ImageNet one (fetched)
+        with pytest.raises(TeacherNotFoundError) as error:
+            find_teacher(model, tmp_path / "runs")
+        assert f"sld train --teacher PATH, sld reproduce --teacher {model}=PATH" in str(error.value)

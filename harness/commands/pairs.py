@@ -46,7 +46,7 @@ def pairs(
         str | None, typer.Option("--pair", help="List every named method's recipe for this pair.")
     ] = None,
 ) -> None:
-    """List the CIFAR-100 teacher -> student pairs: models, official learning rates and published top-1
+    """List the CIFAR-100 and ImageNet teacher -> student pairs: models, official recipes and published top-1
     (%); with --pair, every named method's recipe for that pair."""
     console = Console()
     with user_errors():

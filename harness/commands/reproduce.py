@@ -12,6 +12,7 @@ seeds) next to the published number. Run it again after an interruption: it cont
     sld reproduce --pairs all --epochs 2 --out runs/smoke            # a quick look (flagged in the report)
     sld reproduce --pairs all --jobs 4 --devices 0,1,2,3              # 4 runs at once, one per GPU
     sld reproduce --pairs all --launcher slurm --partition gpu --time 4:00:00   # one SLURM job array
+    sld reproduce --pairs resnet34-resnet18 --data-dir /data/imagenet --teacher resnet34=r34.pth  # by path
 
 ``--jobs N`` trains N runs at once, each in its own ``sld train`` process (``RUN/train.log``), teachers
 first; ``--launcher slurm`` submits them as a SLURM job array through submitit (the ``slurm`` extra),
@@ -104,6 +105,15 @@ def reproduce(
         typer.Option(
             "--gammas",
             help=f"gamma study: the epochs (default {','.join(f'{g:g}' for g in DEFAULT_GAMMAS)}).",
+        ),
+    ] = None,
+    teacher: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--teacher",
+            metavar="MODEL=PATH",
+            help="A teacher's checkpoint by path, e.g. resnet34=~/resnet34-333f7ec4.pth (repeatable): "
+            "it wins over RUNS/teachers/<model>, the published files and training one.",
         ),
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Runs per pair and method (seeds 0..N-1).")] = 3,
@@ -206,6 +216,7 @@ def reproduce(
         )
         overrides = common_overrides(options)  # every grid run and teacher: where and how it trains
         configs = grid_configs(pair_names, entries, seeds, out, overrides)
+        teacher_paths = _teacher_paths(teacher or [], configs)
         console = Console(soft_wrap=True)
         runs_dir = options["runs_dir"]
         min_epochs = options["epochs"] or OptimConfig.epochs
@@ -216,7 +227,9 @@ def reproduce(
             train_teacher = teacher_trainer(runs_dir, torch_device, overrides=overrides, console=console)
 
             def teacher_for(model: str) -> Path:
-                return ensure_teacher(model, runs_dir, train_teacher, min_epochs=min_epochs)
+                return ensure_teacher(
+                    model, runs_dir, train_teacher, min_epochs=min_epochs, given=teacher_paths.get(model)
+                )
 
             run_dirs = run_grid(configs, torch_device, teacher_for=teacher_for, console=console)
             write_report([RunDir(d).load() for d in run_dirs], out, console)
@@ -225,7 +238,13 @@ def reproduce(
         launch = _launch(jobs, devices, launcher, options["device"], array_values, out, console)
         # Teachers get the same overrides as in this process: same place, same training settings.
         outcomes = run_grid_jobs(
-            configs, launch, runs_dir=runs_dir, overrides=overrides, min_epochs=min_epochs, console=console
+            configs,
+            launch,
+            runs_dir=runs_dir,
+            overrides=overrides,
+            min_epochs=min_epochs,
+            teacher_paths=teacher_paths,
+            console=console,
         )
         failed = [o for o in outcomes if not o.ok]
         _report(configs, failed, out, console)
@@ -238,6 +257,33 @@ def reproduce(
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _teacher_paths(values: list[str], configs: list[Any]) -> dict[str, Path]:
+    """``--teacher MODEL=PATH`` values as model -> absolute path; one clear error for a value that is
+    not MODEL=PATH, a model that teaches none of the grid's runs, a model given twice, or no such file."""
+    from harness.reproduce import grid_teachers
+
+    teachers = grid_teachers(configs)
+    paths: dict[str, Path] = {}
+    for value in values:
+        model, sep, path = (part.strip() for part in value.partition("="))
+        if not sep or not model or not path:
+            raise ConfigError(
+                f"--teacher takes MODEL=PATH (e.g. --teacher resnet34=resnet34-333f7ec4.pth); got {value!r}"
+            )
+        if model not in teachers:
+            raise ConfigError(
+                f"--teacher {value}: {model!r} teaches none of this grid's runs "
+                f"(its teachers: {', '.join(teachers) or 'none'})"
+            )
+        if model in paths:
+            raise ConfigError(f"--teacher {model}=... is given twice")
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"--teacher {value}: no such file {file}")
+        paths[model] = file.resolve()
+    return paths
 
 
 def _check_launch_flags(

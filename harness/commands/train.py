@@ -13,6 +13,7 @@ The command only builds a :class:`harness.config.TrainConfig` (from a pair's off
     sld train --pair wrn40_2-wrn16_2 --set optim.weight_decay=1e-4 --set sld.gamma=120  # any field
     sld train --pair wrn40_2-wrn16_2 --print-config > sld.json     # the resolved config, no training
     sld train --pair wrn40_2-wrn16_2 --log tensorboard,csv --log-every 20   # trackers besides metrics.jsonl
+    sld train --student-model my_pkg.models:build_student --method ce   # your own model (= --student)
     sld train --config runs/resnet32x4-resnet8x4/sld/config.json   # repeat a run exactly
     sld train --out runs/resnet32x4-resnet8x4/sld --resume         # continue an interrupted run
     sld train --pair resnet32x4-resnet8x4 --resume                 # the same: the first command + --resume
@@ -119,7 +120,14 @@ def train(
         ),
     ] = None,
     student: Annotated[
-        str | None, typer.Option("--student", help="Student model, instead of --pair.")
+        str | None,
+        typer.Option(
+            "--student",
+            "--student-model",
+            metavar="SPEC",
+            help="Student model, instead of --pair: a zoo name (`sld models`), an import path "
+            "package.module:callable (called with num_classes) or an `sld.models` entry point.",
+        ),
     ] = None,
     teacher_model: Annotated[
         str | None, typer.Option("--teacher-model", help="Teacher model, with --student.")

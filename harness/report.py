@@ -801,6 +801,9 @@ def _plot_rows(
                         ax.axhline(s.published, color=color, linestyle=(0, (1, 1.5)), linewidth=1.4, zorder=2)
                         in_view.append(s.published)
                         marks["published"] = True
+            if not shown:  # e.g. the teacher's swap rate in a row of runs without a teacher
+                ax.text(0.5, 0.5, "not recorded by these runs", transform=ax.transAxes, ha="center",
+                        va="center", color="0.45")
             if panel.key == "test_top1" and shown:
                 teacher = _teacher_reference(shown)
                 if teacher is not None:  # its value is in the row's title

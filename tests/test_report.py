@@ -455,6 +455,25 @@ def test_swap_rates_are_fractions_on_a_unit_axis_with_gamma(kd_and_sld) -> None:
                 assert all(0.0 <= y <= 1.0 for y in line.get_ydata())
 
 
+def test_a_panel_with_nothing_recorded_says_so(kd_and_sld, tmp_path: Path) -> None:
+    from harness.report import figures
+
+    run = make_run(tmp_path / "alone", "ce", [0.1, 0.2], method="ce", pair="resnet110-resnet32")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        del record["teacher_swap_rate"]  # no teacher: no teacher swap rate
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = figures([*kd_and_sld, *summarize(load_runs([run]))])["swap_rates.png"]
+    said = "not recorded by these runs"
+    panels = [(ax.get_title(), any(t.get_text() == said for t in ax.texts), len(ax.lines))
+              for ax in visible_axes(fig)]
+    assert len(panels) == 4  # two rows (pairs), two swap rates each
+    # only the ce row's teacher panel is empty, and says so; every other panel has its curves
+    empty = [(title, lines) for title, is_empty, lines in panels if is_empty]
+    assert empty == [("teacher wrong: rows the swap corrects", 0)]
+    assert all(lines > 0 for _, is_empty, lines in panels if not is_empty)
+
+
 def test_methods_figure_bars_are_mean_and_std_beside_the_published_number(kd_and_sld) -> None:
     from harness.report import figures
 

@@ -18,6 +18,7 @@ import sld_core
 from backends import numpy_sld, torch_sld
 from backends.cupy_sld import kernel_source
 from harness.bench.reference import reference_sld_loss, reference_sld_loss_and_grad
+from tests.reference import numeric_grad, ref_terms
 
 TERMS = ("total", "ce", "teacher", "pseudo")
 GAMMA = 150
@@ -486,6 +487,33 @@ def test_cupy_kernel_matches_core(setting, dtype):
     for name in TERMS:
         expected = float(getattr(core_terms, name))
         assert abs(float(getattr(terms, name)) - expected) <= tol * max(abs(expected), 1e-3), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_kernel_clamps_unchecked_out_of_range_labels(dtype):
+    # check_targets=False: the kernel never indexes a row with an unclamped label; the numbers are
+    # those of the clipped labels (float64 reference written plainly in tests/reference.py).
+    cupy = _cupy()
+    from backends.cupy_sld import sld_loss_and_grad_cupy
+
+    rng = np.random.default_rng(21)
+    s, t = (rng.normal(scale=3.0, size=(6, 11)).astype(dtype) for _ in range(2))
+    bad = rng.integers(0, 11, size=6)
+    bad[0], bad[1], bad[2] = -1, 11, 10**6
+    clipped = np.clip(bad, 0, 10)
+    s64, t64 = s.astype(np.float64), t.astype(np.float64)
+    args = (cupy.asarray(s), cupy.asarray(t), cupy.asarray(bad))
+    terms, grad = sld_loss_and_grad_cupy(*args, epoch=GAMMA + 1, check_targets=False)
+    expected = ref_terms(s64, t64, clipped, epoch=GAMMA + 1)
+    want_grad = numeric_grad(lambda x: ref_terms(x, t64, clipped, epoch=GAMMA + 1)["total"], s64)
+    rtol, atol = (1e-9, 1e-9) if dtype == "float64" else (1e-5, 1e-6)
+    for name in TERMS:
+        assert float(getattr(terms, name)) == pytest.approx(expected[name], rel=rtol, abs=atol), name
+    np.testing.assert_allclose(cupy.asnumpy(grad), want_grad, rtol=max(rtol, 1e-6), atol=atol)
+    np.testing.assert_array_equal(cupy.asnumpy(args[2]), bad)  # the caller's labels are not clamped
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 11\); got values from -1 to 1000000"):
+        sld_loss_and_grad_cupy(*args, epoch=GAMMA + 1)
 
 
 @pytest.mark.gpu

@@ -117,6 +117,26 @@ def test_set_and_print_config_on_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in refused.output
 
 
+def test_wrn_batch_norm_flags_land_in_the_config(tmp_path: Path, data_dir: Path) -> None:
+    student = ["train", "--pair", PAIR, "--runs-dir", tmp_path]
+    assert printed(*student)["official_wrn_bn"] is True  # a student's default: the official forward
+    assert printed(*student, "--clean-wrn-bn")["official_wrn_bn"] is False
+    assert printed("train-teacher", "--model", "wrn_40_2")["official_wrn_bn"] is False  # a teacher's default
+    assert printed("train-teacher", "--model", "wrn_40_2", "--official-wrn-bn")["official_wrn_bn"] is True
+
+    out = tmp_path / "teacher"  # a real run: the field in config.json, and the model trained with it
+    result = invoke(
+        "train-teacher", "--model", "wrn_16_1", "--official-wrn-bn", "--data-dir", data_dir, "--out", out,
+        "--epochs", "1", "--batch-size", "16", "--limit-train", "32", "--limit-test", "16", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["official_wrn_bn"] is True
+    model = torch.load(out / "last.pt", weights_only=True)["model"]
+    steps = 32 // 16
+    assert int(model["block1.layer.0.bn1.num_batches_tracked"]) == steps
+    assert int(model["block2.layer.0.bn1.num_batches_tracked"]) == 2 * steps  # run twice per forward
+
+
 # ------------------------------------------------------------------------------------------ loss flags
 
 

@@ -355,6 +355,60 @@ def test_label_check_can_be_skipped():
     assert swap_logits(s, np.array([0, 1, 2, 3]), check_targets=False).shape == (4, 5)
 
 
+@pytest.mark.parametrize("where", ["student", "teacher", "both", "student-and-labels"])
+def test_non_finite_logits_raise_one_line_on_the_generic_core(backend, where):
+    s, t, y = random_batch(13, batch=4, classes=5)
+    if where != "teacher":
+        s[2, 3] = np.nan
+    if where in ("teacher", "both"):
+        t[1, 0] = -np.inf
+    if where == "student-and-labels":
+        y[0] = 5
+    args = (backend.asarray(s), backend.asarray(t), backend.asarray(y))
+    for fn, switch in ((sld_loss, {}), (sld_loss_and_grad, {}), (sld_loss, {"check_targets": True})):
+        with pytest.raises(ValueError) as info:  # on by default in the library
+            fn(*args, epoch=1, **switch)
+        message = str(info.value)
+        assert "\n" not in message
+        assert ("student_logits holds NaN or inf" in message) == (where != "teacher")
+        assert ("teacher_logits holds NaN or inf" in message) == (where in ("teacher", "both"))
+        assert ("targets must lie in [0, 5); got values from" in message) == (where == "student-and-labels")
+
+
+def test_unchecked_out_of_range_labels_are_clamped_on_the_generic_core(backend):
+    # check_targets=False: nothing is read out of bounds; the numbers are those of the clipped labels.
+    s, t, y = random_batch(14, batch=5, classes=7)
+    bad = y.copy()
+    bad[0], bad[1], bad[2] = -1, 7, 10**6
+    clipped = np.clip(bad, 0, 6)
+    args = (backend.asarray(s), backend.asarray(t), backend.asarray(bad))
+    expected = ref_terms(s, t, clipped, epoch=151)
+    terms = sld_loss(*args, epoch=151, check_targets=False)
+    closed, grad = sld_loss_and_grad(*args, epoch=151, check_targets=False)
+    for key in TERMS:
+        for got in (getattr(terms, key), getattr(closed, key)):
+            np.testing.assert_allclose(as_float(backend.to_numpy(got)), expected[key], rtol=1e-12, atol=1e-12,
+                                       err_msg=key)
+    assert_same_home(grad, args[0], backend.xp)
+    want = numeric_grad(lambda x: ref_terms(x, t, clipped, epoch=151)["total"], s)
+    np.testing.assert_allclose(backend.to_numpy(grad), want, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(backend.to_numpy(args[2]), bad)  # the caller's labels are not clamped
+
+
+@pytest.mark.parametrize(
+    ("epoch", "error"),
+    [("200", TypeError), (True, TypeError), (None, TypeError), (float("nan"), ValueError), (-1, ValueError),
+     (-0.5, ValueError), (float("inf"), ValueError)],
+    ids=["str", "bool", "none", "nan", "negative", "negative-float", "inf"],
+)
+def test_bad_epoch_is_one_clear_error_on_the_generic_core(backend, epoch, error):
+    s, t, y = random_batch(15, batch=2, classes=5)
+    args = (backend.asarray(s), backend.asarray(t), backend.asarray(y))
+    for fn in (sld_loss, sld_loss_and_grad):
+        with pytest.raises(error, match="epoch must be"):
+            fn(*args, epoch=epoch)
+
+
 def test_mixed_libraries_are_rejected():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="one array library"):

@@ -71,6 +71,13 @@ RUNS = {
     "ls-sld": (2, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
     "sld@max-add": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
     "sld@cswap-lt0.5": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo", "teacher_processed_rate"}),
+    "sld@soft-add": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
+    "sld@double": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
+    "sld@halve": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
+    "sld@smooth": (1, {"loss_sld", "ce", "kl_teacher", "kl_pseudo"}),
+    "kd@swap": (1, {"loss_kd", "ce", "kl_teacher"}),
+    "dkd+pt": (1, {"loss_ce", "loss_dkd", "tckd", "nckd", "pseudo_tckd", "pseudo_nckd"}),
+    "mlkd+pt": (2, {"loss_ce", "loss_kd", "loss_cc", "loss_bc", "loss_pseudo"}),
 }
 PSEUDO_KEYS = {"loss_pseudo", "kl_pseudo", "pseudo_tckd", "pseudo_nckd"}
 

@@ -6,6 +6,7 @@ CLI paths are in tests/test_method_runs.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -43,7 +44,9 @@ from harness.recipes import logit_standardized, method_config, pair_config  # no
 from harness.train import methods  # noqa: E402
 from tests.reference import numeric_grad, ref_softmax, ref_swap, ref_terms  # noqa: E402
 from tests.test_kd_terms import ref_kd_rows  # noqa: E402
+from tests.test_mlkd import published_mlkd  # noqa: E402
 from tests.test_processing import ref_gap, ref_process, ref_top  # noqa: E402
+from tests.train_helpers import invoke  # noqa: E402
 
 KINDS = ("mixed", "ties", "all-correct", "all-wrong")
 
@@ -582,6 +585,28 @@ def test_mlkd_pseudo_teacher_matches_float64_reference(kind, name) -> None:
             config=config.core(),
         )
         np.testing.assert_allclose(float(after["loss_kd"].detach()), float(core.kd), rtol=1e-12)
+
+
+def test_mlkd_intended_switches_from_the_command_line_reach_the_trainer_loss(tmp_path) -> None:
+    result = invoke(
+        "train", "--pair", "wrn40_2-wrn16_2", "--method", "mlkd", "--set", "mlkd.mask_per_row=true",
+        "--set", "mlkd.strong_reads_strong=true", "--runs-dir", tmp_path, "--print-config",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = config_from_dict(json.loads(result.stdout)).loss  # what config.json holds and --config reads
+    assert config.core() == sld_core.MLKDConfig.intended()
+    sw, ss, tw, ts, y = mlkd_step("mixed", seed=11)
+    student = tuple(torch.tensor(a, requires_grad=True) for a in (sw, ss))  # float64 end to end
+    step = methods.StepLogits(student, tuple(as_torch(tw, ts, dtype=torch.float64)), torch.tensor(y))
+    terms = methods.METHODS["mlkd"](step, epoch=1, config=config)
+    batch64 = [torch.tensor(a) for a in (sw, ss, tw, ts, y)]
+    intended = published_mlkd(*batch64, mask_per_row=True, strong_reads_strong=True)
+    published = published_mlkd(*batch64)
+    assert 0 < int(intended["mask"].sum()) < len(y)  # some rows kept, some masked: the readings differ
+    for key in ("kd", "cc", "bc"):
+        value = float(terms[f"loss_{key}"].detach())
+        np.testing.assert_allclose(value, float(intended[key]), rtol=1e-12, err_msg=key)
+        assert abs(value - float(published[key])) > 1e-3 * abs(float(published[key])), key
 
 
 def test_mlkd_needs_two_views_and_a_teacher() -> None:

@@ -417,6 +417,39 @@ def test_the_original_command_plus_resume_continues_the_run(
     assert_same_run(partial, reference)
 
 
+@pytest.fixture
+def stopped_in_place(data: Path, tmp_path: Path) -> Path:
+    """The reference run stopped after epoch 2 in its own directory: its ``config.json`` names it (a
+    copy of ``partial``'s would name the directory it was copied from)."""
+    out = tmp_path / "run"
+    result = invoke(*train_args(data, out), "--stop-after", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_the_run_s_config_json_plus_resume_continues_the_run(stopped_in_place: Path, reference: Path) -> None:
+    config = stopped_in_place / "config.json"
+    assert json.loads(config.read_text())["out_dir"] == str(stopped_in_place)
+    resumed = invoke("train", "--config", config, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_run(stopped_in_place, reference)
+
+
+def test_an_edited_config_json_given_to_resume_is_refused_with_a_remedy_that_works(
+    stopped_in_place: Path, reference: Path
+) -> None:
+    config = json.loads((stopped_in_place / "config.json").read_text())
+    config["optim"]["lr"] = 0.5
+    (stopped_in_place / "config.json").write_text(json.dumps(config))
+    refused = invoke("train", "--config", stopped_in_place / "config.json", "--resume")
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    remedy = f"`sld train --out {stopped_in_place} --resume` continues it as it was started"
+    assert "optim.lr: 0.01 -> 0.5" in squash(refused.output) and remedy in squash(refused.output)
+    resumed = invoke("train", "--out", stopped_in_place, "--resume")  # exactly the remedy
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_run(stopped_in_place, reference)
+
+
 # --------------------------------------------------------------------------- full disks, broken files
 
 

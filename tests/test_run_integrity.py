@@ -450,6 +450,21 @@ def test_an_edited_config_json_given_to_resume_is_refused_with_a_remedy_that_wor
     assert_same_run(stopped_in_place, reference)
 
 
+def test_a_copied_runs_config_json_given_to_resume_names_both_directories(
+    partial: Path, stopped_after_2: Path, reference: Path
+) -> None:
+    config = partial / "config.json"  # a copy: it still names the directory it was copied from
+    assert json.loads(config.read_text())["out_dir"] == str(stopped_after_2)
+    refused = invoke("train", "--config", config, "--resume")
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    said = f"add --out {partial} to resume this one, or --out {stopped_after_2} for the original"
+    assert said in squash(refused.output)
+    resumed = invoke("train", "--config", config, "--out", partial, "--resume")  # the first remedy
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_run(partial, reference)
+    assert [r["epoch"] for r in read_metrics(stopped_after_2)] == [1, 2]  # the original is untouched
+
+
 # --------------------------------------------------------------------------- full disks, broken files
 
 

@@ -64,7 +64,7 @@ from harness.config import (
 )
 from harness.method_names import NAMED_METHODS, canonical_name, method_label, parse_method
 from harness.recipes import MLKD_EPOCHS, logit_standardized, method_config, method_views, pair_config
-from harness.runs import DEFAULT_RUNS_DIR, TeacherNotFoundError, find_teacher
+from harness.runs import DEFAULT_RUNS_DIR, RunDir, TeacherNotFoundError, find_teacher
 
 # CLI flag -> the config field it sets, for the message when a flag does not fit the method.
 _LOSS_FLAGS = {
@@ -305,6 +305,19 @@ def train(
         run(cfg, command="train", options=options)
 
 
+def _check_moved_run(config_file: Path, config: TrainConfig, out: Path | None, resume: bool) -> None:
+    """``--config RUN/config.json --resume`` of a run directory that was copied or moved: its config
+    still names the directory it was written in, which the run would resume instead; say so."""
+    run = RunDir(config_file.parent)
+    if not resume or out is not None or not run.last.is_file():
+        return
+    if config_file.resolve() == run.config.resolve() and Path(config.out_dir).resolve() != run.path.resolve():
+        raise ConfigError(
+            f"{config_file} records the run directory {config.out_dir}, not {run.path} (a copied or moved "
+            f"run?): add --out {run.path} to resume this one, or --out {config.out_dir} for the original"
+        )
+
+
 def _base_config(
     *,
     pair: str | None,
@@ -340,6 +353,7 @@ def _base_config(
         if pair or student or teacher_model:
             raise ConfigError("--config already names the models; drop --pair/--student/--teacher-model")
         base = load_config(config)
+        _check_moved_run(config, base, out, resume)
         if method is not None and canonical_name(method) not in (method_label(base), base.method):
             raise ConfigError(
                 f"--method {method} conflicts with {config} (method {method_label(base)!r}); "

@@ -85,6 +85,7 @@ def test_bench_prints_its_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     # 130 images in batches of 64: 64, 64 and a last batch of 2 rows, which is kept
     assert (m.config.form, m.batches, m.images, len(m.epoch_s)) == ("resident", 3, 130, 2)
     assert all(t > 0 for t in m.epoch_s) and len(m.digest) == 16
+    assert m.rounds == 1 and m.round_medians() == [m.median_s]
     printed = capsys.readouterr().out
     assert "one epoch of 3 batches (130 images, batch 64, 2 view(s), cutout on), 1 thread(s)" in printed
     assert printed.count("load average:") == 2 and m.digest in printed

@@ -71,10 +71,16 @@ class Measurement:
     digest: str  # of the untimed first epoch's batches (the same in every round, checked)
     batches: int
     images: int  # per epoch, all views counted once (rows of the global batches)
+    rounds: int  # subprocesses; epoch_s holds len(epoch_s) // rounds epochs of each
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.epoch_s)
+
+    def round_medians(self) -> list[float]:
+        """The median epoch of each round (subprocess), in round order."""
+        per = len(self.epoch_s) // self.rounds
+        return [statistics.median(self.epoch_s[r * per : (r + 1) * per]) for r in range(self.rounds)]
 
 
 def compare(
@@ -153,6 +159,7 @@ def compare(
                 digests.pop(),
                 runs[0]["batches"],
                 runs[0]["images"],
+                rounds,
             )
         )
     return measurements
@@ -294,7 +301,12 @@ def _report(measurements: Sequence[Measurement]) -> list[str]:
         for earlier in measurements[:i]:
             same = "bit-identical batches" if m.digest == earlier.digest else "different batches"
             ratio = m.median_s / earlier.median_s
-            lines.append(f"{m.config.name} / {earlier.config.name}: {ratio:.3f} ({same})")
+            # rounds pair up in time: the ratio within each round, less exposed to a load that drifts
+            paired = [a / b for a, b in zip(m.round_medians(), earlier.round_medians())]
+            lines.append(
+                f"{m.config.name} / {earlier.config.name}: {ratio:.3f} (per round: median "
+                f"{statistics.median(paired):.3f}, {min(paired):.3f}..{max(paired):.3f}; {same})"
+            )
     return lines
 
 

@@ -87,7 +87,7 @@ def test_bench_prints_its_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     assert all(t > 0 for t in m.epoch_s) and len(m.digest) == 16
     assert m.rounds == 1 and m.round_medians() == [m.median_s]
     printed = capsys.readouterr().out
-    assert "one epoch of 3 batches (130 images, batch 64, 2 view(s), cutout on), 1 thread(s)" in printed
+    assert "one epoch of 3 batches (130 images, batch 64, 2 view(s), augment full), 1 thread(s)" in printed
     assert printed.count("load average:") == 2 and m.digest in printed
     record = json.loads(out.read_text())
     assert [r["config"]["form"] for r in record["measurements"]] == ["resident"]

@@ -93,7 +93,7 @@ def compare(
     views: int = 2,
     threads: int = 1,
     seed: int = 0,
-    cutout: bool = True,
+    augment: str = "full",
 ) -> list[Measurement]:
     """Time one epoch of training batches of every configuration, round-robin in subprocesses.
 
@@ -111,10 +111,12 @@ def compare(
         torch threads of every subprocess.
     seed
         Seeds the generator the epochs draw from (the same in every configuration).
-    cutout
-        ``False`` replaces ``harness.data.augment.cutout`` by the identity in every subprocess: a check
-        switch, for comparing checkouts whose Cutout draws differently (the rest of the batch then
-        stays comparable bit for bit).
+    augment
+        ``"full"``: the official views. Check switches, applied in every subprocess: ``"no-cutout"``
+        replaces ``harness.data.augment.cutout`` by the identity, for comparing checkouts whose Cutout
+        draws differently (the rest of the batch then stays comparable bit for bit);
+        ``"normalize-only"`` makes every view ``to_float_normalized`` alone (no random draws), which
+        leaves the batching's own cost.
 
     Returns
     -------
@@ -140,7 +142,7 @@ def compare(
         "threads": threads,
         "seed": seed,
         "epochs": epochs,
-        "cutout": cutout,
+        "augment": augment,
     }
     results: list[list[dict[str, Any]]] = [[] for _ in configs]
     for r in range(rounds):
@@ -197,10 +199,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     where = Path(harness.__file__).resolve()
     if Path(job["checkout"]) not in where.parents:
         raise RuntimeError(f"imported the harness from {where}, not from {job['checkout']}")
-    if not job["cutout"]:
-        import harness.data.augment as augment
-
-        augment.cutout = lambda x, generator=None: x  # strong_view looks the name up at each call
+    _check_switches(job["augment"])
     epoch = _epoch_fn(job)
     generator = torch.Generator().manual_seed(job["seed"])
     digest, batches, images = hashlib.sha256(), 0, 0
@@ -217,6 +216,27 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
             pass  # on the CPU every view is computed by the time the batch is yielded
         times.append(time.perf_counter() - start)
     return {"digest": digest.hexdigest()[:16], "batches": batches, "images": images, "epoch_s": times}
+
+
+def _check_switches(augment: str) -> None:
+    """Apply ``compare``'s ``augment`` switch to the views of this process's harness."""
+    import importlib.util
+
+    import harness.data.augment as views
+
+    if augment == "no-cutout":
+        views.cutout = lambda x, generator=None: x  # strong_view looks the name up at each call
+    elif augment == "normalize-only":
+        holders = [views]
+        if importlib.util.find_spec("harness.data.resident") is not None:
+            import harness.data.resident
+
+            holders.append(harness.data.resident)  # it imported the views by name
+        for module in holders:
+            for name in ("weak_view", "strong_view"):
+                setattr(module, name, lambda x, generator=None: views.to_float_normalized(x))
+    elif augment != "full":
+        raise ValueError(f"augment must be 'full', 'no-cutout' or 'normalize-only', got {augment!r}")
 
 
 def _epoch_fn(job: dict[str, Any]) -> Callable[[Any], Iterator[tuple[Any, ...]]]:
@@ -337,10 +357,11 @@ def main(argv: Sequence[str] | None = None) -> list[Measurement]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per subprocess (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cutout",
-        default="on",
-        choices=("on", "off"),
-        help="off: Cutout replaced by the identity everywhere (a bit-identity check)",
+        "--augment",
+        default="full",
+        choices=("full", "no-cutout", "normalize-only"),
+        help="check switches: no-cutout (Cutout is the identity everywhere, for bit-identity across "
+        "Cutout's change), normalize-only (every view is the normalization alone: the batching's cost)",
     )
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
@@ -378,13 +399,13 @@ def main(argv: Sequence[str] | None = None) -> list[Measurement]:
             views=args.views,
             threads=args.threads,
             seed=args.seed,
-            cutout=args.cutout == "on",
+            augment=args.augment,
         )
     after = _load_average()
     m = measurements[0]
     print(
         f"one epoch of {m.batches} batches ({m.images} images, batch {args.batch_size}, {args.views} "
-        f"view(s), cutout {args.cutout}), {args.threads} thread(s), {args.rounds} rounds x {args.epochs} "
+        f"view(s), augment {args.augment}), {args.threads} thread(s), {args.rounds} rounds x {args.epochs} "
         f"epochs, seed {args.seed}"
     )
     revisions = {c.checkout: _revision(c.checkout) for c in configs}

@@ -8,7 +8,9 @@ What "the same as one process" means here: with plain per-rank BatchNorm, two pr
 16-row shard by its own statistics, which one process with a 32-row batch does not. The reference
 single-process run therefore swaps every BatchNorm for :class:`PerRankBatchNorm`, which does exactly
 what two ranks do (and nothing else changes: same data order, same augmentation draws, same loss). A
-plain single-process run is checked to be measurably different, so the comparison is not vacuous.
+plain single-process run is checked to be measurably different, so the comparison is not vacuous. The same
+holds, and is checked the same way, for streamed data: an ImageNet-layout folder of JPEG files decoded in
+DataLoader workers (``--workers 0``, and ``--workers 1``, which must not change a bit).
 
 Every process uses one torch thread (``OMP_NUM_THREADS=1`` for the subprocesses,
 ``torch.set_num_threads(1)`` here): fastest for tiny models on a busy 2-core machine, and it keeps the

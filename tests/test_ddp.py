@@ -8,7 +8,9 @@ What "the same as one process" means here: with plain per-rank BatchNorm, two pr
 16-row shard by its own statistics, which one process with a 32-row batch does not. The reference
 single-process run therefore swaps every BatchNorm for :class:`PerRankBatchNorm`, which does exactly
 what two ranks do (and nothing else changes: same data order, same augmentation draws, same loss). A
-plain single-process run is checked to be measurably different, so the comparison is not vacuous.
+plain single-process run is checked to be measurably different, so the comparison is not vacuous. The same
+holds, and is checked the same way, for streamed data: an ImageNet-layout folder of JPEG files decoded in
+DataLoader workers (``--workers 0``, and ``--workers 1``, which must not change a bit).
 
 Every process uses one torch thread (``OMP_NUM_THREADS=1`` for the subprocesses,
 ``torch.set_num_threads(1)`` here): fastest for tiny models on a busy 2-core machine, and it keeps the
@@ -34,6 +36,7 @@ import harness.train.loop as loop  # noqa: E402
 from harness.cli import app  # noqa: E402
 from harness.commands._common import Nodes, launch_command, strip_option  # noqa: E402
 from harness.config import DataConfig, OptimConfig, SLDConfig, TrainConfig, save_config  # noqa: E402
+from harness.data.synthetic_images import write_image_folder  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.train.distributed import DistContext, check_global_batch  # noqa: E402
 from harness.train.loop import train  # noqa: E402
@@ -104,20 +107,28 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("ddp")
     data = write_tiny_cifar(root / "data", n_train=75, n_test=40)
     teacher = write_untrained_teacher(root / "teacher.pth")
-    config = TrainConfig(
+    config = dataclasses.replace(
+        setup_config(str(teacher)),
+        data=DataConfig(data_dir=str(data), download=False, views=2, eval_batch_size=16),
+        out_dir=str(root / "unused"),
+    )
+    save_config(config, root / "config.json")
+    return Setup(root, config, root / "config.json")
+
+
+def setup_config(teacher: str) -> TrainConfig:
+    """The runs' shared config (their data and out_dir are replaced): SLD, resnet8 from resnet8."""
+    return TrainConfig(
         student="resnet8",
         teacher="resnet8",
-        teacher_checkpoint=str(teacher),
+        teacher_checkpoint=teacher,
         method="sld",
         loss=SLDConfig(gamma=1),
         # lr 0.01: at 0.05 this untrained-teacher problem amplifies float noise 20x over 9 steps.
         optim=OptimConfig(epochs=3, batch_size=32, lr=0.01, lr_milestones=(2,)),
-        data=DataConfig(data_dir=str(data), download=False, views=2, eval_batch_size=16),
-        out_dir=str(root / "unused"),
+        out_dir="unused",
         log_every=1,  # a stop/finite agreement (a collective) after every step
     )
-    save_config(config, root / "config.json")
-    return Setup(root, config, root / "config.json")
 
 
 def sld_nproc(setup: Setup, out: str, *extra: str) -> str:
@@ -226,6 +237,73 @@ def test_resume_with_two_processes_equals_uninterrupted(
     ddp, _ = two_processes
     assert_same_state(final_state(stopped), final_state(ddp))  # same world size: bit for bit
     assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(ddp))
+
+
+# ---------------------------------------------------------------------------- streamed data (an image folder)
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    """The CIFAR setup's run on an ImageNet-layout folder of JPEG files, streamed through DataLoader
+    workers (``--workers 0``): 3 classes, 21 training images in global batches of 8 (the last one, 5
+    rows, splits 3/2), 6 held-out images, 32-px crops, 2 epochs."""
+    root = tmp_path_factory.mktemp("ddp_streamed")
+    folder = write_image_folder(
+        root / "images", num_classes=3, train_per_class=7, val_per_class=2, size=(40, 36)
+    )
+    torch.manual_seed(7)
+    teacher = root / "teacher.pth"
+    torch.save({"model": build_model("resnet8", num_classes=3).state_dict()}, teacher)
+    config = dataclasses.replace(
+        setup_config(str(teacher)),
+        optim=OptimConfig(epochs=2, batch_size=8, lr=0.01, lr_milestones=(2,)),
+        data=DataConfig(
+            dataset="imagenet", data_dir=str(folder), image_size=32, workers=0, views=2, eval_batch_size=4
+        ),
+        out_dir=str(root / "unused"),
+    )
+    save_config(config, root / "config.json")
+    return Setup(root, config, root / "config.json")
+
+
+@pytest.fixture(scope="module")
+def streamed_two_processes(streamed: Setup) -> Path:
+    sld_nproc(streamed, "ddp")
+    return streamed.root / "ddp"
+
+
+def test_streamed_two_processes_match_one_process_with_per_rank_batchnorm(
+    streamed: Setup, streamed_two_processes: Path
+) -> None:
+    """As for CIFAR: each rank trains on its share of the same global batch, with the same views (seeded
+    by seed, epoch, image and view), so two processes give what one process gives with per-rank
+    BatchNorm, within the same tolerances; a plain single process is measurably different."""
+    ddp = streamed_two_processes
+    in_process(streamed.at("emulated"), per_rank_bn=True)
+    assert_runs_match(ddp, streamed.root / "emulated")
+    records = read_metrics(ddp)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:  # the rates count all 21 images (42 views) per epoch: the 5-row batch trained too
+        assert r["train_top1"] * 21 == pytest.approx(round(r["train_top1"] * 21), abs=1e-9)
+        assert r["student_swap_rate"] * 42 == pytest.approx(round(r["student_swap_rate"] * 42), abs=1e-9)
+    assert json.loads((ddp / "config.json").read_text())["data"]["classes"] == [
+        "n00000000", "n00000001", "n00000002"
+    ]
+    in_process(streamed.at("plain"), per_rank_bn=False)
+    with pytest.raises(AssertionError):
+        assert_runs_match(ddp, streamed.root / "plain")
+
+
+def test_streamed_two_processes_with_a_worker_each_equal_the_run_without(
+    streamed: Setup, streamed_two_processes: Path
+) -> None:
+    """``--workers 1`` (a decode process per rank) hands each rank the same images as decoding in the
+    rank itself: the same run, bit for bit."""
+    sld_nproc(streamed, "ddp_workers", "--workers", "1")
+    workers = streamed.root / "ddp_workers"
+    assert json.loads((workers / "config.json").read_text())["data"]["workers"] == 1
+    assert_same_state(final_state(workers), final_state(streamed_two_processes))
+    assert without_timing(read_metrics(workers)) == without_timing(read_metrics(streamed_two_processes))
 
 
 # ---------------------------------------------------------------------------------------- pieces and errors

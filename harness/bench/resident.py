@@ -294,15 +294,10 @@ def _epoch_fn(job: dict[str, Any]) -> Callable[[Any], Iterator[tuple[Any, ...]]]
 
 def _revision(checkout: Path) -> str:
     """The commit a checkout is at (short hash, ``+changes`` when its tracked files differ from it)."""
+    from harness.train.provenance import git_commit
 
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head.returncode != 0:
-        return "not a git checkout"
-    dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
-    return head.stdout.strip() + ("+changes" if dirty else "")
+    commit, dirty = git_commit(checkout.resolve())
+    return "not a git checkout" if commit == "unknown" else commit[:7] + ("+changes" if dirty else "")
 
 
 def _load_average() -> str:

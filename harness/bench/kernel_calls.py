@@ -37,23 +37,17 @@ CASE_EPOCH = 200
 
 
 def _inputs(batch: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)  # as harness.bench.grid draws them
-    s = rng.standard_normal((batch, classes), dtype=np.float32) * 3
-    t = rng.standard_normal((batch, classes), dtype=np.float32) * 3
-    return s, t, rng.integers(0, classes, batch)
+    from .grid import Case, _numpy_inputs
+
+    return _numpy_inputs(Case("numpy", "fused", "cpu", "float32", batch, classes))  # sld bench's inputs
 
 
 def _round_robin(cases: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]) -> dict:
-    for fn in cases.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = clock()
-            fn()
-            times[name].append(clock() - start)
-    return times
+    """Seconds of each named case, two warm-up calls each, then round-robin like ``sld bench``."""
+    from .timing import time_interleaved
+
+    calls = [(fn, lambda: None) for fn in cases.values()]
+    return dict(zip(cases, time_interleaved(calls, repeats=repeats, warmup=2, clock=clock)))
 
 
 def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:

@@ -42,10 +42,11 @@ def time_call(fn: Callable[[], Any], sync: Callable[[], None], *, repeats: int, 
 
 
 def time_interleaved(calls: list[tuple[Callable[[], Any], Callable[[], None]]], *, repeats: int,
-                     warmup: int) -> list[list[float]]:
+                     warmup: int, clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
     """:func:`time_call` for several ``(fn, sync)`` pairs at once, round-robin: repeat ``r`` of every
     pair runs before repeat ``r + 1`` of any, so a change in machine load (a shared CPU) hits all of
-    them alike and their ratios stay fair."""
+    them alike and their ratios stay fair. ``clock``: wall clock by default (``time.thread_time`` for
+    a single-threaded call's CPU time)."""
     for fn, sync in calls:
         for _ in range(warmup):
             fn()
@@ -54,10 +55,10 @@ def time_interleaved(calls: list[tuple[Callable[[], Any], Callable[[], None]]], 
     for _ in range(repeats):
         for (fn, sync), out in zip(calls, times):
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            out.append(time.perf_counter() - start)
+            out.append(clock() - start)
     return times
 
 

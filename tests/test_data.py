@@ -31,6 +31,7 @@ from harness.data.augment import (  # noqa: E402
     random_crop_flip,
     strong_view,
     to_float_normalized,
+    weak_and_strong_views,
     weak_view,
 )
 
@@ -838,14 +839,6 @@ def test_rand_augment_equals_its_ops_applied_one_sample_at_a_time(device) -> Non
         assert torch.equal(out[n], sample[0]), f"sample {n}"
 
 
-def test_rand_augment_subsets_and_masks_agree(device) -> None:
-    x = _images(device, b=40, seed=5)
-    by_subset = rand_augment(x, _gen(device, 3), by_subset=True)
-    by_mask = rand_augment(x, _gen(device, 3), by_subset=False)
-    assert torch.equal(by_subset, by_mask)
-    assert not torch.equal(by_mask, x)
-
-
 @pytest.mark.parametrize("b", [1, 5, 24])
 def test_rand_augment_equals_one_sample_at_a_time_for_small_odd_batches(device, b: int) -> None:
     x = _images(device, b=b, seed=b)
@@ -867,14 +860,13 @@ def test_rand_augment_equals_one_sample_at_a_time_for_small_odd_batches(device, 
             assert torch.equal(out[n], sample[0]), f"seed {seed}, sample {n}"
 
 
-@pytest.mark.parametrize("by_subset", [True, False], ids=["subsets", "whole-batch"])
-def test_rand_augment_with_every_sample_on_one_op(device, by_subset: bool) -> None:
+def test_rand_augment_with_every_sample_on_one_op(device) -> None:
     """Every pass with all samples of its kind, and with none."""
     x = _images(device, b=6, seed=8)
     u = torch.rand(1, 6, device=device, generator=_gen(device, 4))
     for k, op in enumerate(RANDAUGMENT_OPS):
         choice = torch.full((1, 6), k, device=device)
-        out = augment._rand_augment_drawn(x, choice, u, by_subset=by_subset)
+        out = augment._rand_augment_drawn(x, choice, u)
         assert torch.equal(out, op(x, op.low + (op.high - op.low) * u[0])), op.name
 
 
@@ -892,14 +884,16 @@ def test_identity_warp_returns_the_batch_exactly(device, h: int, w: int) -> None
         np.random.default_rng(h * w).integers(0, 256, (3, 3, h, w), dtype=np.uint8), device=device
     )
     identity = torch.eye(2, 3, device=device).expand(3, 2, 3)
-    assert torch.equal(augment._warp(x, identity), x)
+    assert torch.equal(augment._warp(x.float(), identity), x.float())
 
 
 def test_blend_by_one_returns_the_batch_exactly(device) -> None:
     """The whole-batch blend pass relies on it for samples that drew another op."""
     x = _images(device, b=8, seed=2)
     degenerate = _images(device, b=8, seed=3)
-    assert torch.equal(augment._blend(degenerate, x, torch.ones(8, device=device)), x)
+    ones = torch.ones(8, 1, 1, 1, device=device)
+    for clamp in (True, False):
+        assert torch.equal(augment._blend_values(degenerate.float(), x.float(), ones, clamp=clamp), x.float())
 
 
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
@@ -917,17 +911,18 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
 def test_whole_batch_rand_augment_is_a_fixed_sequence_of_ops_with_no_sync() -> None:
     """The op sequence does not depend on what the samples drew (it grows with the 14 ops, not with the
     number of samples per op), and nothing reads a value back from the device."""
+    rand_augment(_images("cpu", b=2), _gen("cpu", 9))  # the first call fills the per-device constants
     sequences = []
     for seed, x in [(0, _images("cpu", b=64)), (1, _images("cpu", b=64, seed=1)), (2, _images("cpu", b=3))]:
         with _OpCounter() as counter:
-            rand_augment(x, _gen("cpu", seed), by_subset=False)
+            rand_augment(x, _gen("cpu", seed))
         sequences.append(counter.names)
     assert sequences[0] == sequences[1] == sequences[2]
     syncing = {"aten.nonzero", "aten._local_scalar_dense", "aten.item", "aten.is_nonzero"}
     assert not syncing & set(sequences[0])
-    with _OpCounter() as counter:
-        rand_augment(_images("cpu", b=64), _gen("cpu", 0), by_subset=True)
-    assert "aten.nonzero" in counter.names  # the CPU mode does use subsets (the counter can see them)
+    with _OpCounter() as counter:  # the counter does see a sync
+        _images("cpu", b=4).sum().item()
+    assert "aten._local_scalar_dense" in counter.names
 
 
 def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:
@@ -935,6 +930,21 @@ def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:
     g = _gen(device, 1)
     expected = to_float_normalized(cutout(rand_augment(random_crop_flip(x, g), g), g))
     assert torch.equal(strong_view(x, _gen(device, 1)), expected)
+
+
+@pytest.mark.parametrize("b", [1, 7, 64])
+def test_both_views_at_once_are_the_two_calls_bit_for_bit(device, b: int) -> None:
+    """One call gives what weak_view then strong_view give with the same generator, and leaves the
+    generator where the two calls leave it."""
+    x = _images(device, b=b, seed=b)
+    for seed in range(3):
+        g_two, g_one = _gen(device, seed), _gen(device, seed)
+        weak, strong = weak_view(x, g_two), strong_view(x, g_two)
+        both = weak_and_strong_views(x, g_one)
+        assert torch.equal(both[0], weak) and torch.equal(both[1], strong), f"seed {seed}"
+        assert torch.equal(
+            torch.rand(4, device=device, generator=g_one), torch.rand(4, device=device, generator=g_two)
+        )
 
 
 @pytest.mark.parametrize(
@@ -947,7 +957,9 @@ def test_strong_view_is_crop_flip_then_rand_augment_then_cutout(device) -> None:
     ids=["float", "nhwc", "numpy"],
 )
 @pytest.mark.parametrize(
-    "view", [weak_view, strong_view, lambda x, g=None: eval_view(x)], ids=["weak", "strong", "eval"]
+    "view",
+    [weak_view, strong_view, weak_and_strong_views, lambda x, g=None: eval_view(x)],
+    ids=["weak", "strong", "both", "eval"],
 )
 def test_bad_batches_are_one_clear_error(view, bad, error, match) -> None:
     with pytest.raises(error, match=match):

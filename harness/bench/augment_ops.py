@@ -20,7 +20,15 @@ from collections.abc import Callable
 import torch
 
 from harness.bench.ops import OpCounter
-from harness.data.augment import cutout, eval_view, rand_augment, random_crop_flip, strong_view, weak_view
+from harness.data.augment import (
+    cutout,
+    eval_view,
+    rand_augment,
+    random_crop_flip,
+    strong_view,
+    weak_and_strong_views,
+    weak_view,
+)
 
 
 def cases(x: torch.Tensor) -> dict[str, Callable[[torch.Generator], torch.Tensor]]:
@@ -30,8 +38,8 @@ def cases(x: torch.Tensor) -> dict[str, Callable[[torch.Generator], torch.Tensor
         "weak view": lambda g: weak_view(x, g),
         "strong view": lambda g: strong_view(x, g),
         "random_crop_flip": lambda g: random_crop_flip(x, g),
-        "rand_augment, subsets": lambda g: rand_augment(x, g, by_subset=True),
-        "rand_augment, whole batch": lambda g: rand_augment(x, g, by_subset=False),
+        "weak and strong views": lambda g: weak_and_strong_views(x, g),
+        "rand_augment": lambda g: rand_augment(x, g),
         "cutout": lambda g: cutout(x, g),
     }
 

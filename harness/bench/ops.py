@@ -7,7 +7,7 @@ reaches the Python dispatch key, i.e. after autograd and after the composite ops
 (``conv2d`` -> ``convolution``) were taken apart, forward, backward (autograd's engine runs inside the
 mode) and optimizer alike; the ops an op calls inside its own kernel are not seen again. ``all`` counts
 every such call; ``launching`` leaves out views and metadata ops (``view``, ``t``, ``detach``, ...:
-``OpOverload.is_view``), bare allocations (``empty*``), ``lift_fresh`` and the profiler's markers
+``OpOverload.is_view``), bare allocations (``empty*``, ``resize_``), ``lift_fresh`` and the profiler's markers
 (``profiler::_record_function_*``), none of which launches a kernel.
 """
 
@@ -35,8 +35,9 @@ PHASES = (
     "optimizer",
     "rest of the step",
 )
+# resize_ only sets sizes or allocates: a random draw into a preallocated row (``out=``) calls it.
 _NOT_LAUNCHING = frozenset(
-    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh"}
+    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "resize_"}
 )
 
 

@@ -224,17 +224,24 @@ def _check_switches(augment: str) -> None:
 
     import harness.data.augment as views
 
+    holders = [views]
+    if importlib.util.find_spec("harness.data.resident") is not None:
+        import harness.data.resident
+
+        holders.append(harness.data.resident)  # it imported the views by name
     if augment == "no-cutout":
         views.cutout = lambda x, generator=None: x  # strong_view looks the name up at each call
+        # both views at once draw Cutout's numbers inside: the two calls instead
+        both = lambda x, generator=None: (views.weak_view(x, generator), views.strong_view(x, generator))  # noqa: E731
+        for module in holders:
+            if hasattr(module, "weak_and_strong_views"):
+                module.weak_and_strong_views = both
     elif augment == "normalize-only":
-        holders = [views]
-        if importlib.util.find_spec("harness.data.resident") is not None:
-            import harness.data.resident
-
-            holders.append(harness.data.resident)  # it imported the views by name
         for module in holders:
             for name in ("weak_view", "strong_view"):
                 setattr(module, name, lambda x, generator=None: views.to_float_normalized(x))
+            if hasattr(module, "weak_and_strong_views"):
+                module.weak_and_strong_views = lambda x, generator=None: (views.to_float_normalized(x),) * 2
     elif augment != "full":
         raise ValueError(f"augment must be 'full', 'no-cutout' or 'normalize-only', got {augment!r}")
 

@@ -46,13 +46,16 @@ eval view (``eval_view``)
 
 Normalization uses MLKD's mean/std ``(0.5071, 0.4867, 0.4408)/(0.2675, 0.2565, 0.2761)``.
 
-How it is batched: every sample draws its own parameters, and each RandAugment round is three passes,
-one per kind of op, so the number of torch ops per call is fixed by the 14 ops (not by how many samples
-drew each) and, on an accelerator, nothing waits for the device:
+How it is batched: every sample draws its own parameters, and each RandAugment round is three passes
+over the whole batch, one per kind of op, so the sequence of torch ops per call is fixed by the 14 ops
+(not by how many samples drew each) and nothing waits for the device (about 130 ops a call for
+``num_ops=2``: what a GPU pays in launches; ``python -m harness.bench.augment_ops``):
 
 1. a lookup: AutoContrast, Equalize, Posterize and Solarize map each pixel value on its own, so each is a
-   256-entry table per (sample, channel), built for the samples of the pass, kept with ``torch.where``
-   where the sample drew that op (the identity table elsewhere) and applied by one gather;
+   256-entry table per (sample, channel), kept with ``torch.where`` where the sample drew that op (the
+   identity table elsewhere) and applied by one gather. Posterize's and Solarize's tables depend on the
+   magnitude alone and are built for all rounds at once; AutoContrast's depends on the channel's
+   minimum and maximum alone and is read from a table of all 32,896 ranges, built once per device;
 2. a blend: Brightness, Color, Contrast and Sharpness are ``Image.blend`` with a degenerate image
    (black, grey, the mean grey level, the smoothed image); one blend with each sample's own, by a
    factor ``v`` where the sample drew one of them and 1 elsewhere (which returns the sample exactly);
@@ -60,10 +63,12 @@ drew each) and, on an accelerator, nothing waits for the device:
    that drew another op; a nearest-pixel identity warp returns the sample exactly), turned into a grid
    once for all rounds and applied by one ``grid_sample`` per round.
 
-A sample draws one op per round, so one pass at most changes it, and each pass computes the same values
-as the op applied on its own (``RandAugmentOp.__call__``, which the tests hold to PIL). On an accelerator
-every pass runs on the whole batch; on the CPU, where reading a count back costs nothing, each pass runs
-on the samples that drew one of its ops only (``rand_augment(by_subset=...)``); the images are the same.
+Between the crop and the normalization the image is float32 whole numbers (exact for ``uint8``
+values), so no pass converts it back and forth. A sample draws one op per round, so one pass at most
+changes it, and each pass computes the same values as the op applied on its own
+(``RandAugmentOp.__call__``, which the tests hold to PIL). On the CPU the whole-batch passes cost a few
+milliseconds more per batch of 64 than passes over only the samples that drew their ops (an earlier
+design), next to a training step of seconds there.
 
 Random numbers come from ``generator`` (on the batch's device) or the global torch RNG, drawn in a fixed
 order: crop offsets, flips, then per RandAugment round the op indices and magnitudes, then cutout's size
@@ -73,12 +78,13 @@ Example
 -------
 >>> g = torch.Generator(device=x.device).manual_seed(0)          # doctest: +SKIP
 >>> weak, strong = weak_view(x, g), strong_view(x, g)              # float32 (B, 3, 32, 32) each
+>>> weak, strong = weak_and_strong_views(x, g)                      # the same, in fewer ops
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +102,7 @@ __all__ = [
     "random_crop_flip",
     "strong_view",
     "to_float_normalized",
+    "weak_and_strong_views",
     "weak_view",
 ]
 
@@ -123,8 +130,7 @@ def to_float_normalized(x: torch.Tensor) -> torch.Tensor:
     tensor([-1.8957, -1.8975, -1.5965])
     """
     _check_batch(x)
-    scale, mean, std = _normalization_constants(x.device)
-    return (x.float() / scale - mean) / std
+    return _normalized(x.float())
 
 
 def eval_view(x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +164,24 @@ def strong_view(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return to_float_normalized(cutout(rand_augment(random_crop_flip(x, generator), generator), generator))
 
 
+def weak_and_strong_views(
+    x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weak_view(x, g), strong_view(x, g))`` with one generator, bit for bit, in fewer ops: both crops
+    are one gather and both normalizations one pass. The random numbers are drawn in the same order as
+    the two calls draw them (the weak view's crop, then the strong view's crop, RandAugment, Cutout).
+
+    Returns two ``float32 (B, 3, H, W)`` views of one ``(2, B, 3, H, W)`` tensor.
+    """
+    _check_batch(x, generator)
+    crops = _crop_flip_drawn(x, *_crop_draws(x, generator, views=2)).float()
+    strong = _cutout_drawn(
+        _rand_augment_drawn(crops[1], *_rand_augment_draws(x, generator)), _cutout_draws(x, generator)
+    )
+    weak, strong = _normalized(torch.stack([crops[0], strong])).unbind(0)
+    return weak, strong
+
+
 # ------------------------------------------------------------------------------------ uint8 -> uint8 steps
 
 
@@ -165,24 +189,41 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None) 
     """``uint8`` batch -> ``uint8`` batch: each sample a random ``H x W`` window of its zero-padded self
     (offsets uniform in ``0..2*4``), mirrored left-right with probability 1/2."""
     _check_batch(x, generator)
-    b, c, h, w = x.shape
-    padded = F.pad(x, (_PAD, _PAD, _PAD, _PAD)).view(b, c, -1)
-    top = torch.randint(0, 2 * _PAD + 1, (b,), device=x.device, generator=generator)
-    left = torch.randint(0, 2 * _PAD + 1, (b,), device=x.device, generator=generator)
-    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
-    # One gather from the flattened padded image: offsets of the window at (0, 0), as it is or mirrored,
-    # plus each sample's shift.
+    return _crop_flip_drawn(x, *_crop_draws(x, generator, views=1))[0]
+
+
+def _crop_draws(
+    x: torch.Tensor, generator: torch.Generator | None, views: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each view's top and left offsets and flip uniforms, ``(views, B)`` each, drawn view by view in
+    the order ``random_crop_flip`` draws them (into preallocated rows: no op to stack them)."""
+    b, device = x.shape[0], x.device
+    top = torch.empty((views, b), dtype=torch.long, device=device)
+    left = torch.empty_like(top)
+    flip_u = torch.empty((views, b), device=device)
+    for k in range(views):
+        torch.randint(0, 2 * _PAD + 1, (b,), out=top[k], generator=generator)
+        torch.randint(0, 2 * _PAD + 1, (b,), out=left[k], generator=generator)
+        torch.rand(b, out=flip_u[k], generator=generator)
+    return top, left, flip_u
+
+
+def _crop_flip_drawn(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip_u: torch.Tensor
+) -> torch.Tensor:
+    """The crops of ``x`` for draws ``(views, B)`` each: ``uint8 (views, B, C, H, W)``, one gather."""
+    (views, b), (c, h, w) = top.shape, x.shape[1:]
+    padded = F.pad(x, (_PAD, _PAD, _PAD, _PAD)).view(1, b, c, -1)
+    # Offsets of the window at (0, 0), as it is or mirrored, plus each sample's shift.
     window, mirrored = _crop_offsets(h, w, x.device)
-    offsets = torch.where(flip.view(b, 1), mirrored, window) + (top * (w + 2 * _PAD) + left).view(b, 1)
-    return padded.gather(2, offsets.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    shift = torch.add(left, top, alpha=w + 2 * _PAD)
+    offsets = torch.where((flip_u < 0.5).unsqueeze(-1), mirrored, window) + shift.unsqueeze(-1)
+    index = offsets.view(views, b, 1, h * w).expand(views, b, c, h * w)
+    return padded.expand(views, b, c, padded.shape[-1]).gather(3, index).view(views, b, c, h, w)
 
 
 def rand_augment(
-    x: torch.Tensor,
-    generator: torch.Generator | None = None,
-    num_ops: int = _NUM_OPS,
-    *,
-    by_subset: bool | None = None,
+    x: torch.Tensor, generator: torch.Generator | None = None, num_ops: int = _NUM_OPS
 ) -> torch.Tensor:
     """``uint8`` batch -> ``uint8`` batch with ``num_ops`` RandAugment ops applied to each sample, each op
     and magnitude drawn per sample from :data:`RANDAUGMENT_OPS`.
@@ -195,12 +236,6 @@ def rand_augment(
         Source of randomness, on ``x.device``; ``None`` uses torch's global RNG.
     num_ops
         Ops per sample (MLKD: 2), applied one after the other.
-    by_subset
-        How each of a round's three passes (module docstring) reaches the samples that drew one of its
-        ops; both give the same result. ``True`` gathers those samples and runs the pass on them only
-        (least work, but counting them reads a number back from the device: a sync); ``False`` runs it
-        on the whole batch (no sync), which leaves the other samples exactly as they are. ``None``:
-        subsets on the CPU, the whole batch elsewhere.
 
     Returns
     -------
@@ -219,117 +254,71 @@ def rand_augment(
         raise ValueError(f"num_ops must be an int >= 0, got {num_ops!r}")
     if num_ops == 0:
         return x
-    if by_subset is None:
-        by_subset = x.device.type == "cpu"
-    b = x.shape[0]
-    draws = [
-        (
-            torch.randint(0, len(RANDAUGMENT_OPS), (b,), device=x.device, generator=generator),
-            torch.rand(b, device=x.device, generator=generator),
-        )
-        for _ in range(num_ops)
-    ]
-    choice = torch.stack([c for c, _ in draws])
-    u = torch.stack([u for _, u in draws])
-    return _rand_augment_drawn(x, choice, u, by_subset=by_subset)
+    return _rand_augment_drawn(x, *_rand_augment_draws(x, generator, num_ops))
 
 
-def _rand_augment_drawn(
-    x: torch.Tensor, choice: torch.Tensor, u: torch.Tensor, *, by_subset: bool
-) -> torch.Tensor:
-    """:func:`rand_augment` with its draws given: op indices ``choice``, uniforms ``u``, ``(rounds, B)``."""
-    num_ops, b = choice.shape
+def _rand_augment_draws(
+    x: torch.Tensor, generator: torch.Generator | None, num_ops: int = _NUM_OPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Op indices and uniforms ``(num_ops, B)``, round by round: the op, then the magnitude."""
+    b, device = x.shape[0], x.device
+    choice = torch.empty((num_ops, b), dtype=torch.long, device=device)
+    u = torch.empty((num_ops, b), device=device)
+    for r in range(num_ops):
+        torch.randint(0, len(RANDAUGMENT_OPS), (b,), out=choice[r], generator=generator)
+        torch.rand(b, out=u[r], generator=generator)
+    return choice, u
+
+
+def _rand_augment_drawn(x: torch.Tensor, choice: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`rand_augment` with its draws given: op indices ``choice``, uniforms ``u``, ``(rounds, B)``.
+    Takes and returns ``uint8`` or float images (whole numbers in ``[0, 255]``); works in float32."""
+    dtype, x = x.dtype, x.float()
+    rounds, b = choice.shape
     h, w = x.shape[-2:]
     # Everything that depends on the draws alone is computed for all rounds at once.
     table = _op_table(x.device)
-    v = table.low[choice] + (table.high[choice] - table.low[choice]) * u
+    low_span = table.low_span[choice]
+    v = low_span[..., 0] + low_span[..., 1] * u  # low + (high - low) * u, per draw
     drew = choice == table.index  # (14, rounds, B)
-    kind = table.kind[choice]
-    matrices = _matrices(v.view(-1), drew.view(len(RANDAUGMENT_OPS), -1, 1, 1).unbind(0), h, w)
-    grids = _grid(matrices, h, w).view(num_ops, b, h, w, 2)
-    for r in range(num_ops):
-        planes = _Planes(x)  # the round's input, which every op of the round reads
-        passes = (
-            (_TABLE, functools.partial(_table_pass, planes=planes, drew=drew[:, r], v=v[r])),
-            (_BLEND, functools.partial(_blend_pass, planes=planes, drew=drew[:, r], v=v[r], kind=kind[r])),
-            (_GEOMETRIC, functools.partial(_warp_pass, grid=grids[r])),
+    # A blend by 1 returns the sample as it is: the factor of the samples that drew another op.
+    factor = torch.where(table.blends[choice], v, _one(x.device))
+    lut_by_value = _merged(
+        drew.view(len(RANDAUGMENT_OPS), rounds, b, 1, 1),
+        _levels(torch.uint8, x.device),
+        ((k, op.lut(None, v.view(-1)).view(rounds, b, 1, 256)) for k, op in _ops("lut_by_value")),
+    )
+    flat_drew = drew.view(len(RANDAUGMENT_OPS), -1, 1, 1)
+    matrices = _matrices(v.view(-1), choice.view(-1), flat_drew, h, w)
+    grids = _grid(matrices, h, w).view(rounds, b, h, w, 2)
+    for r in range(rounds):
+        # A sample drew one op this round, so at most one of the three passes changes it; each pass
+        # leaves the other samples exactly as they are.
+        planes = _Planes(x)  # the round's input, which the table and blend ops read
+        round_drew = drew[:, r].view(len(RANDAUGMENT_OPS), b, 1, 1)
+        lut = _merged(
+            round_drew, lut_by_value[r], ((k, op.lut(planes, v[r])) for k, op in _ops("lut_by_image"))
         )
-        for pass_kind, fn in passes:
-            x = _on_samples(x, kind[r], pass_kind, fn, by_subset)
-    return x
+        x = _apply_lut(planes, lut)
+        degenerate = _merged(
+            round_drew.unsqueeze(-1), None, ((k, op.degenerate(planes)) for k, op in _ops("degenerate"))
+        )
+        # Every factor is in [0, 1], so the blend stays in [0, 255] and needs no clamp (_blend_values).
+        x = _blend_values(degenerate, x, factor[r].view(b, 1, 1, 1), clamp=False)
+        x = _sample(x, grids[r])
+    return x.to(dtype)
 
 
-# Which pass of a round an op belongs to (none for Identity).
-_IDENTITY, _TABLE, _BLEND, _GEOMETRIC = range(4)
-
-
-def _on_samples(
-    x: torch.Tensor,
-    kind: torch.Tensor,
-    pass_kind: int,
-    fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
-    by_subset: bool,
+def _merged(
+    drew: torch.Tensor, base: torch.Tensor | None, values: Iterable[tuple[int, torch.Tensor]]
 ) -> torch.Tensor:
-    """``x`` with ``fn(samples, which)`` in place of the samples whose op (``kind``, ``(B,)``) is of
-    ``pass_kind``; ``which`` indexes per-sample parameters the way the samples were taken from ``x``.
-    With ``by_subset=False`` ``fn`` gets the whole batch and must return the other samples as they are."""
-    if not by_subset:
-        return fn(x, slice(None))
-    which = (kind == pass_kind).nonzero().squeeze(1)
-    return x.index_copy(0, which, fn(x[which], which)) if which.numel() else x
-
-
-def _pass_planes(planes: _Planes, samples: torch.Tensor, which: torch.Tensor | slice) -> _Planes:
-    # The whole batch: the round's planes (a pass changes only the samples of its own ops, whose pixels
-    # the earlier passes of the round left as they were). A subset: planes of its own.
-    return planes if isinstance(which, slice) else _Planes(samples)
-
-
-def _table_pass(
-    samples: torch.Tensor,
-    which: torch.Tensor | slice,
-    *,
-    planes: _Planes,
-    drew: torch.Tensor,
-    v: torch.Tensor,
-) -> torch.Tensor:
-    """The table ops: one lookup in each sample's table of the op it drew, the identity for other ops.
-    ``drew``: bool ``(14, B)``; ``v``: ``(B,)``."""
-    p = _pass_planes(planes, samples, which)
-    drew = drew[:, which].view(len(RANDAUGMENT_OPS), -1, 1, 1).unbind(0)
-    v = v[which]
-    lut = _levels(torch.uint8, samples.device)
-    for k, op in enumerate(RANDAUGMENT_OPS):
-        if op.lut is not None:
-            lut = torch.where(drew[k], op.lut(p, v), lut)
-    return _apply_lut(p, lut)
-
-
-def _blend_pass(
-    samples: torch.Tensor,
-    which: torch.Tensor | slice,
-    *,
-    planes: _Planes,
-    drew: torch.Tensor,
-    v: torch.Tensor,
-    kind: torch.Tensor,
-) -> torch.Tensor:
-    """The blend ops: one blend with the degenerate image of the op each sample drew, by a factor of 1
-    (which returns the sample as it is) for other ops."""
-    p = _pass_planes(planes, samples, which)
-    drew = drew[:, which].view(len(RANDAUGMENT_OPS), -1, 1, 1, 1).unbind(0)
-    degenerate = None
-    for k, op in enumerate(RANDAUGMENT_OPS):
-        if op.degenerate is not None:
-            image = op.degenerate(p)
-            degenerate = image if degenerate is None else torch.where(drew[k], image, degenerate)
-    assert degenerate is not None
-    return _blend(degenerate, samples, torch.where(kind[which] == _BLEND, v[which], 1.0))
-
-
-def _warp_pass(samples: torch.Tensor, which: torch.Tensor | slice, *, grid: torch.Tensor) -> torch.Tensor:
-    """The geometric ops: one warp, by the identity for samples that drew another op."""
-    return _sample(samples, grid[which])
+    """Each ``(k, value)`` where the sample drew op ``k`` (``drew[k]``), ``base`` elsewhere: one ``where``
+    per op (none for the first when there is no base: its value stands in for every other sample)."""
+    merged = base
+    for k, value in values:
+        merged = value if merged is None else torch.where(drew[k], value, merged)
+    assert merged is not None
+    return merged
 
 
 def cutout(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -348,53 +337,56 @@ def cutout(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.T
     and 2 for ``cx`` and ``cy``. The fill is :data:`CUTOUT_FILL`.
     """
     _check_batch(x, generator)
-    u = torch.rand((3, x.shape[0]), dtype=torch.float64, device=x.device, generator=generator)
-    return _cutout_drawn(x, u)
+    return _cutout_drawn(x, _cutout_draws(x, generator))
+
+
+def _cutout_draws(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand((3, x.shape[0]), dtype=torch.float64, device=x.device, generator=generator)
 
 
 def _cutout_drawn(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """:func:`cutout` with its uniforms ``u`` given, float64 ``(3, B)``."""
+    """:func:`cutout` with its uniforms ``u`` given, float64 ``(3, B)``; ``x`` ``uint8`` or float."""
     b, _, h, w = x.shape
-    v = u[0] * _MAX_CUTOUT * w
-    x0 = (w + (1.0 - w) * u[1] - v / 2.0).clamp(min=0).floor()
-    y0 = (h + (1.0 - h) * u[2] - v / 2.0).clamp(min=0).floor()
-    x1 = (x0 + v).clamp(max=w).floor()
-    y1 = (y0 + v).clamp(max=h).floor()
-    rows, cols = _positions(h, w, x.device)
-    # (B, H) and (B, W), both edges included; an edge past the image is clipped by the comparison itself.
-    in_rows = (rows >= y0.view(b, 1)) & (rows <= y1.view(b, 1)) & (v > 0).view(b, 1)
-    in_cols = (cols >= x0.view(b, 1)) & (cols <= x1.view(b, 1))
-    hole = in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w)
-    return torch.where(hole, _cutout_fill(x.device), x)
+    # (0.5 * W) is exact, so u * (0.5 * W) is u * 0.5 * W to the bit.
+    v = u[0] * (_MAX_CUTOUT * w)
+    # Both axes at once: row 0 is x (columns), row 1 is y (rows).
+    size = _constant((float(w), float(h)), torch.float64, x.device).view(2, 1)
+    one_minus_size = _constant((1.0 - w, 1.0 - h), torch.float64, x.device).view(2, 1)
+    low = (size + one_minus_size * u[1:] - v / 2.0).clamp(min=0).floor()
+    # With whole-number positions, `pos <= min(size, low + v)` floored is `pos <= low + v`: every
+    # position is below the size, and a whole number is <= y exactly when it is <= floor(y).
+    positions = _positions(max(h, w), x.device)
+    inside = (positions >= low.unsqueeze(-1)) & (positions <= (low + v).unsqueeze(-1))  # (2, B, max(H, W))
+    in_rows = inside[1, :, :h] & (u[0] > 0).view(b, 1)  # v == 0 exactly when u == 0: no hole
+    hole = in_rows.view(b, 1, h, 1) & inside[0, :, :w].view(b, 1, 1, w)
+    return torch.where(hole, _cutout_fill(x.dtype, x.device), x)
 
 
 # ------------------------------------------------------------------------------------------------- the 14 ops
 
 
 class _Planes:
-    """A batch and the per-image statistics that several ops read, each computed on first use (a
-    RandAugment round computes the grey image once, for both Contrast and Color)."""
+    """A batch as float32 whole numbers and the per-image statistics that several ops read, each
+    computed on first use (a RandAugment round computes the grey image once, for both Contrast and
+    Color)."""
 
     def __init__(self, x: torch.Tensor):
         self.x = x
 
     @functools.cached_property
-    def luma(self) -> torch.Tensor:
-        return _luma(self)
-
-    @functools.cached_property
     def values(self) -> torch.Tensor:
         """``int64 (B, C, H*W)``: the pixel values as indices (into a lookup table, a histogram)."""
         b, c, h, w = self.x.shape
-        return self.x.reshape(b, c, h * w).long()
+        return self.x.long().view(b, c, h * w)
 
     @functools.cached_property
-    def channel_min(self) -> torch.Tensor:
-        return self.x.amin(dim=(-2, -1))  # (B, C)
+    def channel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each channel's smallest and largest value, ``int64 (B, C)`` each."""
+        return self.values.aminmax(dim=-1)
 
     @functools.cached_property
-    def channel_max(self) -> torch.Tensor:
-        return self.x.amax(dim=(-2, -1))
+    def luma(self) -> torch.Tensor:
+        return _luma(self)
 
 
 @dataclass(frozen=True)
@@ -404,68 +396,91 @@ class RandAugmentOp:
     for Identity):
 
     ``lut(planes, v)``
-        a per-pixel-value table, ``uint8 (B, 1 or C, 256)``;
+        a per-pixel-value table, ``uint8`` or ``int64`` ``(B, 1 or C, 256)``; ``lut_reads_image``
+        says whether it depends on the image (AutoContrast, Equalize) or on ``v`` alone (Posterize,
+        Solarize: then ``planes`` is ``None``, and a batch builds the tables of all its rounds at once);
     ``degenerate(planes)``
-        the image that ``x`` is blended with (factor ``v``): whole-number pixel values (``uint8`` or
-        float), broadcastable to ``x``;
+        the image that ``x`` is blended with (factor ``v``): float32 whole-number pixel values,
+        broadcastable to ``x``;
     ``matrix(v, height, width)``
-        ``(B, 2, 3)``, output pixel -> input pixel in pixel units with pixel centres at ``i + 0.5``.
+        ``(B, 2, 3)``, output pixel -> input pixel in pixel units with pixel centres at ``i + 0.5``;
+        ``linear``: it is ``I + v * (matrix(1) - I)`` (the shears and translations), which a batch
+        builds with one multiply and add for all of them.
     """
 
     name: str
     low: float
     high: float
-    lut: Callable[[_Planes, torch.Tensor], torch.Tensor] | None = None
+    lut: Callable[[_Planes | None, torch.Tensor], torch.Tensor] | None = None
+    lut_reads_image: bool = False
     degenerate: Callable[[_Planes], torch.Tensor] | None = None
     matrix: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+    linear: bool = False
 
     def __call__(self, x: torch.Tensor, v: float | torch.Tensor) -> torch.Tensor:
         _check_batch(x)
         v = torch.as_tensor(v, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        planes = _Planes(x)
+        planes = _Planes(x.float())
         if self.lut is not None:
-            return _apply_lut(planes, self.lut(planes, v))
-        if self.degenerate is not None:
-            return _blend(self.degenerate(planes), x, v)
-        if self.matrix is not None:
-            return _warp(x, self.matrix(v, x.shape[-2], x.shape[-1]))
-        return x
+            out = _apply_lut(planes, self.lut(planes if self.lut_reads_image else None, v))
+        elif self.degenerate is not None:
+            out = _blend_values(self.degenerate(planes), planes.x, v.view(-1, 1, 1, 1))
+        elif self.matrix is not None:
+            out = _warp(planes.x, self.matrix(v, x.shape[-2], x.shape[-1]))
+        else:
+            return x
+        return out.to(torch.uint8)
 
 
 def _apply_lut(planes: _Planes, lut: torch.Tensor) -> torch.Tensor:
-    """Each pixel replaced by its entry in its (sample, channel)'s 256-entry ``lut``."""
+    """Each pixel replaced by its entry in its (sample, channel)'s 256-entry ``lut``: float32."""
     b, c, h, w = planes.x.shape
-    return lut.expand(b, c, 256).gather(2, planes.values).view(b, c, h, w)
+    return lut.expand(b, c, 256).gather(2, planes.values).view(b, c, h, w).float()
 
 
-def _blend_values(degenerate: torch.Tensor | float, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _blend_values(
+    degenerate: torch.Tensor | float, x: torch.Tensor, factor: torch.Tensor, *, clamp: bool = True
+) -> torch.Tensor:
     """PIL ``Image.blend(degenerate, x, factor)`` on float32 pixel values: truncate toward zero, clip to
-    [0, 255]. A factor of 1 gives ``x`` exactly (``x - degenerate`` is exact on whole numbers)."""
-    return (degenerate + factor * (x - degenerate)).clamp(0, 255).floor().to(torch.uint8)
+    [0, 255]. A factor of 1 gives ``x`` exactly (``x - degenerate`` is exact on whole numbers).
 
-
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """:func:`_blend_values` on ``uint8`` images with a per-sample ``factor`` ``(B,)``."""
-    return _blend_values(degenerate.float(), x.float(), factor.view(-1, 1, 1, 1))
+    ``clamp=False`` skips the clip, which changes nothing for factors in ``[0, 1]``: then
+    ``f * (x - d)`` rounds to between 0 and ``x - d`` (rounding is monotone and ``x - d`` is exact),
+    so the sum lies between ``d`` and ``x``, both in ``[0, 255]``."""
+    blended = degenerate + factor * (x - degenerate)
+    return (blended.clamp(0, 255) if clamp else blended).floor()
 
 
 def _luma(planes: _Planes) -> torch.Tensor:
-    """PIL ``convert("L")``, ITU-R 601-2 luma in 16-bit fixed point: ``uint8 (B, 1, H, W)``."""
-    b, _, h, w = planes.x.shape
-    weighted = (planes.values * _luma_weights(planes.x.device)).sum(dim=1, keepdim=True)
-    return ((weighted + 0x8000) >> 16).to(torch.uint8).view(b, 1, h, w)
+    """PIL ``convert("L")``, ITU-R 601-2 luma in 16-bit fixed point: ``(x . w + 2^15) >> 16``, float32
+    ``(B, 1, H, W)``. Every product and partial sum is a whole number below 2^24, exact in float32."""
+    weighted = (planes.x * _luma_weights(planes.x.device)).sum(dim=1, keepdim=True)
+    return torch.div(weighted + 0x8000, 0x10000, rounding_mode="floor")
+
+
+@functools.lru_cache(maxsize=16)
+def _autocontrast_table(device: torch.device) -> torch.Tensor:
+    """AutoContrast's table for every channel range: ``uint8 (256 * 256, 256)``, row ``lo * 256 + hi``
+    (16 MiB per device, built once in chunks of 16 ``lo`` values).
+
+    PIL's formula, in double precision as PIL computes it: the result truncates, and products that
+    should be whole numbers land just below them (255 * (255/167) - 88 * (255/167) = 254.99999999999997).
+    A flat channel (``hi <= lo``) stays as it is."""
+    levels = _levels(torch.float64, device)
+    hi = levels.view(1, 256, 1)
+    rows = []
+    for start in range(0, 256, 16):
+        lo = levels[start : start + 16].view(16, 1, 1)
+        # A tensor numerator: torch turns `scalar / tensor` into a multiply by the reciprocal, off by an ulp.
+        scale = torch.full((16, 256, 1), 255.0, dtype=torch.float64, device=device) / (hi - lo).clamp(min=1)
+        stretched = (levels * scale - lo * scale).floor().clamp(0, 255).to(torch.uint8)
+        rows.append(torch.where(hi > lo, stretched, _levels(torch.uint8, device)))
+    return torch.cat(rows).view(256 * 256, 256)
 
 
 def _autocontrast(planes: _Planes, v: torch.Tensor) -> torch.Tensor:
-    # PIL's formula, in double precision as PIL computes it: the result truncates, and products that
-    # should be whole numbers land just below them (255 * (255/167) - 88 * (255/167) = 254.99999999999997).
-    lo = planes.channel_min.double().unsqueeze(-1)  # (B, C, 1)
-    hi = planes.channel_max.double().unsqueeze(-1)
-    # A tensor numerator: torch turns `scalar / tensor` into a multiply by the reciprocal, off by an ulp.
-    scale = torch.full_like(lo, 255.0) / (hi - lo).clamp(min=1)
-    levels = _levels(torch.float64, lo.device)
-    stretched = (levels * scale - lo * scale).floor().clamp(0, 255).to(torch.uint8)
-    return torch.where(hi > lo, stretched, _levels(torch.uint8, lo.device))  # a flat channel stays as it is
+    lo, hi = planes.channel_range
+    return _autocontrast_table(planes.x.device)[torch.add(hi, lo, alpha=256)]
 
 
 def _brightness(planes: _Planes) -> torch.Tensor:
@@ -478,47 +493,44 @@ def _color(planes: _Planes) -> torch.Tensor:
 
 def _contrast(planes: _Planes) -> torch.Tensor:
     # Blend with the mean luma, rounded as PIL does: int(mean + 0.5). A sum of uint8 values is exact.
-    return (planes.luma.float().mean(dim=(-3, -2, -1), keepdim=True) + 0.5).floor()
+    return (planes.luma.mean(dim=(-3, -2, -1), keepdim=True) + 0.5).floor()
 
 
 def _equalize(planes: _Planes, v: torch.Tensor) -> torch.Tensor:
     """PIL ``ImageOps.equalize`` per channel: ``lut[i] = (step // 2 + #pixels below i) // step`` with
-    ``step = (#pixels - #pixels at the top value) // 255``; identity when ``step == 0``."""
+    ``step = (#pixels - #pixels at the top value) // 255``; identity when ``step == 0``. ``int64``."""
     b, c, h, w = planes.x.shape
     flat = planes.values.view(b * c, h * w)
     hist = torch.zeros(b * c, 256, dtype=torch.long, device=flat.device).scatter_add_(
-        1, flat, torch.ones_like(flat)
+        1, flat, _ones_long(flat.device).expand_as(flat)
     )
-    top_count = hist.gather(1, planes.channel_max.view(b * c, 1).long())
-    step = (h * w - top_count) // 255  # (B*C, 1)
     below = hist.cumsum(dim=1) - hist
+    # The pixels below the top value are all but those at it.
+    step = below.gather(1, planes.channel_range[1].view(b * c, 1)) // 255  # (B*C, 1)
     lut = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
-    lut = torch.where(step > 0, lut, _levels(torch.long, flat.device))
-    return lut.to(torch.uint8).view(b, c, 256)
+    return torch.where(step > 0, lut, _levels(torch.long, flat.device)).view(b, c, 256)
 
 
-def _posterize(planes: _Planes, v: torch.Tensor) -> torch.Tensor:
-    bits = v.long().clamp(1, 8)  # MLKD: max(1, int(v))
-    mask = (255 - ((1 << (8 - bits)) - 1)).to(torch.uint8)  # the top `bits` bits set
-    return _levels(torch.uint8, v.device) & mask.view(-1, 1, 1)
+def _posterize(planes: _Planes | None, v: torch.Tensor) -> torch.Tensor:
+    # MLKD: max(1, int(v)) bits; the mask keeps the top ones.
+    masks = _constant(tuple(255 - ((1 << (8 - bits)) - 1) for bits in range(9)), torch.uint8, v.device)
+    return _levels(torch.uint8, v.device) & masks[v.long().clamp(1, 8)].view(-1, 1, 1)
 
 
 def _sharpness(planes: _Planes) -> torch.Tensor:
-    # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a 3x3 box sum plus 4x the centre: sums
-    # of small integers are exact in float32 (the rounded mean of values in [0, 255] stays in [0, 255]).
-    x = planes.x.float()
-    # The 3x3 sums of the interior (the one-pixel border is lost) as sums of shifted slices: on the
-    # CPU this is several times faster than avg_pool2d(divisor_override=1).
-    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
-    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    smooth = ((box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0).round()
+    # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as one convolution: its sums of small
+    # whole numbers (below 2^12) are exact in float32 in any order, and in TF32, which holds them too.
+    x = planes.x
+    smooth = (F.conv2d(x, _smooth_kernel(x.device), padding=1, groups=x.shape[1]) / 13.0).round()
     # PIL's filter copies the one-pixel border unchanged.
-    return torch.where(_border(x.shape[-2], x.shape[-1], x.device), x, F.pad(smooth, (1, 1, 1, 1)))
+    return torch.where(_border(x.shape[-2], x.shape[-1], x.device), x, smooth)
 
 
-def _solarize(planes: _Planes, v: torch.Tensor) -> torch.Tensor:
-    levels = _levels(torch.uint8, v.device)
-    return torch.where(_levels(torch.float32, v.device) >= v.view(-1, 1, 1), 255 - levels, levels)
+def _solarize(planes: _Planes | None, v: torch.Tensor) -> torch.Tensor:
+    inverted = _constant(tuple(range(255, -1, -1)), torch.uint8, v.device)
+    return torch.where(
+        _levels(torch.float32, v.device) >= v.view(-1, 1, 1), inverted, _levels(torch.uint8, v.device)
+    )
 
 
 def _shift(v: torch.Tensor, row: int, col: int) -> torch.Tensor:
@@ -551,14 +563,16 @@ def _translate_y_matrix(v: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return _shift(v * h, 1, 2)
 
 
-def _matrices(v: torch.Tensor, drew: tuple[torch.Tensor, ...], h: int, w: int) -> torch.Tensor:
-    """Per-sample warp matrices ``(N, 2, 3)`` for magnitudes ``v`` ``(N,)``: the matrix of the geometric
-    op each sample drew (``drew[k]``: bool ``(N, 1, 1)``, op ``k``), the identity for the others."""
-    matrix = _eye(v.device).expand(v.shape[0], 2, 3)
-    for k, op in enumerate(RANDAUGMENT_OPS):
-        if op.matrix is not None:
-            matrix = torch.where(drew[k], op.matrix(v, h, w), matrix)
-    return matrix
+def _matrices(v: torch.Tensor, choice: torch.Tensor, drew: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per-sample warp matrices ``(N, 2, 3)`` for magnitudes ``v`` and op indices ``choice`` ``(N,)``:
+    the matrix of the geometric op each sample drew (``drew[k]``: bool ``(N, 1, 1)``, op ``k``), the
+    identity for the others.
+
+    The linear ops' matrices are ``I + v * slope[op]``, the identity's too (slope 0): the same float
+    operations as :func:`_shift`, since a slope entry is 0, 1 or the image side, and ``(v * w) * 1`` is
+    ``v * w``."""
+    matrix = _eye(v.device) + v.view(-1, 1, 1) * _slopes(h, w, v.device)[choice]
+    return _merged(drew, matrix, ((k, op.matrix(v, h, w)) for k, op in _ops("matrix")))
 
 
 def _grid(matrix: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -566,30 +580,24 @@ def _grid(matrix: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
     ``affine_grid`` wants normalized coordinates (``-1``/``+1`` at the outer pixel edges with
     ``align_corners=False``): with ``S = diag(w/2, h/2)`` and ``p = S (u + 1)``, the map ``p -> A p + t``
-    becomes ``u -> S^-1 A S u + S^-1 (A S 1 + t) - 1``.
+    becomes ``u -> S^-1 A S u + S^-1 (A S 1 + t) - 1``; both rows at once.
     """
     sx, sy = w / 2.0, h / 2.0
-    (a, bb, tx), (d, e, ty) = matrix[:, 0].unbind(-1), matrix[:, 1].unbind(-1)
-    theta = torch.stack(
-        [
-            a,
-            bb * (sy / sx),
-            (a * sx + bb * sy + tx) / sx - 1.0,
-            d * (sx / sy),
-            e,
-            (d * sx + e * sy + ty) / sy - 1.0,
-        ],
-        dim=-1,
-    ).view(-1, 2, 3)
+    linear = matrix[..., :2] * _constant((1.0, sy / sx, sx / sy, 1.0), torch.float32, matrix.device).view(
+        2, 2
+    )
+    offset = (matrix[..., 0] * sx + matrix[..., 1] * sy + matrix[..., 2]) / _constant(
+        (sx, sy), torch.float32, matrix.device
+    ) - 1.0
+    theta = torch.cat([linear, offset.unsqueeze(-1)], dim=-1)
     return F.affine_grid(theta, [theta.shape[0], 1, h, w], align_corners=False)
 
 
 def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Nearest-pixel ``grid_sample`` with black fill. An identity grid returns ``x`` exactly: its
-    coordinates land within rounding error of the pixel centres, and nearest sampling rounds that away."""
-    # float32 holds every uint8 exactly and nearest sampling never mixes values, so the round trip is exact.
-    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.to(torch.uint8)
+    """Nearest-pixel ``grid_sample`` with black fill on float32 whole numbers (nearest sampling never
+    mixes values, so they stay whole). An identity grid returns ``x`` exactly: its coordinates land
+    within rounding error of the pixel centres, and nearest sampling rounds that away."""
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def _warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -598,22 +606,35 @@ def _warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 RANDAUGMENT_OPS: tuple[RandAugmentOp, ...] = (
-    RandAugmentOp("AutoContrast", 0.0, 1.0, lut=_autocontrast),
+    RandAugmentOp("AutoContrast", 0.0, 1.0, lut=_autocontrast, lut_reads_image=True),
     RandAugmentOp("Brightness", 0.05, 0.95, degenerate=_brightness),
     RandAugmentOp("Color", 0.05, 0.95, degenerate=_color),
     RandAugmentOp("Contrast", 0.05, 0.95, degenerate=_contrast),
-    RandAugmentOp("Equalize", 0.0, 1.0, lut=_equalize),
+    RandAugmentOp("Equalize", 0.0, 1.0, lut=_equalize, lut_reads_image=True),
     RandAugmentOp("Identity", 0.0, 1.0),
     RandAugmentOp("Posterize", 4.0, 8.0, lut=_posterize),
     RandAugmentOp("Rotate", -30.0, 30.0, matrix=_rotate_matrix),
     RandAugmentOp("Sharpness", 0.05, 0.95, degenerate=_sharpness),
-    RandAugmentOp("ShearX", -0.3, 0.3, matrix=_shear_x_matrix),
-    RandAugmentOp("ShearY", -0.3, 0.3, matrix=_shear_y_matrix),
+    RandAugmentOp("ShearX", -0.3, 0.3, matrix=_shear_x_matrix, linear=True),
+    RandAugmentOp("ShearY", -0.3, 0.3, matrix=_shear_y_matrix, linear=True),
     RandAugmentOp("Solarize", 0.0, 256.0, lut=_solarize),
-    RandAugmentOp("TranslateX", -0.3, 0.3, matrix=_translate_x_matrix),
-    RandAugmentOp("TranslateY", -0.3, 0.3, matrix=_translate_y_matrix),
+    RandAugmentOp("TranslateX", -0.3, 0.3, matrix=_translate_x_matrix, linear=True),
+    RandAugmentOp("TranslateY", -0.3, 0.3, matrix=_translate_y_matrix, linear=True),
 )
 """MLKD's ``augment_list()``, in its order, with its magnitude ranges."""
+
+
+@functools.lru_cache(maxsize=8)
+def _ops(kind: str) -> tuple[tuple[int, RandAugmentOp], ...]:
+    """``(index, op)`` of the ops a batched pass merges: ``lut_by_value``, ``lut_by_image``,
+    ``degenerate`` or ``matrix`` (the geometric ops that are not linear)."""
+    keep = {
+        "lut_by_value": lambda op: op.lut is not None and not op.lut_reads_image,
+        "lut_by_image": lambda op: op.lut is not None and op.lut_reads_image,
+        "degenerate": lambda op: op.degenerate is not None,
+        "matrix": lambda op: op.matrix is not None and not op.linear,
+    }[kind]
+    return tuple((k, op) for k, op in enumerate(RANDAUGMENT_OPS) if keep(op))
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -626,16 +647,14 @@ def _levels(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _positions(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices ``0..H-1``, ``0..W-1`` as float64, to compare with float64 corners."""
-    return torch.arange(h, dtype=torch.float64, device=device), torch.arange(
-        w, dtype=torch.float64, device=device
-    )
+def _positions(n: int, device: torch.device) -> torch.Tensor:
+    """Pixel indices ``0..n-1`` as float64, to compare with float64 corners."""
+    return torch.arange(n, dtype=torch.float64, device=device)
 
 
 @functools.lru_cache(maxsize=16)
-def _cutout_fill(device: torch.device) -> torch.Tensor:
-    return torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=device).view(1, 3, 1, 1)
+def _cutout_fill(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(CUTOUT_FILL, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -644,8 +663,26 @@ def _zero(device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
+def _one(device: torch.device) -> torch.Tensor:
+    return torch.ones((), device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _ones_long(device: torch.device) -> torch.Tensor:
+    return torch.ones((1, 1), dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=16)
 def _luma_weights(device: torch.device) -> torch.Tensor:
-    return torch.tensor([19595, 38470, 7471], device=device).view(1, 3, 1)
+    return torch.tensor([19595.0, 38470.0, 7471.0], device=device).view(1, 3, 1, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _smooth_kernel(device: torch.device) -> torch.Tensor:
+    """PIL's SMOOTH kernel times 13, one copy per channel: ``(3, 1, 3, 3)``."""
+    kernel = torch.ones(3, 3)
+    kernel[1, 1] = 5.0
+    return kernel.expand(3, 1, 3, 3).contiguous().to(device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -669,30 +706,36 @@ def _unit(row: int, col: int, device: torch.device) -> torch.Tensor:
     return unit.to(device)
 
 
+@functools.lru_cache(maxsize=16)
+def _slopes(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """``(14, 2, 3)``: ``matrix(1) - I`` of each linear op (exact: its entries are 0, 1 or a side), zeros
+    for the other ops."""
+    one = torch.ones(1, device=device)
+    slopes = [
+        op.matrix(one, h, w)[0] - _eye(device) if op.linear else torch.zeros(2, 3, device=device)
+        for op in RANDAUGMENT_OPS
+    ]
+    return torch.stack(slopes)
+
+
 @dataclass(frozen=True)
 class _OpTable:
-    """Per-op constants on one device, indexed by the drawn op: ``(14,)`` each (``index`` is
-    ``(14, 1, 1)``, for comparing with a ``(rounds, B)`` draw)."""
+    """Per-op constants on one device, indexed by the drawn op: ``low_span`` ``(14, 2)`` (``low`` and
+    ``high - low``), ``blends`` ``(14,)`` (the op is a blend), ``index`` ``(14, 1, 1)`` (for comparing
+    with a ``(rounds, B)`` draw)."""
 
-    low: torch.Tensor
-    high: torch.Tensor
-    kind: torch.Tensor
+    low_span: torch.Tensor
+    blends: torch.Tensor
     index: torch.Tensor
 
 
 @functools.lru_cache(maxsize=16)
 def _op_table(device: torch.device) -> _OpTable:
-    def kind(op: RandAugmentOp) -> int:
-        if op.lut is not None:
-            return _TABLE
-        if op.degenerate is not None:
-            return _BLEND
-        return _GEOMETRIC if op.matrix is not None else _IDENTITY
-
+    low = torch.tensor([op.low for op in RANDAUGMENT_OPS], dtype=torch.float32)
+    high = torch.tensor([op.high for op in RANDAUGMENT_OPS], dtype=torch.float32)
     return _OpTable(
-        low=torch.tensor([op.low for op in RANDAUGMENT_OPS], dtype=torch.float32, device=device),
-        high=torch.tensor([op.high for op in RANDAUGMENT_OPS], dtype=torch.float32, device=device),
-        kind=torch.tensor([kind(op) for op in RANDAUGMENT_OPS], device=device),
+        low_span=torch.stack([low, high - low], dim=-1).to(device),  # float32 high - low, as per draw
+        blends=torch.tensor([op.degenerate is not None for op in RANDAUGMENT_OPS], device=device),
         index=torch.arange(len(RANDAUGMENT_OPS), device=device).view(-1, 1, 1),
     )
 
@@ -706,6 +749,12 @@ def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.
         as_tensor(CIFAR100_MEAN).view(1, 3, 1, 1),
         as_tensor(CIFAR100_STD).view(1, 3, 1, 1),
     )
+
+
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    """:func:`to_float_normalized` of float32 whole numbers, ``(..., 3, H, W)``."""
+    scale, mean, std = _normalization_constants(x.device)
+    return (x / scale - mean) / std
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import eval_view, strong_view, weak_view
+from .augment import eval_view, weak_and_strong_views, weak_view
 from .base import Batch, shard_slice
 
 __all__ = ["DeviceResidentData", "epoch_batches"]
@@ -75,13 +75,18 @@ class DeviceResidentData:
         each image gets exactly the crop, flip and RandAugment draws it would get in one process (at
         CIFAR batch sizes the augmentation kernels are launch-bound: the extra rows cost next to nothing
         on a GPU)."""
-        view_fns = (weak_view, strong_view)[: self.views]
         batches = epoch_batches(self.train_x.shape[0], self.batch_size, generator, min_rows=2 * world_size)
         for index in batches:
             rows = shard_slice(index.shape[0], rank, world_size)
             images = self.train_x[index]
+            # both views in one call: weak_view's then strong_view's images, in fewer ops
+            views = (
+                weak_and_strong_views(images, generator)
+                if self.views == 2
+                else (weak_view(images, generator),)
+            )
             yield Batch(
-                views=tuple(view(images, generator)[rows] for view in view_fns),
+                views=tuple(view[rows] for view in views),
                 labels=self.train_y[index][rows],
                 global_rows=index.shape[0],
             )
@@ -124,5 +129,3 @@ def _to_device(
     # NHWC -> NCHW once, on the host; the device then only ever slices and augments.
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
     return x, torch.from_numpy(labels).to(device=device, dtype=torch.long)
-
-

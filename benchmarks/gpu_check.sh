@@ -95,6 +95,10 @@ if [ "${SKIP_STEP:-0}" != 1 ]; then
       --json "$OUT_DIR/step_cuda_$name.json" 2>&1 | tee "$OUT_DIR/step_cuda_$name.txt"
     [ "${PIPESTATUS[0]}" -ne 0 ] && step_status=1
   done
+  # the augmentation alone: launches and time per call of each view on the GPU
+  timeout 60 python3 -m harness.bench.augment_ops --device cuda --repeats 50 2>&1 \
+    | tee "$OUT_DIR/augment_ops_cuda.txt"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && step_status=1
   [ "$step_status" -ne 0 ] && status=1
 fi
 

@@ -981,3 +981,20 @@ def test_generator_on_bare_cuda_matches_a_cuda0_batch(monkeypatch):
     assert augment._resolved(torch.device("cuda")) == torch.device("cuda", 0)
     assert augment._resolved(torch.device("cuda", 1)) == torch.device("cuda", 1)
     assert augment._resolved(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_autocontrast_table_is_pils_formula_for_every_channel_range() -> None:
+    """Every row of the per-device table against ImageOps.autocontrast's lookup written in NumPy float64:
+    ``int(i * scale + offset)`` with ``scale = 255 / (hi - lo)``, ``offset = -lo * scale``, clipped to
+    [0, 255]; the identity for a flat channel."""
+    table = augment._autocontrast_table(torch.device("cpu")).numpy().reshape(256, 256, 256)
+    lo = np.arange(256, dtype=np.float64).reshape(256, 1, 1)
+    hi = np.arange(256, dtype=np.float64).reshape(1, 256, 1)
+    i = np.arange(256, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 255.0 / (hi - lo)
+        want = np.clip(np.trunc(i * scale + (-lo * scale)), 0, 255)
+    want = np.where(hi > lo, want, i).astype(np.uint8)
+    assert np.array_equal(table, want)
+    # PIL's rounding quirk: the top value of a channel in [88, 255] maps to 254, not 255
+    assert table[88, 255, 255] == 254 and table[0, 255, 255] == 255

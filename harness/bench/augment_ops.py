@@ -5,8 +5,8 @@
 
 Ops are counted with :class:`harness.bench.ops.OpCounter`: every ATen op the call dispatches ("total")
 and those that launch work ("kernels": not views, bare allocations or profiler markers,
-:func:`harness.bench.ops.launches`). ``rand_augment`` is counted in both of its modes;
-the strong view uses the device's default (subsets on the CPU, whole batch elsewhere). Times are medians
+:func:`harness.bench.ops.launches`). Every pass runs on the whole batch on every device, so the counts do
+not depend on the draws. Times are medians
 of interleaved repeats (each repeat runs every case once), synchronized on CUDA.
 """
 

@@ -22,7 +22,15 @@ from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from harness.bench.ops import OpCounter  # noqa: E402
 from harness.bench.step import count_step_ops, training_step  # noqa: E402
-from harness.config import CEConfig, ConfigError, OptimConfig, SLDConfig, TrainConfig  # noqa: E402
+from harness.config import (  # noqa: E402
+    CEConfig,
+    ConfigError,
+    DKDConfig,
+    KDConfig,
+    OptimConfig,
+    SLDConfig,
+    TrainConfig,
+)
 from harness.data.resident import DeviceResidentData  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.runs import RunDir  # noqa: E402
@@ -30,9 +38,17 @@ from harness.train.distributed import DistContext  # noqa: E402
 from harness.train.evaluate import autocast  # noqa: E402
 from harness.train.graphs import CudaGraphs, StepGraph, check_cuda_graphs  # noqa: E402
 from harness.train.interrupt import StopSignals  # noqa: E402
-from harness.train.methods import METHODS, StepLogits  # noqa: E402
+from harness.train.methods import METHODS, StepLogits, processed_rows  # noqa: E402
 from harness.train.optim import build_optimizer, load_optimizer_state  # noqa: E402
-from harness.train.step import StepParts, teacher_forward, train_epoch, train_step  # noqa: E402
+from harness.train.step import (  # noqa: E402
+    StepParts,
+    StepStats,
+    step_stats,
+    teacher_forward,
+    train_epoch,
+    train_step,
+)
+from sld_core import swap_mask  # noqa: E402
 
 from .train_helpers import invoke, one_thread  # noqa: E402, F401 (autouse: one torch thread)
 
@@ -206,7 +222,8 @@ def test_train_step_equals_the_step_written_out(amp: str, channels_last: bool, t
         reference.parameters(), lr=config.optim.lr, momentum=0.9, weight_decay=5e-4, foreach=False
     )
     for epoch, (views, labels) in enumerate(_batches(3, 8, seed=5), start=1):
-        loss, stats, _ = train_step(parts, _batch(views, labels), epoch=epoch)
+        loss, step_stats, _ = train_step(parts, _batch(views, labels), epoch=epoch)
+        stats = step_stats.as_dict()
 
         plain_sgd.zero_grad(set_to_none=True)
         students, teachers = [], []
@@ -241,6 +258,154 @@ def _batch(views: list[torch.Tensor], labels: torch.Tensor) -> Any:
     return Batch(views=tuple(views), labels=labels, global_rows=labels.shape[0])
 
 
+# --------------------------------------------------------------------------- the step's statistics
+
+
+def _stats_as_before(
+    terms: dict[str, torch.Tensor],
+    loss: torch.Tensor,
+    students: tuple[torch.Tensor, ...],
+    teachers: tuple[torch.Tensor, ...] | None,
+    labels: torch.Tensor,
+    processed: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The step's statistics as they were computed before they became one vector: one op or more per
+    term, per count and per view."""
+    rows = labels.shape[0]
+    stats = {name: value.detach() * rows for name, value in terms.items()}
+    view_labels = labels.repeat(len(students))
+    if teachers is not None:
+        stats["teacher_swaps"] = swap_mask(torch.cat(teachers), view_labels, check_targets=False).sum()
+        if processed is not None:
+            stats["teacher_processed"] = processed.sum()
+    student_wrong = swap_mask(torch.cat([s.detach() for s in students]), view_labels, check_targets=False)
+    stats["student_swaps"] = student_wrong.sum()
+    stats["train_correct"] = (~student_wrong[:rows]).sum()
+    stats["loss"] = loss.detach() * rows
+
+    def all_finite(logits: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        if not logits:
+            return torch.ones((), dtype=torch.bool)
+        return torch.isfinite(torch.stack([z.detach().sum(dtype=torch.float32) for z in logits]).sum())
+
+    return stats, torch.stack([all_finite(students), all_finite(teachers)])
+
+
+def _random_logits(
+    g: torch.Generator, rows: int, views: int, dtype: torch.dtype, labels: torch.Tensor
+) -> list[torch.Tensor]:
+    """Random ``(rows, 10)`` logits per view, about half the rows made right (the label on top)."""
+    out = []
+    for _ in range(views):
+        z = torch.randn(rows, 10, generator=g, dtype=torch.float64)
+        right = torch.rand(rows, generator=g) < 0.5
+        z[right, labels[right]] += 10.0
+        out.append(z.to(dtype))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("method", "loss", "views", "fault"),
+    [
+        ("sld", SLDConfig(gamma=1), 2, None),
+        ("sld", SLDConfig(teacher_processing="conditional_swap", swap_threshold=0.5), 2, None),
+        ("sld", SLDConfig(gamma=1), 2, "student-nan"),
+        ("sld", SLDConfig(gamma=1), 2, "teacher-inf"),
+        ("kd", KDConfig(), 1, None),
+        ("dkd", DKDConfig(), 2, "teacher-inf"),
+        ("ce", CEConfig(), 2, None),
+        ("ce", CEConfig(), 1, "student-nan"),
+    ],
+)
+def test_step_stats_equal_the_statistics_computed_term_by_term(
+    method: str, loss: Any, views: int, fault: str | None, dtype: torch.dtype
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    teacher = method != "ce"
+    for batch in range(3):
+        labels = torch.randint(0, 10, (8,), generator=g)
+        students = tuple(z.requires_grad_() for z in _random_logits(g, 8, views, dtype, labels))
+        teachers = tuple(_random_logits(g, 8, views, dtype, labels)) if teacher else None
+        if fault == "student-nan" and batch > 0:
+            students[-1].data[batch, 3] = float("nan")
+        if fault == "teacher-inf" and batch > 0:
+            teachers[0][batch, 1] = float("inf")
+        terms = METHODS[method](StepLogits(students, teachers, labels), epoch=2, config=loss)
+        total = sum(value for name, value in terms.items() if name.startswith("loss"))
+        teacher_rows = torch.cat(teachers) if teacher else None
+        processed = processed_rows(loss, teacher_rows, labels) if teacher else None
+        assert (processed is not None) == (
+            loss.teacher_processing == "conditional_swap" if teacher else False
+        )
+        stats, finite = step_stats(terms, total, students, teacher_rows, labels, processed=processed)
+        want, want_finite = _stats_as_before(terms, total, students, teachers, labels, processed)
+        got = stats.as_dict()
+        assert list(got) == list(want)  # the record's order too
+        for name, value in want.items():  # bit for bit, NaN where the old sum was NaN, same dtype
+            torch.testing.assert_close(got[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
+        assert torch.equal(finite, want_finite)
+        if fault is not None:
+            assert finite.tolist() == ([batch == 0, True] if fault == "student-nan" else [True, batch == 0])
+        wrong = [(z.argmax(1) != labels).sum() for z in students]
+        assert 0 < sum(wrong) < views * 8  # some predictions right, some wrong
+        assert stats.loss.item() == pytest.approx(got["loss"].item(), nan_ok=True)
+
+
+@pytest.mark.parametrize("method", ["sld", "ce"], ids=["sld-conditional-swap", "ce-no-teacher"])
+def test_an_epochs_sums_are_the_sums_of_its_steps(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_epoch adds two vectors per step; its record equals the per-step values added up name by
+    name in their own dtype (the accumulation before), then made Python floats in one transfer."""
+    import harness.train.step as step_module
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 100, 20)
+    data = DeviceResidentData(
+        images, labels, images[:4], labels[:4], num_classes=100, device=CPU, batch_size=8
+    )
+    optim = OptimConfig(batch_size=8, epochs=1)
+    if method == "sld":
+        loss = SLDConfig(gamma=1, teacher_processing="conditional_swap", swap_threshold=0.9)
+        config = TrainConfig(student="resnet8", teacher="resnet8", method="sld", loss=loss, optim=optim)
+        teacher = eval_teacher("resnet8")
+    else:
+        config, teacher = TrainConfig(student="resnet8", method="ce", loss=CEConfig(), optim=optim), None
+    torch.manual_seed(4)
+    student = build_model("resnet8")
+    optimizer, _ = build_optimizer(student, config)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    parts = StepParts(student, teacher, METHODS[config.method], optimizer, scaler, config)
+    steps: list[dict[str, torch.Tensor]] = []
+    real_step = step_module.train_step
+
+    def recording_step(*args: Any, **kwargs: Any) -> Any:
+        out = real_step(*args, **kwargs)
+        steps.append({name: value.clone() for name, value in out[1].as_dict().items()})
+        return out
+
+    monkeypatch.setattr(step_module, "train_step", recording_step)
+    logged: list[tuple[int, dict[str, float]]] = []
+    with StopSignals() as stop:
+        generator = torch.Generator().manual_seed(0)
+        record = train_epoch(
+            parts, data, 1, generator, Console(quiet=True), RunDir("unused"), stop,
+            on_log=lambda step, values: logged.append((step, values)),
+        )  # fmt: skip
+    assert len(steps) == 3  # 8, 8 and a short 4
+    sums = dict(steps[0])
+    for values in steps[1:]:
+        for name, value in values.items():
+            sums[name] = sums[name] + value
+    want = {name: float(value.float()) for name, value in sums.items()} | {"rows": 20}
+    assert list(record) == list(want)
+    assert record == want
+    counts = ("teacher_swaps", "teacher_processed", "student_swaps", "train_correct")
+    assert all(record[name] == int(record[name]) for name in counts if name in record)
+    assert ("teacher_processed" in record) == (teacher is not None)
+    assert logged[0] == (1, {"loss": float(steps[0]["loss"]) / 8, "lr": config.optim.lr})  # the first step
+
+
 # --------------------------------------------------------------------------------------- CUDA graphs
 
 
@@ -270,7 +435,7 @@ class ReplayingBackend:
 
     def replay(self) -> None:
         assert self.fn is not None and self._lrs() == self.lrs
-        for recorded, value in zip(tree_leaves(self.outputs), tree_leaves(self.fn()), strict=True):
+        for recorded, value in zip(_tensors(self.outputs), _tensors(self.fn()), strict=True):
             recorded.copy_(value)
 
     def _state(self) -> list[torch.Tensor]:
@@ -279,6 +444,14 @@ class ReplayingBackend:
 
     def _lrs(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _tensors(outputs: Any) -> list[torch.Tensor]:
+    """The tensors of a step's outputs, those of its :class:`StepStats` included."""
+    leaves = tree_leaves(outputs)
+    return [
+        x for leaf in leaves for x in ((leaf.sums, leaf.counts) if isinstance(leaf, StepStats) else (leaf,))
+    ]
 
 
 def _three_epochs(

@@ -107,9 +107,13 @@ def process_teacher_logits(
 
 def processed_rows(config: Any, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
     """Boolean ``(B,)``: the rows the conditional swap of ``config`` changes (``None`` for every other
-    processing: they change the rows the swap changes, the trainer's ``teacher_swap_rate``, or all)."""
+    processing: they change the rows the swap changes, the trainer's ``teacher_swap_rate``, or all).
+    ``teacher_logits`` may hold several views along the rows, ``(k * B, C)``, for ``(B,)`` targets: they
+    are repeated here, only where the mask is made (an op the other processings do not pay for)."""
     if not isinstance(config, LogitSwitches) or config.teacher_processing != "conditional_swap":
         return None
+    if targets.shape[0] != teacher_logits.shape[0]:
+        targets = targets.repeat(teacher_logits.shape[0] // targets.shape[0])
     return sld_core.conditional_swap_mask(
         teacher_logits,
         targets,

@@ -16,7 +16,6 @@ from rich.console import Console
 from harness.config import TrainConfig
 from harness.data.base import Batch, TrainData
 from harness.runs import RunDir
-from sld_core import swap_mask
 
 from .console import NO_LOSS_YET, RunEta, duration, progress
 from .distributed import DistContext
@@ -26,7 +25,7 @@ from .graphs import StepGraph
 from .interrupt import StopSignals, interrupted
 from .methods import Method, StepLogits, processed_rows
 
-__all__ = ["StepParts", "teacher_forward", "train_epoch", "train_step"]
+__all__ = ["StepParts", "StepStats", "step_stats", "teacher_forward", "train_epoch", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,61 @@ class StepParts:
     dist: DistContext = field(default_factory=DistContext)
     graph: StepGraph | None = None  # --cuda-graphs: full-batch steps replay one recorded CUDA graph
     teacher_at_once: bool | None = None  # one teacher forward over all views; None: except on the CPU
+
+
+# The record's order of the counts (dicts keep it: metrics.jsonl lists the keys in it).
+_COUNT_ORDER = ("teacher_swaps", "teacher_processed", "student_swaps")
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """A step's sums for the epoch record (or an epoch's, added up with ``+``) in two device vectors,
+    so that an epoch adds two tensors per step however many terms and views there are.
+    :meth:`as_dict` names them.
+
+    Example
+    -------
+    >>> s = StepStats(("ce", "loss"), torch.tensor([4.0, 4.0]), ("student_swaps",), torch.tensor([3]), 8)
+    >>> {name: value.item() for name, value in (s + s).as_dict().items()}
+    {'ce': 8.0, 'student_swaps': 6, 'train_correct': 10, 'loss': 8.0}
+    """
+
+    names: tuple[str, ...]  # of ``sums``: the method's terms, then "loss"
+    sums: torch.Tensor  # each term and the total loss times the rows, in the terms' dtype
+    blocks: tuple[str, ...]  # what each entry of ``counts`` counts (the first: the student's weak view)
+    counts: torch.Tensor  # int64: per view, rows the student / teacher gets wrong, the conditional swap swaps
+    rows: int  # this rank's rows
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The total loss times the rows (0-d, a view of ``sums``)."""
+        return self.sums[-1]
+
+    def clone(self) -> StepStats:
+        """A copy that owns its tensors (a graphed step overwrites its outputs at the next step)."""
+        return dataclasses.replace(self, sums=self.sums.clone(), counts=self.counts.clone())
+
+    def __add__(self, other: StepStats) -> StepStats:
+        if (other.names, other.blocks) != (self.names, self.blocks):
+            raise ValueError(
+                f"cannot add the sums of {other.names + other.blocks} to those of {self.names + self.blocks}"
+            )
+        return dataclasses.replace(
+            self, sums=self.sums + other.sums, counts=self.counts + other.counts, rows=self.rows + other.rows
+        )
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Named 0-d device tensors, what :func:`harness.runs.epoch_record` reads (after the transfer):
+        every term, the swap counts over all views, ``train_correct`` (the weak view's hits), ``loss``."""
+        named = dict(zip(self.names[:-1], self.sums.unbind()))
+        for name in _COUNT_ORDER:
+            where = [i for i, block in enumerate(self.blocks) if block == name]
+            if where:  # one block per view, side by side
+                named[name] = self.counts[where[0] : where[-1] + 1].sum()
+        # train accuracy on the weak view (the first rows), the one closest to the test images
+        named["train_correct"] = self.rows - self.counts[0]
+        named["loss"] = self.loss
+        return named
 
 
 def train_epoch(
@@ -70,7 +124,7 @@ def train_epoch(
     """
     config, dist = parts.config, parts.dist
     parts.student.train()
-    sums: dict[str, torch.Tensor] = {}
+    sums: StepStats | None = None
     first_bad_step = torch.full((), -1, dtype=torch.long, device=generator.device)
     # Whether the student's and the teacher's logits were finite at that step: what the message blames.
     first_bad_logits = torch.ones(2, dtype=torch.bool, device=generator.device)
@@ -89,11 +143,10 @@ def train_epoch(
         )
         for step, batch in enumerate(batches):
             loss, stats, logits_finite = train_step(parts, batch, epoch=epoch)
-            for name, value in stats.items():
-                # clone: a graphed step overwrites its outputs at the next step
-                sums[name] = sums[name] + value if name in sums else value.clone()
+            # clone: a graphed step overwrites its outputs at the next step
+            sums = stats.clone() if sums is None else sums + stats
             if on_log is not None:
-                window_loss = stats["loss"].clone() if window_loss is None else window_loss + stats["loss"]
+                window_loss = stats.loss.clone() if window_loss is None else window_loss + stats.loss
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
             newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
@@ -103,9 +156,9 @@ def train_epoch(
             if at_log_step:  # a sync: the first step, then every log_every steps
                 _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
                 if window_loss is None:
-                    loss_sum = float(sums["loss"])
+                    loss_sum = float(sums.loss)
                 else:  # both in one transfer: the trackers' step loss costs no extra sync
-                    loss_sum, window_sum = torch.stack([sums["loss"], window_loss]).tolist()
+                    loss_sum, window_sum = torch.stack([sums.loss, window_loss]).tolist()
                     window_rows = local_rows - logged_rows
                     on_log((epoch - 1) * steps + step + 1, {"loss": window_sum / window_rows, "lr": lr})
                     window_loss, logged_rows = None, local_rows
@@ -122,12 +175,10 @@ def train_epoch(
             if stopping:
                 raise interrupted(stop.received, run, epoch, config.optim.epochs, between_epochs=False)
     _check_finite(first_bad_step, first_bad_logits, epoch, steps, run, config, dist)
-    return {**_reduce_sums(sums, dist), "rows": rows}
+    return {**_reduce_sums({} if sums is None else sums.as_dict(), dist), "rows": rows}
 
 
-def train_step(
-    parts: StepParts, batch: Batch, *, epoch: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+def train_step(parts: StepParts, batch: Batch, *, epoch: int) -> tuple[torch.Tensor, StepStats, torch.Tensor]:
     """One optimizer step on this rank's rows of one global batch: the student's logits of every view
     (one forward per view: BatchNorm normalizes each view with its own statistics, as officially), the
     teacher's in one forward over all views off the CPU (:func:`teacher_forward`), the method's loss
@@ -144,17 +195,17 @@ def train_step(
     -------
     (loss, stats, logits_finite)
         This rank's detached total loss (0-d, before the DDP weight); this step's device-side sums
-        for the epoch record: every term times the rows trained on, swap counts (and, for the
-        conditional swap, the rows it swaps) and correct weak-view predictions; and whether the
-        student's and the teacher's logits were all finite (bool, (2,)), which says what to blame when
-        the loss is not. A graphed step returns the same tensors every time and the next step
-        overwrites them: copy what you keep.
+        for the epoch record (:class:`StepStats`: every term times the rows trained on, the rows each
+        model gets wrong per view (and, for the conditional swap, the rows it swaps), whence swap
+        counts and correct weak-view predictions); and whether the student's and the teacher's logits
+        were all finite (bool, (2,)), which says what to blame when the loss is not. A graphed step
+        returns the same tensors every time and the next step overwrites them: copy what you keep.
     """
     rows = batch.global_rows
     if parts.graph is None or rows != parts.config.optim.batch_size:
         return _step(parts, batch.views, batch.labels, global_rows=rows, epoch=epoch)
 
-    def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, StepStats, torch.Tensor]:
         return _step(parts, tensors[:-1], tensors[-1], global_rows=rows, epoch=epoch)
 
     # The epoch and the learning rates are Python numbers that the recorded kernels hold as constants.
@@ -213,7 +264,7 @@ def _step(
     *,
     global_rows: int,
     epoch: int,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[torch.Tensor, StepStats, torch.Tensor]:
     config = parts.config
     rows = labels.shape[0]
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -231,35 +282,75 @@ def _step(
     terms = parts.method(StepLogits(students, teachers, labels), epoch=epoch, config=config.loss)
     losses = [value for name, value in terms.items() if name.startswith("loss")]
     loss = sum(losses[1:], losses[0]) if losses else torch.zeros((), device=labels.device)
-    stats = {name: (value.detach() if value.requires_grad else value) * rows for name, value in terms.items()}
-    # Swap counts of all views at once: their logits stacked along the rows, the labels repeated.
-    view_labels = labels.repeat(len(xs)) if len(xs) > 1 else labels
-    if parts.teacher is not None:
-        stats["teacher_swaps"] = swap_mask(teacher_rows, view_labels, check_targets=False).sum()
-        processed = processed_rows(config.loss, teacher_rows, view_labels)
-        if processed is not None:  # the conditional swap: the rows it swaps, a subset of the above
-            stats["teacher_processed"] = processed.sum()
-    student_rows = torch.cat([s.detach() for s in students]) if len(students) > 1 else students[0].detach()
-    student_wrong = swap_mask(student_rows, view_labels, check_targets=False)
-    stats["student_swaps"] = student_wrong.sum()
-    # train accuracy on the weak view (the first rows), the one closest to the test images
-    stats["train_correct"] = (~student_wrong[:rows]).sum()
-    # One sum per view is finite exactly when every logit is (or the sum overflows: divergence too).
-    logits_finite = torch.stack([_all_finite(students, labels.device), _all_finite(teachers, labels.device)])
+    if parts.teacher is None:
+        teacher_rows = processed = None
+    else:  # the conditional swap: the rows it swaps, a subset of the swap's (None for the others)
+        processed = processed_rows(config.loss, teacher_rows, labels)
+    stats, logits_finite = step_stats(terms, loss, students, teacher_rows, labels, processed=processed)
     weight = parts.dist.world_size * rows / global_rows
     parts.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
-    loss = loss.detach()
-    stats["loss"] = loss * rows
-    return loss, stats, logits_finite
+    return loss.detach(), stats, logits_finite
 
 
-def _all_finite(logits: Sequence[torch.Tensor] | None, device: torch.device) -> torch.Tensor:
-    if not logits:  # no teacher
-        return torch.ones((), dtype=torch.bool, device=device)
-    total = torch.stack([z.detach().sum(dtype=torch.float32) for z in logits]).sum()
-    return torch.isfinite(total)
+def step_stats(
+    terms: dict[str, torch.Tensor],
+    loss: torch.Tensor,
+    students: Sequence[torch.Tensor],
+    teacher_rows: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    processed: torch.Tensor | None = None,
+) -> tuple[StepStats, torch.Tensor]:
+    """One step's sums for the epoch record and whether its logits were finite, in ten ops or so
+    whatever the number of terms and views (on a GPU each is a launch, every step).
+
+    Parameters
+    ----------
+    terms
+        The method's terms, 0-d tensors of one dtype (float32 for float32 and half-precision logits).
+    loss
+        The total loss (0-d).
+    students
+        The student's logits, ``(B, C)`` per view.
+    teacher_rows
+        The teacher's logits of every view along the rows, ``(len(students) * B, C)``; None without a teacher.
+    labels
+        int64 ``(B,)`` in ``[0, C)`` (checked when the data loads, so not clamped here).
+    processed
+        Boolean ``(len(students) * B,)``: the rows the conditional swap changes, or None.
+
+    Returns
+    -------
+    (stats, logits_finite)
+        :class:`StepStats`; and whether the student's and the teacher's logits were all finite (bool,
+        (2,): ``[student, teacher]``; True for a missing teacher). One float32 sum per model is finite
+        exactly when every logit is (or the sum overflows: divergence too), and ``s - s == 0`` tells
+        that in two ops where ``isfinite`` takes four (``inf - inf`` and ``nan - nan`` are NaN).
+    """
+    rows, views = labels.shape[0], len(students)
+    models = [*students, teacher_rows] if teacher_rows is not None else list(students)
+    blocks = ("student_swaps",) * views + (("teacher_swaps",) * views if teacher_rows is not None else ())
+    with torch.no_grad():
+        names = (*(name for name in terms if name != "loss"), "loss")
+        # One multiplication for all terms: each entry is bit for bit the term times the rows.
+        sums = torch.stack([*(terms[name] for name in names[:-1]), loss]) * rows
+        # Every model's logits of every view along the rows (the student's first), in blocks of B rows:
+        # one argmax and one comparison for all. cat upcasts to a common dtype, which keeps the argmax.
+        logits = torch.cat(models) if len(models) > 1 else models[0]
+        wrong = logits.argmax(1).view(-1, rows) != labels
+        if processed is not None:
+            wrong = torch.cat([wrong, processed.view(views, rows)])
+            blocks += ("teacher_processed",) * views
+        counts = wrong.sum(1)  # int64 per block: exact however many steps are added up
+        # the student's and the teacher's half of the rows (both are views * B rows of C logits)
+        totals = logits.view(2 if teacher_rows is not None else 1, -1).sum(1, dtype=torch.float32)
+        drift = totals - totals
+        if teacher_rows is None:
+            drift = torch.nn.functional.pad(drift, (0, 1))  # a missing teacher counts as finite
+        logits_finite = drift == 0
+    return StepStats(names, sums, blocks, counts, rows), logits_finite
 
 
 def _check_finite(

@@ -149,7 +149,8 @@ def train_epoch(
                 window_loss = stats.loss.clone() if window_loss is None else window_loss + stats.loss
             rows += batch.global_rows
             local_rows += batch.labels.shape[0]
-            newly_bad = (first_bad_step < 0) & ~torch.isfinite(loss)
+            # loss - loss is NaN exactly when the loss is not finite: two ops where ~isfinite takes five
+            newly_bad = (first_bad_step < 0) & ((loss - loss) != 0)
             first_bad_step = torch.where(newly_bad, step, first_bad_step)
             first_bad_logits = torch.where(newly_bad, logits_finite, first_bad_logits)
             at_log_step = step == 0 or (step + 1) % config.log_every == 0

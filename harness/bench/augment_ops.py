@@ -2,20 +2,30 @@
 
     python -m harness.bench.augment_ops                      # CPU, batch 64
     python -m harness.bench.augment_ops --device cuda --batch 64
+    python -m harness.bench.augment_ops --against 283a3e7   # also that revision's weak + strong views
 
 Ops are counted with :class:`harness.bench.ops.OpCounter`: every ATen op the call dispatches ("total")
 and those that launch work ("kernels": not views, bare allocations or profiler markers,
 :func:`harness.bench.ops.launches`). Every pass runs on the whole batch on every device, so the counts do
 not depend on the draws. Times are medians
 of interleaved repeats (each repeat runs every case once), synchronized on CUDA.
+
+``--against REV`` loads ``harness/data/augment.py`` of git revision ``REV`` as a module of its own and adds
+its ``weak_view`` then ``strong_view`` (one generator, as the trainer calls them) to the same round robin,
+after checking that they give this tree's images bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -44,6 +54,35 @@ def cases(x: torch.Tensor) -> dict[str, Callable[[torch.Generator], torch.Tensor
     }
 
 
+def revision_module(revision: str, root: Path) -> ModuleType:
+    """``harness/data/augment.py`` of git revision ``revision`` as a module (it imports torch only)."""
+    import importlib
+
+    name = "augment_" + "".join(ch if ch.isalnum() else "_" for ch in revision)
+    source = subprocess.run(
+        ["git", "show", f"{revision}:harness/data/augment.py"], check=True, capture_output=True, text=True
+    ).stdout
+    (root / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    return importlib.import_module(name)
+
+
+def against_cases(
+    x: torch.Tensor, revision: str, old: ModuleType
+) -> dict[str, Callable[[torch.Generator], object]]:
+    """``revision``'s two view calls, after checking them against :func:`weak_and_strong_views`."""
+
+    def both(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return old.weak_view(x, g), old.strong_view(x, g)
+
+    for seed in range(3):
+        mine = weak_and_strong_views(x, torch.Generator(device=x.device).manual_seed(seed))
+        theirs = both(torch.Generator(device=x.device).manual_seed(seed))
+        if not all(torch.equal(a, b) for a, b in zip(mine, theirs)):
+            raise SystemExit(f"error: {revision}'s views differ from this tree's (seed {seed})")
+    return {f"{revision}: weak_view then strong_view": both}
+
+
 def count_ops(fn: Callable[[torch.Generator], torch.Tensor], device: torch.device, seeds: int = 5) -> set:
     """The distinct (total, kernels) counts over ``seeds`` seeds (one pair when the count is fixed)."""
     counts = set()
@@ -61,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--against", metavar="REV", help="also time git revision REV's weak + strong views")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
     calls = cases(x)
+    with tempfile.TemporaryDirectory() as root:
+        if args.against:
+            calls.update(against_cases(x, args.against, revision_module(args.against, Path(root))))
+        _report(calls, device, args)
+
+
+def _report(
+    calls: dict[str, Callable[[torch.Generator], object]], device: torch.device, args: argparse.Namespace
+) -> None:
     counts = {name: count_ops(fn, device) for name, fn in calls.items()}
     times: dict[str, list[float]] = {name: [] for name in calls}
     g = torch.Generator(device=device).manual_seed(0)

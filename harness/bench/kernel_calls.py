@@ -9,7 +9,8 @@ so each case runs after the others have evicted the caches): the naive reference
 ``torch.autograd.Function`` with the fused path's four outputs whose backward hands over an allocated,
 uncomputed gradient (the least any autograd path pays, forward and ``total.backward()``); the torch
 fused path, twice in a row (the second call finds its code and data in the caches that the others
-evict); the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready arrays).
+evict); the NumPy fused path; the kernel alone (``cpu_kernel.fused_sums`` on ready arrays), twice in a
+row.
 
 ``--against REV`` copies ``backends/`` of git revision ``REV`` into a temporary package and times both
 kernels (``cpu_kernel.fused_sums``) side by side: thread CPU time, one thread, float32, the official
@@ -105,6 +106,7 @@ def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
             kernel.fused_sums(s_np, t_np, y_np, config, True, weights, grad, threads)
 
         cases["kernel alone"] = alone
+        cases["kernel alone, again"] = alone
     times = _round_robin(cases, repeats, time.perf_counter)
     print(f"{batch}x{classes}, {threads} thread(s), {repeats} interleaved repeats, wall clock")
     for name, values in times.items():

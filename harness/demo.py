@@ -51,6 +51,7 @@ from harness.data.augment import cutout, rand_augment
 from harness.data.resident import epoch_batches
 from harness.recipes import pair_config
 from harness.train.methods import METHODS, StepLogits
+from harness.train.optim import build_optimizer
 from sld_core import swap_mask
 
 __all__ = [
@@ -301,14 +302,7 @@ def _fit(
     ``loss*`` entries summed (over the views, inside the method), SGD with momentum and weight decay,
     multistep lr stepped per epoch. ``views_of(epoch)`` gives that epoch's views."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=optim.lr,
-        momentum=optim.momentum,
-        weight_decay=optim.weight_decay,
-        nesterov=optim.nesterov,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(optim.lr_milestones), optim.lr_decay)
+    optimizer, scheduler = build_optimizer(model, optim)
     loss_fn = METHODS[method]
     model.train()
     for epoch in range(1, optim.epochs + 1):  # the methods count epochs from 1

@@ -149,7 +149,7 @@ def test_multi_tensor_sgd_equals_the_per_parameter_loop(
             optimizer.step()
         return [p.detach() for p in params]
 
-    fast = run(lambda module: build_optimizer(module, config)[0])
+    fast = run(lambda module: build_optimizer(module, config.optim)[0])
     loop = run(
         lambda module: torch.optim.SGD(
             module.parameters(),
@@ -180,7 +180,7 @@ def test_multi_tensor_sgd_equals_the_per_parameter_loop(
 def test_resuming_keeps_the_multi_tensor_update() -> None:
     net = torch.nn.Linear(3, 2)
     config = plain_config()
-    optimizer, _ = build_optimizer(net, config)
+    optimizer, _ = build_optimizer(net, config.optim)
     old_style = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, foreach=False).state_dict()
     load_optimizer_state(optimizer, old_style)
     assert optimizer.param_groups[0]["foreach"] is True
@@ -213,7 +213,7 @@ def test_train_step_equals_the_step_written_out(amp: str, channels_last: bool, t
     torch.manual_seed(4)
     student = build_model("resnet8").to(memory_format=memory_format).train()
     reference = copy.deepcopy(student)
-    optimizer, _ = build_optimizer(student, config)
+    optimizer, _ = build_optimizer(student, config.optim)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     parts = StepParts(
         student, teacher, METHODS["sld"], optimizer, scaler, config, teacher_at_once=teacher_at_once
@@ -373,7 +373,7 @@ def test_an_epochs_sums_are_the_sums_of_its_steps(method: str, monkeypatch: pyte
         config, teacher = TrainConfig(student="resnet8", method="ce", loss=CEConfig(), optim=optim), None
     torch.manual_seed(4)
     student = build_model("resnet8")
-    optimizer, _ = build_optimizer(student, config)
+    optimizer, _ = build_optimizer(student, config.optim)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     parts = StepParts(student, teacher, METHODS[config.method], optimizer, scaler, config)
     steps: list[dict[str, torch.Tensor]] = []
@@ -473,7 +473,7 @@ def _three_epochs(
     teacher = eval_teacher("resnet8", seed=3).to(device, memory_format=memory_format)
     torch.manual_seed(4)
     student = build_model("resnet8").to(device, memory_format=memory_format)
-    optimizer, scheduler = build_optimizer(student, config)
+    optimizer, scheduler = build_optimizer(student, config.optim)
     graph = make_graph(student, optimizer)
     parts = StepParts(
         student,

@@ -238,7 +238,7 @@ def training_step(
     check_cuda_graphs(config, device, DistContext())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = build_model(student).to(device, memory_format=memory_format).train()
-    optimizer, _ = build_optimizer(net, config)
+    optimizer, _ = build_optimizer(net, config.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     graph = StepGraph(CudaGraphs(device)) if cuda_graphs else None
     parts = StepParts(

@@ -220,7 +220,7 @@ def _train_in(
     teacher, teacher_sha256 = _load_teacher(config, data.num_classes, device)
     if resumed is not None:
         check_teacher(resumed, teacher_sha256, config.teacher_checkpoint, run)
-    optimizer, scheduler = build_optimizer(student, config)
+    optimizer, scheduler = build_optimizer(student, config.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)

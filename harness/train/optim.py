@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from harness.config import TrainConfig
+from harness.config import OptimConfig
 
 __all__ = ["build_optimizer", "load_optimizer_state"]
 
@@ -19,7 +19,7 @@ _IMPLEMENTATION = {"foreach": True, "fused": None}
 
 
 def build_optimizer(
-    student: torch.nn.Module, config: TrainConfig
+    student: torch.nn.Module, optim: OptimConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD (multi-tensor) and its multistep schedule, stepped once per epoch.
 
@@ -28,8 +28,8 @@ def build_optimizer(
     student
         The module whose parameters are trained (not a DDP / compile wrapper: the state dict keys of
         the optimizer do not depend on it).
-    config
-        ``config.optim`` gives lr, momentum, nesterov, weight decay and the schedule.
+    optim
+        A run's ``config.optim``: lr, momentum, nesterov, weight decay and the schedule.
 
     Returns
     -------
@@ -37,13 +37,11 @@ def build_optimizer(
 
     Example
     -------
-    >>> from harness.config import CEConfig
     >>> net = torch.nn.Linear(3, 2)
-    >>> opt, sched = build_optimizer(net, TrainConfig(student="resnet8", method="ce", loss=CEConfig()))
+    >>> opt, sched = build_optimizer(net, OptimConfig())
     >>> opt.param_groups[0]["foreach"], sched.milestones
     (True, Counter({150: 1, 180: 1, 210: 1}))
     """
-    optim = config.optim
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=optim.lr,

@@ -230,6 +230,20 @@ def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
+def interrupt_when(proc: subprocess.Popen, condition, timeout: float, what: str) -> str:  # noqa: ANN001
+    """Wait for ``condition``, send ``proc`` the SIGINT a Ctrl-C in its terminal sends (to the launcher
+    only), and return its output once it exits; the process tree is killed if anything fails first."""
+    try:
+        wait_for(condition, timeout, what)
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            proc.wait()
+    return output
+
+
 def records(run: Path) -> int:
     try:
         return len(read_metrics(run / "metrics.jsonl"))
@@ -251,14 +265,9 @@ def test_ctrl_c_stops_every_run_cleanly_and_the_same_command_continues(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(), cwd=tmp_path,
         start_new_session=True,
     )  # fmt: skip
-    try:
-        wait_for(lambda: all(records(out / PAIR / r) >= 1 for r in RUNS), 120, "both runs' first epoch")
-        os.kill(proc.pid, signal.SIGINT)  # what a Ctrl-C in its terminal sends (to the launcher only)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-            proc.wait()
+    output = interrupt_when(
+        proc, lambda: all(records(out / PAIR / r) >= 1 for r in RUNS), 120, "both runs' first epoch"
+    )
     assert proc.returncode == 130, output
     assert "interrupted by SIGINT: stopped 2 run(s) cleanly" in output and "Traceback" not in output
     for run in RUNS:
@@ -594,14 +603,7 @@ def test_a_signal_is_passed_on_once_and_nothing_new_starts(tmp_path: Path) -> No
         [sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=subprocess_env(PYTHONPATH=str(ROOT)), start_new_session=True,
     )  # fmt: skip
-    try:
-        wait_for(lambda: (tmp_path / "r0/started").exists(), 60, "the first job to start")
-        os.kill(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-            proc.wait()
+    output = interrupt_when(proc, lambda: (tmp_path / "r0/started").exists(), 60, "the first job to start")
     assert proc.returncode == 130, output
     statuses = json.loads(next(line for line in output.splitlines() if line.startswith("[[")))
     assert statuses == [["r0", "stopped"], ["r1", "not started"], ["r2", "not started"]]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from types import ModuleType
 import torch
 
 from harness.bench.ops import OpCounter
+from harness.bench.revision import revision_package
 from harness.data.augment import (
     cutout,
     eval_view,
@@ -58,13 +58,9 @@ def revision_module(revision: str, root: Path) -> ModuleType:
     """``harness/data/augment.py`` of git revision ``revision`` as a module (it imports torch only)."""
     import importlib
 
-    name = "augment_" + "".join(ch if ch.isalnum() else "_" for ch in revision)
-    source = subprocess.run(
-        ["git", "show", f"{revision}:harness/data/augment.py"], check=True, capture_output=True, text=True
-    ).stdout
-    (root / f"{name}.py").write_text(source)
+    package = revision_package(revision, "harness/data", root, files=("augment.py",))
     sys.path.insert(0, str(root))
-    return importlib.import_module(name)
+    return importlib.import_module(f"{package}.augment")
 
 
 def against_cases(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -113,32 +112,17 @@ def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
         print(f"  {name:24s} median {np.median(values) * 1e3:9.3f} ms   min {np.min(values) * 1e3:9.3f} ms")
 
 
-def _revision_package(revision: str, root: Path) -> str:
-    """``backends/`` of ``revision`` as the importable package ``backends_<revision>`` under ``root``."""
-    name = "backends_" + "".join(ch if ch.isalnum() else "_" for ch in revision)
-    target = root / name
-    target.mkdir()
-    listing = subprocess.run(
-        ["git", "ls-tree", "--name-only", f"{revision}:backends"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    for file in listing:
-        if file.endswith(".py"):
-            source = subprocess.run(
-                ["git", "show", f"{revision}:backends/{file}"], check=True, capture_output=True, text=True
-            ).stdout
-            (target / file).write_text(source)
-    return name
-
-
 def against(revision: str, batch: int, classes: int, repeats: int) -> None:
     import sld_core
     from backends import cpu_kernel
+
+    from .revision import revision_package
 
     s, t, y = _inputs(batch, classes)
     config = sld_core.SLDConfig()
     with tempfile.TemporaryDirectory() as root:
         sys.path.insert(0, root)
-        old = importlib.import_module(_revision_package(revision, Path(root)) + ".cpu_kernel")
+        old = importlib.import_module(revision_package(revision, "backends", Path(root)) + ".cpu_kernel")
         grads = {"this tree": np.empty_like(s), revision: np.empty_like(s)}
         weights = (config.ce_weight, config.kd_weight, config.kd_weight)
         cases = {

@@ -112,6 +112,9 @@ CUTOUT_FILL = (125, 123, 114)  # MLKD's cutout grey, about the dataset mean
 _PAD = 4
 _NUM_OPS = 2
 _MAX_CUTOUT = 0.5  # of the image side
+# Keys of _constant, built once here rather than at every call of the ops that read them.
+_POSTERIZE_MASKS = tuple(255 - ((1 << (8 - bits)) - 1) for bits in range(9))  # the top `bits` bits set
+_INVERTED_LEVELS = tuple(range(255, -1, -1))
 
 
 # ---------------------------------------------------------------------------------------------- public views
@@ -513,7 +516,7 @@ def _equalize(planes: _Planes, v: torch.Tensor) -> torch.Tensor:
 
 def _posterize(planes: _Planes | None, v: torch.Tensor) -> torch.Tensor:
     # MLKD: max(1, int(v)) bits; the mask keeps the top ones.
-    masks = _constant(tuple(255 - ((1 << (8 - bits)) - 1) for bits in range(9)), torch.uint8, v.device)
+    masks = _constant(_POSTERIZE_MASKS, torch.uint8, v.device)
     return _levels(torch.uint8, v.device) & masks[v.long().clamp(1, 8)].view(-1, 1, 1)
 
 
@@ -527,7 +530,7 @@ def _sharpness(planes: _Planes) -> torch.Tensor:
 
 
 def _solarize(planes: _Planes | None, v: torch.Tensor) -> torch.Tensor:
-    inverted = _constant(tuple(range(255, -1, -1)), torch.uint8, v.device)
+    inverted = _constant(_INVERTED_LEVELS, torch.uint8, v.device)
     return torch.where(
         _levels(torch.float32, v.device) >= v.view(-1, 1, 1), inverted, _levels(torch.uint8, v.device)
     )

@@ -315,10 +315,54 @@ def _fused_grad(g, e, num_e, coef_s, coef_t, num_classes):
                 + ((a5 * s5[c] + b5 * t5[c]) + (a6 * s6[c] + b6 * t6[c])))
 
 
-@_jit(fastmath=_FASTMATH)
+@intrinsic
+def _address_as_pointer(typingctx, address, witness):
+    """The integer ``address`` as a pointer to elements of ``witness``'s dtype (an array: the pointer
+    type must be known when compiling)."""
+    if not isinstance(address, types.Integer) or not isinstance(witness, types.Array):
+        return None
+    pointer = types.CPointer(witness.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address, witness), codegen
+
+
+def _unowned(a):  # pragma: no cover - a typing stub; the compiled version is the overload below
+    """Inside the kernels: the memory of the C-contiguous array ``a`` as an array without an owner."""
+    return a
+
+
+@overload(_unowned, inline="always")
+def _unowned_impl(a):
+    """Every view of an array that has an owner (a row, a column block: dozens per row of the kernel)
+    takes and drops a reference with an atomic add on the owner's count: a quarter of a 640x10 call's
+    time (RESULTS.md). Views of the same memory seen without an owner (``numba.carray``) skip that. Only
+    valid while ``a`` itself is alive: the kernel applies it to its arguments, which the caller holds
+    until the call returns. Arrays of another layout are returned as they are."""
+    if not isinstance(a, types.Array):
+        return None
+    if a.layout != "C":
+        return lambda a: a
+    return lambda a: numba.carray(_address_as_pointer(a.ctypes.data, a), a.shape)
+
+
+@_jit()
 def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
+    """Rows ``[start, stop)`` (:func:`_rows`) with their scratch: two allocations (each one costs
+    microseconds when the allocator is out of cache)."""
+    num_e, num_t = ipar[4], ipar[5]
+    wide = np.empty(6 * num_e, dtype=np.float64)
+    narrow = np.empty(2 * num_e * s.shape[1] + 3 * num_e + 2 * num_t, dtype=s.dtype)
+    _rows(s, t, y, fpar, ipar, grad, out, start, stop, wide, narrow)
+
+
+@_jit(fastmath=_FASTMATH)
+def _rows(s, t, y, fpar, ipar, grad, out, start, stop, wide, narrow):
     """Rows ``[start, stop)``: per-row terms and flags into ``out`` (float64, ``(B + 1, 7)``), the gradient
-    into ``grad`` when wanted (else ``grad`` may be empty).
+    into ``grad`` when wanted (else ``grad`` may be empty). ``wide`` (float64, ``6 J``) and ``narrow``
+    (the logits' dtype, ``2 J C + 3 J + 2 K``) are scratch.
 
     ``ipar = (teacher_swap, pseudo_on, detach, want_grad, J, K, ce_index, factor_a[J], factor_b[J],
     entry_of_temperature[K])``, ``factor_a[j] < 0`` for a root; ``fpar = (w_ce / B, w_teacher / B,
@@ -340,14 +384,14 @@ def _kernel(s, t, y, fpar, ipar, grad, out, start, stop):
     inv_e64 = fpar[_F_SCALARS:_F_SCALARS + num_e]
     temps = fpar[_F_SCALARS + num_e:_F_SCALARS + num_e + num_t]
     kd_on = fpar[_F_SCALARS + num_e + num_t:_F_SCALARS + num_e + 2 * num_t]
-    # scratch: two allocations (each one costs microseconds when the allocator is out of cache)
-    wide = np.empty(6 * num_e, dtype=np.float64)
+    # every array as memory without an owner, so that the views below take no references (the caller
+    # holds the arguments until this returns)
+    s, t, grad, wide, narrow = _unowned(s), _unowned(t), _unowned(grad), _unowned(wide), _unowned(narrow)
     z = wide[:2 * num_e]
     cross = wide[2 * num_e:3 * num_e]
     ratio_t = wide[3 * num_e:4 * num_e]  # exp((t_y - t_max) / T_entry)
     ratio_s = wide[4 * num_e:5 * num_e]  # exp(-(s_m - s_y) / T_entry) = q_y / q_m
     size_e = 2 * num_e * num_classes
-    narrow = np.empty(size_e + 3 * num_e + 2 * num_t, dtype=s.dtype)
     # entry j of the student in row j, of the teacher in row J + j (first: the allocation is aligned)
     e = narrow[:size_e].reshape((2 * num_e, num_classes))
     inv_e = narrow[size_e:size_e + num_e]
@@ -593,20 +637,6 @@ def _one_thread(s, t, y, fpar, ipar, grad, out):
     costs microseconds, tens of them with cold caches; so does returning a new array)."""
     _kernel(s, t, y, fpar, ipar, grad, out, 0, s.shape[0])
     rows_to_sums(out)
-
-
-@intrinsic
-def _address_as_pointer(typingctx, address, witness):
-    """The integer ``address`` as a pointer to elements of ``witness``'s dtype (an array: the pointer
-    type must be known when compiling)."""
-    if not isinstance(address, types.Integer) or not isinstance(witness, types.Array):
-        return None
-    pointer = types.CPointer(witness.dtype)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer))
-
-    return pointer(address, witness), codegen
 
 
 @_jit()

@@ -282,20 +282,22 @@ class _SLDFunction(torch.autograd.Function):
             with _no_autocast(student.device.type):
                 losses, grad = _fused(student, teacher, targets, config, pseudo_on, weights, check, impl)
         total, ce, teacher_term, pseudo = losses.unbind()
-        ctx.config, ctx.pseudo_on, ctx.input_dtype = config, pseudo_on, student.dtype
         if want_grad:
             # student/teacher saved for the rare per-term backward; saving inputs copies nothing.
-            # The gradient (an intermediate, not an input or output) is kept as an attribute so the
-            # backward can hand it over and drop the reference: see backward.
+            # The gradient (an intermediate, not an input or output) is kept in an attribute so the
+            # backward can hand it over and drop the reference: see backward. One attribute for it and
+            # the per-term backward's settings: each set on ctx costs ~1 us with cold caches.
             ctx.save_for_backward(student, teacher, targets)
-            ctx.grad = grad
+            ctx.state = [grad, config, pseudo_on, student.dtype]
         return total, ce, teacher_term, pseudo
 
     @staticmethod
     def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        grad, ctx.grad = ctx.grad, None  # a second backward (retain_graph) recomputes below
+        state = ctx.state
+        grad, config, pseudo_on, input_dtype = state
+        state[0] = None  # a second backward (retain_graph) recomputes below
         if grad is not None and d_ce is None and d_teacher is None and d_pseudo is None:
             if d_total is None:
                 return None, None, None, None
@@ -304,11 +306,10 @@ class _SLDFunction(torch.autograd.Function):
             # new (B, C) tensor). Checked only on CPU, where reading the value costs no sync.
             if not (d_total.is_cpu and d_total.dim() == 0 and float(d_total) == 1.0):
                 grad = grad.mul_(d_total)
-            if grad.dtype != ctx.input_dtype:
-                grad = grad.to(ctx.input_dtype)
+            if grad.dtype != input_dtype:
+                grad = grad.to(input_dtype)
             return grad, None, None, None
         student, teacher, targets = ctx.saved_tensors
-        config = ctx.config
 
         def scalar(x: torch.Tensor | None) -> Any:
             return 0.0 if x is None else x
@@ -321,8 +322,32 @@ class _SLDFunction(torch.autograd.Function):
         )
         # tensor weights (no .item(): that would sync the device) broadcast through the pass
         with _no_autocast(student.device.type):
-            _, full = _fused(student, teacher, targets, config, ctx.pseudo_on, weights)
-        return full.to(ctx.input_dtype), None, None, None
+            _, full = _fused(student, teacher, targets, config, pseudo_on, weights)
+        return full.to(input_dtype), None, None, None
+
+
+def _direct_apply() -> Any:
+    """``_SLDFunction.apply`` without the Python wrapper of ``torch.autograd.Function.apply``, which
+    costs ~20 us a call with cold caches (a sixth of a 64x100 loss + backward in ``sld bench``;
+    RESULTS.md). With no functorch transform active that wrapper only unwraps dead functorch wrappers
+    and calls the C entry point; this does the same, and under a transform (or on a torch without
+    these internals) it defers to the wrapper itself."""
+    try:
+        entry = super(torch.autograd.Function, _SLDFunction).apply
+        unwrap = torch._C._functorch.unwrap_if_dead
+        transforms_active = torch._C._are_functorch_transforms_active
+    except AttributeError:  # pragma: no cover - internals of the supported torch versions
+        return _SLDFunction.apply
+
+    def apply(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, call: tuple) -> Any:
+        if transforms_active():
+            return _SLDFunction.apply(student, teacher, targets, call)
+        return entry(unwrap(student), unwrap(teacher), unwrap(targets), call)
+
+    return apply
+
+
+_apply = _direct_apply()
 
 
 def _prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, epoch: Any,
@@ -376,9 +401,9 @@ def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     """
     config, pseudo_on, kernel_checks, impl = _prepare(student_logits, teacher_logits, targets, epoch, config,
                                                       check_targets)
-    total, ce, teacher, pseudo = _SLDFunction.apply(student_logits, teacher_logits, targets,
-                                                    (config, pseudo_on, kernel_checks, impl))
-    return sld_core.LossTerms(total=total, ce=ce, teacher=teacher, pseudo=pseudo)
+    total, ce, teacher, pseudo = _apply(student_logits, teacher_logits, targets,
+                                        (config, pseudo_on, kernel_checks, impl))
+    return sld_core.LossTerms(total, ce, teacher, pseudo)  # positional: keywords cost ~1 us cold
 
 
 def sld_loss_and_grad_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -76,8 +76,7 @@ def _fused_numba(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
     grad = torch.empty_like(s) if weights is not None else None
     # CPU tensors: reading tensor weights (a per-term backward) costs no sync
     w = None if weights is None else (float(weights[0]), float(weights[1]), float(weights[2]))
-    threads = num_threads()
-    if threads == 1 or batch * num_classes < kernel.PARALLEL_ELEMENTS:
+    if batch * num_classes < kernel.PARALLEL_ELEMENTS or num_threads() == 1:
         # every tensor read by address is held by a name until the call returns
         y = targets if targets.dtype == torch.int64 else targets.to(torch.int64)
         y = y.contiguous()
@@ -93,7 +92,7 @@ def _fused_numba(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, config
     if y.dtype != np.int64 or not y.flags.c_contiguous:
         y = np.ascontiguousarray(y, dtype=np.int64)
     sums = kernel.fused_sums(s.detach().numpy(), t.detach().numpy(), y, config, pseudo_on, w,
-                             None if grad is None else grad.numpy(), threads)
+                             None if grad is None else grad.numpy(), num_threads())
     if check and (sums[4] or sums[5] or sums[6]):
         raise_for_counts(sums[4:], targets=y, num_classes=num_classes, xp=np)
     return torch.from_numpy(sums[:4]).to(s.dtype), grad

@@ -278,6 +278,24 @@ def test_scaled_and_repeated_backward(torch_path):
     torch.testing.assert_close(leaf.grad, 4.5 * ref_grad, rtol=1e-12, atol=1e-14)
 
 
+def test_functorch_transforms_get_the_autograd_function_wrapper(torch_path, monkeypatch):
+    # the fused call skips autograd.Function.apply's Python wrapper only when no functorch transform is
+    # active; under one the wrapper runs and says what the Function lacks, as it would without the skip
+    s, t, y = _logits(4, 5, seed=3)
+    wrapper_calls = []
+    original = torch_sld._SLDFunction.apply.__func__
+    monkeypatch.setattr(torch_sld._SLDFunction, "apply",
+                        classmethod(lambda cls, *a: wrapper_calls.append(1) or original(cls, *a)))
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda x: torch_sld.sld_loss_fused(x, t, y, epoch=1).total)(s)
+    assert wrapper_calls == [1]
+    leaf = s.clone().requires_grad_(True)
+    torch_sld.sld_loss_fused(leaf, t, y, epoch=1).total.backward()  # outside a transform: the C entry
+    assert wrapper_calls == [1]
+    _, ref_grad = reference_sld_loss_and_grad(s, t, y, epoch=1)
+    torch.testing.assert_close(leaf.grad, ref_grad, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_and_autocast(half, torch_path):
     cfg = sld_core.SLDConfig(gamma=0)

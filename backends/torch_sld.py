@@ -263,11 +263,12 @@ class _SLDFunction(torch.autograd.Function):
     flow in through the other terms trigger one more fused pass with the combined weights."""
 
     @staticmethod
-    def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
-                call: tuple[sld_core.SLDConfig, bool, bool, str]):  # noqa: ANN205
-        # call = (config, pseudo_on, check, implementation) from _prepare: one argument, not four (the
-        # apply wrapper walks every argument)
-        config, pseudo_on, check, impl = call
+    def forward(ctx: Any, student: torch.Tensor,
+                call: tuple[torch.Tensor, torch.Tensor, sld_core.SLDConfig, bool, bool, str]):  # noqa: ANN205
+        # call = (teacher, targets, config, pseudo_on, check, implementation): one argument, not six.
+        # The teacher logits and labels are never differentiated, so they are not autograd inputs
+        # either: each tensor input costs ~1 us with cold caches (its edge, its requires_grad).
+        teacher, targets, config, pseudo_on, check, impl = call
         ctx.set_materialize_grads(False)
         want_grad = ctx.needs_input_grad[0]
         w_kd = config.kd_weight
@@ -293,13 +294,13 @@ class _SLDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_total, d_ce, d_teacher, d_pseudo):  # noqa: ANN205
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None
         state = ctx.state
         grad, config, pseudo_on, input_dtype = state
         state[0] = None  # a second backward (retain_graph) recomputes below
         if grad is not None and d_ce is None and d_teacher is None and d_pseudo is None:
             if d_total is None:
-                return None, None, None, None
+                return None, None
             # total.backward() seeds 1: then the tensor itself is the gradient, and with no other
             # reference left autograd stores it as .grad without a copy (a multiply would write a
             # new (B, C) tensor). Checked only on CPU, where reading the value costs no sync.
@@ -307,7 +308,7 @@ class _SLDFunction(torch.autograd.Function):
                 grad = grad.mul_(d_total)
             if grad.dtype != input_dtype:
                 grad = grad.to(input_dtype)
-            return grad, None, None, None
+            return grad, None
         student, teacher, targets = ctx.saved_tensors
 
         def scalar(x: torch.Tensor | None) -> Any:
@@ -322,12 +323,12 @@ class _SLDFunction(torch.autograd.Function):
         # tensor weights (no .item(): that would sync the device) broadcast through the pass
         with _no_autocast(student.device.type):
             _, full = _fused(student, teacher, targets, config, pseudo_on, weights)
-        return full.to(input_dtype), None, None, None
+        return full.to(input_dtype), None
 
 
 def _direct_apply() -> Any:
     """``_SLDFunction.apply`` without the Python wrapper of ``torch.autograd.Function.apply``, which
-    costs ~20 us a call with cold caches (a sixth of a 64x100 loss + backward in ``sld bench``;
+    costs 8-20 us a call with cold caches (5-10 % of a 64x100 loss + backward in ``sld bench``;
     RESULTS.md). With no functorch transform active that wrapper only unwraps dead functorch wrappers
     and calls the C entry point; this does the same, and under a transform (or on a torch without
     these internals) it defers to the wrapper itself."""
@@ -338,10 +339,10 @@ def _direct_apply() -> Any:
     except AttributeError:  # pragma: no cover - internals of the supported torch versions
         return _SLDFunction.apply
 
-    def apply(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, call: tuple) -> Any:
+    def apply(student: torch.Tensor, call: tuple) -> Any:
         if transforms_active():
-            return _SLDFunction.apply(student, teacher, targets, call)
-        return entry(unwrap(student), unwrap(teacher), unwrap(targets), call)
+            return _SLDFunction.apply(student, call)
+        return entry(unwrap(student), call)
 
     return apply
 
@@ -400,8 +401,8 @@ def sld_loss_fused(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     """
     config, pseudo_on, kernel_checks, impl = _prepare(student_logits, teacher_logits, targets, epoch, config,
                                                       check_targets)
-    total, ce, teacher, pseudo = _apply(student_logits, teacher_logits, targets,
-                                        (config, pseudo_on, kernel_checks, impl))
+    total, ce, teacher, pseudo = _apply(student_logits,
+                                        (teacher_logits, targets, config, pseudo_on, kernel_checks, impl))
     return sld_core.LossTerms(total, ce, teacher, pseudo)  # positional: keywords cost ~1 us cold
 
 

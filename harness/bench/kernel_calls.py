@@ -14,7 +14,9 @@ row.
 
 ``--against REV`` copies ``backends/`` of git revision ``REV`` into a temporary package and times both
 kernels (``cpu_kernel.fused_sums``) side by side: thread CPU time, one thread, float32, the official
-recipe at epoch 200 (every term on).
+recipe at epoch 200 (every term on). With ``--whole-call`` it times both trees' whole torch fused call
+instead (forward and ``total.backward()``, wall clock), each after the NumPy fused call and before the
+reference, the places they have in ``sld bench``'s round robin.
 
 ``--accuracy`` prints the kernel's largest float32 errors against the float64 core over a grid of
 shapes (up to 4x21841), logit scales 1, 3, 10 and both detach settings: loss terms relative to
@@ -143,6 +145,60 @@ def against(revision: str, batch: int, classes: int, repeats: int) -> None:
     )
 
 
+def against_calls(revision: str, batch: int, classes: int, repeats: int, threads: int) -> None:
+    """The whole torch fused call (forward, then ``total.backward()``) of this tree and of ``revision``
+    in one round robin, each in the place it has in ``sld bench``: after the NumPy fused call, before
+    the reference."""
+    import torch
+
+    import backends
+    import sld_core
+    from backends import numpy_sld, torch_sld
+    from harness.bench.reference import reference_sld_loss_and_grad
+
+    from .revision import revision_package
+
+    torch.set_num_threads(threads)
+    backends.set_num_threads(threads)
+    s_np, t_np, y_np = _inputs(batch, classes)
+    s, t, y = torch.from_numpy(s_np), torch.from_numpy(t_np), torch.from_numpy(y_np)
+    config = sld_core.SLDConfig()
+
+    def whole_call(module: object) -> Callable[[], None]:
+        def call() -> None:
+            leaf = s.detach().requires_grad_(True)
+            terms = module.sld_loss_fused(leaf, t, y, epoch=CASE_EPOCH, config=config, check_targets=False)
+            terms.total.backward()
+
+        return call
+
+    def numpy_fused() -> None:
+        numpy_sld.sld_loss_and_grad_numpy(
+            s_np, t_np, y_np, epoch=CASE_EPOCH, config=config, check_targets=False
+        )
+
+    def reference() -> None:
+        reference_sld_loss_and_grad(s, t, y, epoch=CASE_EPOCH, config=config)
+
+    with tempfile.TemporaryDirectory() as root:
+        sys.path.insert(0, root)
+        package = revision_package(revision, "backends", Path(root))
+        old = importlib.import_module(package + ".torch_sld")
+        importlib.import_module(package + "._select").set_num_threads(threads)
+        cases = {}
+        for name, module in (("this tree", torch_sld), (revision, old)):
+            cases[f"numpy fused before {name}"] = numpy_fused
+            cases[name] = whole_call(module)
+            cases[f"reference after {name}"] = reference
+        times = _round_robin(cases, repeats, time.perf_counter)
+    print(f"torch fused call (forward + total.backward()), {batch}x{classes}, {threads} thread(s), "
+          f"{repeats} interleaved repeats, wall clock")
+    for name in ("this tree", revision, f"reference after {revision}"):
+        print(f"  {name:28s} median {np.median(times[name]) * 1e3:9.3f} ms")
+    ratio = np.median(times[revision]) / np.median(times["this tree"])
+    print(f"  {revision} / this tree: {ratio:.3f}x")
+
+
 def accuracy(seeds: int = 40) -> None:
     import sld_core
     from backends import cpu_kernel
@@ -183,11 +239,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--against", metavar="REV", help="time this kernel against git revision REV's")
+    parser.add_argument("--whole-call", action="store_true",
+                        help="with --against: the whole torch fused call (forward, backward), not the kernel")
     parser.add_argument("--accuracy", action="store_true", help="largest float32 errors against float64")
     args = parser.parse_args()
     batch, classes = (int(v) for v in args.shape.lower().split("x"))
     if args.accuracy:
         accuracy()
+    elif args.against and args.whole_call:
+        against_calls(args.against, batch, classes, args.repeats, args.threads)
     elif args.against:
         against(args.against, batch, classes, args.repeats)
     else:

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,20 +54,56 @@ def _round_robin(cases: dict[str, Callable[[], object]], repeats: int, clock: Ca
     return dict(zip(cases, time_interleaved(calls, repeats=repeats, warmup=2, clock=clock)))
 
 
+class _LossCalls:
+    """``sld bench``'s inputs (NumPy arrays and the tensors sharing their memory), the official recipe
+    at ``CASE_EPOCH``, and the calls timed beside each other; torch's and the kernel's thread counts
+    are pinned to ``threads``."""
+
+    def __init__(self, batch: int, classes: int, threads: int) -> None:
+        import torch
+
+        import backends
+        import sld_core
+
+        torch.set_num_threads(threads)
+        backends.set_num_threads(threads)
+        self.s_np, self.t_np, self.y_np = _inputs(batch, classes)
+        self.s, self.t, self.y = (torch.from_numpy(a) for a in (self.s_np, self.t_np, self.y_np))
+        self.config = sld_core.SLDConfig()
+
+    def reference(self) -> None:
+        from harness.bench.reference import reference_sld_loss_and_grad
+
+        reference_sld_loss_and_grad(self.s, self.t, self.y, epoch=CASE_EPOCH, config=self.config)
+
+    def numpy_fused(self) -> None:
+        from backends import numpy_sld
+
+        numpy_sld.sld_loss_and_grad_numpy(
+            self.s_np, self.t_np, self.y_np, epoch=CASE_EPOCH, config=self.config, check_targets=False
+        )
+
+    def torch_fused(self, module: Any) -> Callable[[], None]:
+        """The fused call of ``module`` (this tree's ``backends.torch_sld`` or a revision's) as a
+        training step makes it: a fresh leaf, the forward, then ``total.backward()``."""
+
+        def call() -> None:
+            leaf = self.s.detach().requires_grad_(True)
+            terms = module.sld_loss_fused(leaf, self.t, self.y, epoch=CASE_EPOCH, config=self.config,
+                                          check_targets=False)
+            terms.total.backward()
+
+        return call
+
+
 def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
     import torch
 
-    import backends
-    import sld_core
-    from backends import numpy_sld, torch_sld
+    from backends import torch_sld
     from backends._select import cpu_kernel_module
-    from harness.bench.reference import reference_sld_loss_and_grad
 
-    torch.set_num_threads(threads)
-    backends.set_num_threads(threads)
-    s_np, t_np, y_np = _inputs(batch, classes)
-    s, t, y = torch.from_numpy(s_np), torch.from_numpy(t_np), torch.from_numpy(y_np)
-    config = sld_core.SLDConfig()
+    calls = _LossCalls(batch, classes, threads)
+    s_np, t_np, y_np, config = calls.s_np, calls.t_np, calls.y_np, calls.config
 
     class Bare(torch.autograd.Function):
         @staticmethod
@@ -81,25 +118,19 @@ def call_costs(batch: int, classes: int, repeats: int, threads: int) -> None:
             return grad
 
     def bare() -> None:
-        leaf = s.detach().requires_grad_(True)
+        leaf = calls.s.detach().requires_grad_(True)
         Bare.apply(leaf)[0].backward()
 
-    def fused() -> None:
-        leaf = s.detach().requires_grad_(True)
-        terms = torch_sld.sld_loss_fused(leaf, t, y, epoch=CASE_EPOCH, config=config, check_targets=False)
-        terms.total.backward()
-
+    fused = calls.torch_fused(torch_sld)
     grad = np.empty_like(s_np)
     weights = (config.ce_weight, config.kd_weight, config.kd_weight)
     kernel = cpu_kernel_module()
     cases = {
-        "reference (autograd)": lambda: reference_sld_loss_and_grad(s, t, y, epoch=CASE_EPOCH, config=config),
+        "reference (autograd)": calls.reference,
         "bare autograd.Function": bare,
         "torch fused": fused,
         "torch fused, again": fused,  # the same call right after itself: its code and data still in cache
-        "numpy fused": lambda: numpy_sld.sld_loss_and_grad_numpy(
-            s_np, t_np, y_np, epoch=CASE_EPOCH, config=config, check_targets=False
-        ),
+        "numpy fused": calls.numpy_fused,
     }
     if kernel is not None:
 
@@ -149,37 +180,11 @@ def against_calls(revision: str, batch: int, classes: int, repeats: int, threads
     """The whole torch fused call (forward, then ``total.backward()``) of this tree and of ``revision``
     in one round robin, each in the place it has in ``sld bench``: after the NumPy fused call, before
     the reference."""
-    import torch
-
-    import backends
-    import sld_core
-    from backends import numpy_sld, torch_sld
-    from harness.bench.reference import reference_sld_loss_and_grad
+    from backends import torch_sld
 
     from .revision import revision_package
 
-    torch.set_num_threads(threads)
-    backends.set_num_threads(threads)
-    s_np, t_np, y_np = _inputs(batch, classes)
-    s, t, y = torch.from_numpy(s_np), torch.from_numpy(t_np), torch.from_numpy(y_np)
-    config = sld_core.SLDConfig()
-
-    def whole_call(module: object) -> Callable[[], None]:
-        def call() -> None:
-            leaf = s.detach().requires_grad_(True)
-            terms = module.sld_loss_fused(leaf, t, y, epoch=CASE_EPOCH, config=config, check_targets=False)
-            terms.total.backward()
-
-        return call
-
-    def numpy_fused() -> None:
-        numpy_sld.sld_loss_and_grad_numpy(
-            s_np, t_np, y_np, epoch=CASE_EPOCH, config=config, check_targets=False
-        )
-
-    def reference() -> None:
-        reference_sld_loss_and_grad(s, t, y, epoch=CASE_EPOCH, config=config)
-
+    calls = _LossCalls(batch, classes, threads)
     with tempfile.TemporaryDirectory() as root:
         sys.path.insert(0, root)
         package = revision_package(revision, "backends", Path(root))
@@ -187,9 +192,9 @@ def against_calls(revision: str, batch: int, classes: int, repeats: int, threads
         importlib.import_module(package + "._select").set_num_threads(threads)
         cases = {}
         for name, module in (("this tree", torch_sld), (revision, old)):
-            cases[f"numpy fused before {name}"] = numpy_fused
-            cases[name] = whole_call(module)
-            cases[f"reference after {name}"] = reference
+            cases[f"numpy fused before {name}"] = calls.numpy_fused
+            cases[name] = calls.torch_fused(module)
+            cases[f"reference after {name}"] = calls.reference
         times = _round_robin(cases, repeats, time.perf_counter)
     print(f"torch fused call (forward + total.backward()), {batch}x{classes}, {threads} thread(s), "
           f"{repeats} interleaved repeats, wall clock")

@@ -339,9 +339,9 @@ def _unowned_impl(a):
     """Every view of an array that has an owner (a row, a column block: dozens per row of the kernel)
     takes and drops a reference with an atomic add on the owner's count, the largest cost of a 640x10
     call (1.22x faster without them; RESULTS.md). Views of the same memory seen without an owner
-    (``numba.carray``) skip that. Only
-    valid while ``a`` itself is alive: the kernel applies it to its arguments, which the caller holds
-    until the call returns. Arrays of another layout are returned as they are."""
+    (``numba.carray``) skip that. Only valid while ``a`` itself is alive: the kernel applies it to its
+    arguments, which the caller holds until the call returns. Arrays of another layout are returned as
+    they are."""
     if not isinstance(a, types.Array):
         return None
     if a.layout != "C":

@@ -199,6 +199,14 @@ def _write_text_atomic(path: Path, text: str) -> None:
         raise RunWriteError.of(path, exc) from exc
 
 
+def _parsed_json(path: Path) -> Any:
+    """The JSON value in ``path``, or None when it does not parse (the caller says what it should hold)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a file's bytes, as hex: a run's teacher fingerprint.
 
@@ -611,10 +619,7 @@ class RunDir:
         """
         if not self.run_info.is_file():
             return None
-        try:
-            info = json.loads(self.run_info.read_text())
-        except json.JSONDecodeError:
-            info = None
+        info = _parsed_json(self.run_info)
         if not isinstance(info, dict) or not isinstance(info.get("sessions"), list):
             raise RunDirError(
                 f"{self.run_info}: not a run's {self.run_info.name} (a JSON object with a 'sessions' list); "
@@ -626,10 +631,7 @@ class RunDir:
         """``teacher.json`` as a dict, or None when the run has none."""
         if not self.teacher.is_file():
             return None
-        try:
-            record = json.loads(self.teacher.read_text())
-        except json.JSONDecodeError:
-            record = None
+        record = _parsed_json(self.teacher)
         if not isinstance(record, dict):
             raise RunDirError(f"{self.teacher}: not a JSON object (a run's {self.teacher.name})")
         return record
